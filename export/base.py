@@ -57,7 +57,7 @@ class Built:
     extra: dict[str, Any] = field(default_factory=dict)
     """Model-specific spec entries (e.g. decoding parameters)."""
     heldout: dict[str, np.ndarray] = field(default_factory=dict)
-    """A small held-out sample (no object arrays) saved beside the graph for tests and load tests."""
+    """A small held-out sample (no object arrays) stored with the graph for tests and loadtests."""
     training: dict[str, Any] = field(default_factory=dict)
     """Seed, epochs, wall time, final loss."""
     files: dict[str, Path] = field(default_factory=dict)

@@ -30,7 +30,9 @@ class MaskedBiLSTM(nn.Module):
     sees it before a valid step), then flips that output back.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0):
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0
+    ):
         super().__init__()
         self.forward_layers = nn.ModuleList()
         self.backward_layers = nn.ModuleList()

@@ -60,7 +60,9 @@ def check_graph(graph: GraphExport, path: Path) -> dict[str, Any]:
             continue
         dims = value.type.tensor_type.shape.dim
         if len(dims) != len(decl.shape):
-            raise AssertionError(f"{path.name}:{value.name}: rank {len(dims)}, declared {decl.shape}")
+            raise AssertionError(
+                f"{path.name}:{value.name}: rank {len(dims)}, declared {decl.shape}"
+            )
         for axis, (dim, want) in enumerate(zip(dims, decl.shape)):
             if isinstance(want, str) and not dim.dim_param:
                 raise AssertionError(
@@ -92,9 +94,11 @@ def check_parity(graph: GraphExport, path: Path, workdir: Path) -> dict[str, Any
             arrays[f"{case_index}/out/{name}"] = tensor.numpy()
         shapes.add(tuple(tuple(a.shape) for a in case))
     if len(shapes) < 3:
-        raise AssertionError(f"{path.name}: parity needs >= 3 distinct input shapes, got {len(shapes)}")
+        raise AssertionError(
+            f"{path.name}: parity needs >= 3 distinct input shapes, got {len(shapes)}"
+        )
     cases_file = workdir / f"{path.stem}.parity.npz"
-    np.savez(cases_file, **arrays)
+    np.savez(cases_file, **arrays)  # type: ignore[arg-type]  # numpy stubs vs **kwargs
     result = subprocess.run(
         [sys.executable, "-m", "export.parity", str(path), str(cases_file)],
         capture_output=True,

@@ -28,7 +28,9 @@ def main(model_path: str, cases_path: str) -> None:
         for name, actual in zip(names, got):
             expected = tensors["out"][name]
             if actual.shape != expected.shape:
-                raise SystemExit(f"case {case} {name}: shape {actual.shape} != torch {expected.shape}")
+                raise SystemExit(
+                    f"case {case} {name}: shape {actual.shape} != torch {expected.shape}"
+                )
             if actual.size:
                 diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max()
                 worst = max(worst, float(diff))

@@ -82,8 +82,11 @@ def build_model(name: str, seed: int = 0, cache_dir: Path | None = None) -> Mode
             "metrics": built.metrics,
             "data": built.data,
             "training": dict(
-                built.training, seed=seed, build_seconds=round(time.perf_counter() - started, 1),
-                train_seconds=round(trained, 1), opset=OPSET,
+                built.training,
+                seed=seed,
+                build_seconds=round(time.perf_counter() - started, 1),
+                train_seconds=round(trained, 1),
+                opset=OPSET,
             ),
             "extra": built.extra,
         }

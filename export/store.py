@@ -31,7 +31,9 @@ def stored_versions(name: str) -> list[dict[str, Any]]:
         return []
 
 
-def register(spec: dict[str, Any], files: dict[str, Path], heldout: dict[str, np.ndarray]) -> ModelSpec:
+def register(
+    spec: dict[str, Any], files: dict[str, Path], heldout: dict[str, np.ndarray]
+) -> ModelSpec:
     """Create a new versioned store entry holding the files, the held-out sample and spec.json."""
     now = dt.datetime.now(dt.UTC)
     version = f"v{spec['spec_version']}-{now:%Y%m%d%H%M%S}-{now.microsecond // 1000:03d}"
@@ -50,6 +52,6 @@ def register(spec: dict[str, Any], files: dict[str, Path], heldout: dict[str, np
         target = Path(model.path)
         for name, source in files.items():
             shutil.copyfile(source, target / name)
-        np.savez_compressed(target / HELDOUT_FILE, **heldout)
+        np.savez_compressed(target / HELDOUT_FILE, **heldout)  # type: ignore[arg-type]
         (target / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=False))
     return ModelSpec.from_dir(Path(bentoml.models.get(f"{spec['name']}:{version}").path))

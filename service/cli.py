@@ -28,14 +28,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Train, export to ONNX, verify (checker, symbolic dims, parity) and register "
         "models in the store. Models whose spec version is already stored are skipped.",
     )
-    build.add_argument("names", nargs="*", metavar="NAME", help=f"default: all ({', '.join(MODEL_NAMES)})")
+    build.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"default: all ({', '.join(MODEL_NAMES)})"
+    )
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     listing = actions.add_parser("list", help="list stored models with versions and metrics")
-    listing.add_argument("--all", action="store_true", help="every stored version, not just the latest")
+    listing.add_argument(
+        "--all", action="store_true", help="every stored version, not just the latest"
+    )
     show = actions.add_parser("show", help="print one model's spec")
     show.add_argument("name", help="model name, or name:version")
     show.add_argument("--json", action="store_true", help="the full spec as JSON")
+    commands.add_parser("serve", help="serve the models (arrives with the serving core, #3)")
     return parser
 
 
@@ -51,7 +56,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         unknown = [n for n in args.names if n not in MODEL_NAMES]
         if unknown:
-            print(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODEL_NAMES)}", file=sys.stderr)
+            print(
+                f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODEL_NAMES)}",
+                file=sys.stderr,
+            )
             return 2
         build_all(args.names or None, force=args.force, seed=args.seed)
         return 0
@@ -71,13 +79,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{spec.tag}  ({spec.task}, spec version {spec.spec_version}, created {spec.created})")
     print(f"  metrics: {_format_metrics(spec.metrics)}")
     for name, graph in spec.graphs.items():
-        print(f"  graph {name}: {graph.file} (opset {graph.opset}, parity max |diff| "
-              f"{graph.parity.get('max_abs_diff', float('nan')):.1e})")
+        print(
+            f"  graph {name}: {graph.file} (opset {graph.opset}, parity max |diff| "
+            f"{graph.parity.get('max_abs_diff', float('nan')):.1e})"
+        )
         for kind, tensors in (("in ", graph.inputs), ("out", graph.outputs)):
             for t in tensors:
                 print(f"    {kind} {t.name:<14} {t.datatype:<6} {t.shape}")
     if spec.labels:
-        print(f"  labels: {len(spec.labels)} ({', '.join(spec.labels[:5])}{', ...' if len(spec.labels) > 5 else ''})")
+        print(
+            f"  labels: {len(spec.labels)} ({', '.join(spec.labels[:5])}"
+            f"{', ...' if len(spec.labels) > 5 else ''})"
+        )
     if spec.vocabulary:
         print(f"  vocabulary: {len(spec.vocabulary)} entries")
     print(f"  preprocessing: {json.dumps(spec.preprocessing)}")
@@ -90,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Settings().apply_store()
     if args.command == "models":
         return cmd_models(args)
+    print("deepserve serve: the serving core (issue #3) is not built yet", file=sys.stderr)
     return 2
 
 

@@ -9,14 +9,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from export.base import Built, BuildContext, GraphExport, TensorDecl, plot_curves, progress
-from export.base import set_threads
+from export.base import (
+    BuildContext,
+    Built,
+    GraphExport,
+    TensorDecl,
+    plot_curves,
+    progress,
+    set_threads,
+)
 from export.data.splits import stratified_splits
 
 NAME = "digits-cnn"
 SPEC_VERSION = "1"
 
-EPOCHS, BATCH, LR = 20, 64, 3e-3
+EPOCHS, BATCH, LR = 12, 64, 3e-3
 MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics, applied inside the graph
 LABELS = [str(d) for d in range(10)]
 
@@ -92,7 +99,9 @@ def augment(x: torch.Tensor) -> torch.Tensor:
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     model.eval()
     with torch.no_grad():
-        predicted = torch.cat([model(to_input(images[i : i + 500])).argmax(-1) for i in range(0, len(images), 500)])
+        predicted = torch.cat(
+            [model(to_input(images[i : i + 500])).argmax(-1) for i in range(0, len(images), 500)]
+        )
     return float((predicted.numpy() == labels).mean())
 
 
@@ -120,7 +129,9 @@ def build(ctx: BuildContext) -> Built:
         total = 0.0
         for start in range(0, len(order), BATCH):
             rows = order[start : start + BATCH]
-            loss = F.cross_entropy(model(augment(x_train[rows])), y_train[rows], label_smoothing=0.05)
+            loss = F.cross_entropy(
+                model(augment(x_train[rows])), y_train[rows], label_smoothing=0.05
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -129,7 +140,9 @@ def build(ctx: BuildContext) -> Built:
             bar.update()
         history["train loss"].append(total / len(order))
         val_curve.append(evaluate(model, images[val_idx], labels[val_idx]))
-        bar.set_postfix(epoch=epoch + 1, loss=f"{history['train loss'][-1]:.3f}", val=f"{val_curve[-1]:.3f}")
+        bar.set_postfix(
+            epoch=epoch + 1, loss=f"{history['train loss'][-1]:.3f}", val=f"{val_curve[-1]:.3f}"
+        )
     bar.close()
     model.eval()
     test_acc = evaluate(model, images[test_idx], labels[test_idx])
@@ -142,7 +155,9 @@ def build(ctx: BuildContext) -> Built:
     rng = np.random.default_rng(ctx.seed + 2)
     graph = GraphExport(
         module=Served(model).eval(),
-        inputs=[TensorDecl("image", "UINT8", ["batch", 28, 28, 1], "grayscale, light digit on dark")],
+        inputs=[
+            TensorDecl("image", "UINT8", ["batch", 28, 28, 1], "grayscale, light digit on dark")
+        ],
         outputs=[
             TensorDecl("logits", "FP32", ["batch", 10]),
             TensorDecl("probabilities", "FP32", ["batch", 10]),

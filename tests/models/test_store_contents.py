@@ -76,14 +76,18 @@ def test_metadata_records_the_held_out_bar(name: str, specs) -> None:
 def test_cli_lists_the_five_models_with_versions_and_metrics(specs) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "models", "list"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    for name, spec in specs.items():
+    for spec in specs.values():
         line = next(row for row in result.stdout.splitlines() if row.startswith(spec.tag))
         assert spec.task in line and "=" in line
     show = subprocess.run(
         [sys.executable, "-m", "service.cli", "models", "show", "digits-cnn"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "image" in show.stdout and "UINT8" in show.stdout
 
@@ -91,7 +95,10 @@ def test_cli_lists_the_five_models_with_versions_and_metrics(specs) -> None:
 def test_rebuild_skips_models_whose_spec_version_is_stored(specs) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "models", "build", "digits-cnn", "captioner"],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert result.stdout.count("up to date") == 2, result.stdout
     assert "building" not in result.stdout
