@@ -41,7 +41,11 @@ class TensorSpec(BaseModel):
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
-        return np.dtype(V2_TO_NUMPY[self.datatype]) if self.datatype in V2_TO_NUMPY else np.dtype(object)
+        return (
+            np.dtype(V2_TO_NUMPY[self.datatype])
+            if self.datatype in V2_TO_NUMPY
+            else np.dtype(object)
+        )
 
 
 class GraphSpec(BaseModel):

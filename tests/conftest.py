@@ -18,7 +18,7 @@ MODEL_NAMES = ["digits-cnn", "imagenet-cnn", "sentiment-lstm", "speech-ctc", "ca
 
 
 def tiny_classifier(path: Path, features: int = 4, classes: int = 3) -> Path:
-    """A toy ONNX model made with onnx.helper: x [batch, features] -> softmax(x W) [batch, classes]."""
+    """A toy onnx.helper model: x [batch, features] -> softmax(x W) [batch, classes]."""
     weights = np.arange(features * classes, dtype=np.float32).reshape(features, classes) / 10
     graph = helper.make_graph(
         [

@@ -31,7 +31,9 @@ def cases() -> list[tuple[str, list[np.ndarray]]]:
     for batch, steps in ((1, 5), (3, 9), (6, 17)):
         lengths = rng.integers(1, steps + 1, batch).astype(np.int64)
         lengths[0] = steps
-        out.append((f"{batch}x{steps}", [rng.integers(1, 20, (batch, steps)).astype(np.int64), lengths]))
+        out.append(
+            (f"{batch}x{steps}", [rng.integers(1, 20, (batch, steps)).astype(np.int64), lengths])
+        )
     return out
 
 
