@@ -40,7 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     show = actions.add_parser("show", help="print one model's spec")
     show.add_argument("name", help="model name, or name:version")
     show.add_argument("--json", action="store_true", help="the full spec as JSON")
-    commands.add_parser("serve", help="serve the models (arrives with the serving core, #3)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the models over HTTP (bentoml serve service.gateway:Gateway)",
+        description="Start the BentoML gateway. Settings come from DEEPSERVE_* variables "
+        "(see service/settings.py); --host/--port override DEEPSERVE_HOST/DEEPSERVE_PORT.",
+    )
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 3000)")
     return parser
 
 
@@ -98,13 +105,27 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Replace this process with `bentoml serve` so signals reach the server directly."""
+    import os
+
+    from service.settings import PROJECT_ROOT
+
+    settings = Settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    os.environ["DEEPSERVE_HOST"], os.environ["DEEPSERVE_PORT"] = host, str(port)
+    os.chdir(PROJECT_ROOT)
+    command = [sys.executable, "-m", "bentoml", "serve", "service.gateway:Gateway"]
+    os.execv(sys.executable, [*command, "--host", host, "--port", str(port)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     Settings().apply_store()
     if args.command == "models":
         return cmd_models(args)
-    print("deepserve serve: the serving core (issue #3) is not built yet", file=sys.stderr)
-    return 2
+    return cmd_serve(args)
 
 
 if __name__ == "__main__":

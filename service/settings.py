@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODEL_NAMES = ["digits-cnn", "imagenet-cnn", "sentiment-lstm", "speech-ctc", "captioner"]
+
+Placement = Literal["local", "remote"]
 
 
 class Settings(BaseSettings):
@@ -16,7 +22,83 @@ class Settings(BaseSettings):
     store: Path = PROJECT_ROOT / "model_store"
     """BentoML home holding the model store (BENTOML_HOME); models live under its models/ folder."""
 
+    host: str = "127.0.0.1"
+    """Address the HTTP server binds (0.0.0.0 in containers)."""
+
+    port: int = 3000
+    """HTTP port of the gateway."""
+
+    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
+    """Models to serve (latest stored version of each)."""
+
+    placement: Placement = "local"
+    """Default runner placement: "local" = in the gateway process with our adaptive batcher;
+    "remote" = a BentoML runner service per model (its own process), reached with
+    bentoml.depends and batched by BentoML's adaptive batching."""
+
+    placements: dict[str, Placement] = Field(default_factory=dict)
+    """Per-model placement overrides, JSON: DEEPSERVE_PLACEMENTS='{"imagenet-cnn": "remote"}'."""
+
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """auto: CUDA execution provider when onnxruntime-gpu sees a GPU, else CPU."""
+
+    batching: bool = True
+    """Adaptive batching on (off = every request runs alone; for benchmarks)."""
+
+    max_batch_size: int = 16
+    """Largest batch a runner forms on CPU before it stops waiting for more requests."""
+
+    gpu_max_batch_size: int = 64
+    """Largest batch on a GPU, where batches pay off far more than on CPU."""
+
+    max_latency_ms: float = 5.0
+    """Longest a request waits for batch-mates (only while waiting pays; see batching.py)."""
+
+    remote_max_latency_ms: float = 1000.0
+    """max_latency_ms for BentoML's remote batching; BentoML answers 503 for requests it predicts
+    would exceed it, so it is a shedding bound there, not a wait."""
+
+    workers_per_model: int = 2
+    """Parallel inference slots per model (ORT runs concurrently on one shared session)."""
+
+    intra_op_threads: int = 1
+    """ONNX Runtime intra-op threads per run (1 x several workers beat 2 threads here)."""
+
+    max_queue: int = 512
+    """Requests queued per model beyond which new ones get 503 + Retry-After at once."""
+
+    max_body_bytes: int = 20 * 1024 * 1024
+    """Largest request body accepted (413 beyond)."""
+
+    max_image_pixels: int = 40_000_000
+    """Largest decoded image (width x height); bigger declared sizes are refused (image bombs)."""
+
+    max_audio_seconds: float = 15.0
+    """Longest audio clip accepted by /v1/transcribe."""
+
+    max_text_chars: int = 5000
+    """Longest text accepted by /v1/sentiment, per text."""
+
+    max_batch_items: int = 64
+    """Most items in one request (texts in {"texts": [...]})."""
+
+    max_beam: int = 8
+    """Largest beam width /v1/caption accepts."""
+
+    def placement_of(self, model: str) -> Placement:
+        return self.placements.get(model, self.placement)
+
+    def batch_size_for(self, provider: str) -> int:
+        if not self.batching:
+            return 1
+        return self.gpu_max_batch_size if provider.startswith("CUDA") else self.max_batch_size
+
     def apply_store(self) -> None:
         """Point BentoML at our store. Call before bentoml is first used in this process."""
         os.environ.setdefault("BENTOML_HOME", str(self.store))
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

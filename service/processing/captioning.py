@@ -83,6 +83,18 @@ def greedy_decode(
     vocabulary: Sequence[str],
 ) -> list[str]:
     """Most likely token at every step, until <eos> or max_length tokens, for every image."""
+    scored = greedy_decode_scored(encoder, decoder, images_uint8_nhwc, spec_extra, vocabulary)
+    return [text for text, _ in scored]
+
+
+def greedy_decode_scored(
+    encoder: Session,
+    decoder: Session,
+    images_uint8_nhwc: np.ndarray,
+    spec_extra: Mapping[str, Any],
+    vocabulary: Sequence[str],
+) -> list[tuple[str, float]]:
+    """Greedy captions with their score: the sum of the chosen tokens' log-probabilities."""
     images = np.asarray(images_uint8_nhwc)
     if len(images) == 0:
         return []
@@ -92,14 +104,20 @@ def greedy_decode(
     out = np.full((n, max_length), pad, dtype=np.int64)
     tokens = np.full(n, bos, dtype=np.int64)
     finished = np.zeros(n, dtype=bool)
+    scores = np.zeros(n, dtype=np.float64)
     for step in range(max_length):
         log_probs, h, c = _step(decoder, tokens, features, h, c)
-        tokens = np.where(finished, pad, log_probs.argmax(axis=1)).astype(np.int64)
+        best = log_probs.argmax(axis=1)
+        scores += np.where(finished, 0.0, log_probs[np.arange(n), best])
+        tokens = np.where(finished, pad, best).astype(np.int64)
         out[:, step] = tokens
         finished |= tokens == eos
         if finished.all():
             break
-    return [tokens_to_text(row, vocabulary, spec_extra) for row in out]
+    return [
+        (tokens_to_text(row, vocabulary, spec_extra), float(score))
+        for row, score in zip(out, scores)
+    ]
 
 
 def beam_search_decode(
@@ -111,6 +129,21 @@ def beam_search_decode(
     beam_size: int = 3,
 ) -> list[str]:
     """Beam search (sum of token log-probs) per image; all images and beams in one batch."""
+    scored = beam_search_decode_scored(
+        encoder, decoder, images_uint8_nhwc, spec_extra, vocabulary, beam_size
+    )
+    return [text for text, _ in scored]
+
+
+def beam_search_decode_scored(
+    encoder: Session,
+    decoder: Session,
+    images_uint8_nhwc: np.ndarray,
+    spec_extra: Mapping[str, Any],
+    vocabulary: Sequence[str],
+    beam_size: int = 3,
+) -> list[tuple[str, float]]:
+    """Beam search captions with the winning beam's score (sum of token log-probs)."""
     if beam_size < 1:
         raise ValueError("beam_size must be >= 1")
     images = np.asarray(images_uint8_nhwc)
@@ -150,5 +183,9 @@ def beam_search_decode(
         best_open = np.where(finished, -np.inf, scores).max(axis=1)
         if np.all(best_done >= best_open):
             break
-    winners = sequences[np.arange(n), scores.argmax(axis=1)]
-    return [tokens_to_text(row, vocabulary, spec_extra) for row in winners]
+    choice = scores.argmax(axis=1)
+    winners = sequences[np.arange(n), choice]
+    return [
+        (tokens_to_text(row, vocabulary, spec_extra), float(score))
+        for row, score in zip(winners, scores[np.arange(n), choice])
+    ]

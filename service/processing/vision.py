@@ -1,9 +1,57 @@
-"""Image preprocessing shared by export and serving (PIL + numpy, no torch)."""
+"""Image decoding and preprocessing shared by export and serving (PIL + numpy, no torch)."""
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import InvalidInput, PayloadTooLarge
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes -> a fully decoded PIL image, refusing what is not an image or is too large."""
+    if not data:
+        raise InvalidInput("empty image: send PNG or JPEG bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PayloadTooLarge(
+                    f"image is {width}x{height} = {width * height} pixels; "
+                    f"the limit is {max_pixels} pixels"
+                )
+            image.load()
+    except PayloadTooLarge:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput(
+            f"not a decodable image; expected one of {', '.join(SUPPORTED_FORMATS)}"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidInput(f"corrupt or truncated image: {error}") from None
+    if width < 1 or height < 1:
+        raise InvalidInput("image has no pixels")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode -> RGB; transparent areas composited on black."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 / max(1.0, float(array.max()))
+        return Image.fromarray((array * scale).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
 
 
 def resize_center_crop(image: Image.Image, resize: int, crop: int) -> np.ndarray:
@@ -11,7 +59,40 @@ def resize_center_crop(image: Image.Image, resize: int, crop: int) -> np.ndarray
     image = image.convert("RGB")
     width, height = image.size
     scale = resize / min(width, height)
-    image = image.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR)
+    image = image.resize(
+        (max(crop, round(width * scale)), max(crop, round(height * scale))),
+        Image.Resampling.BILINEAR,
+    )
     width, height = image.size
     left, top = (width - crop) // 2, (height - crop) // 2
     return np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+
+
+def resize_exact(image: Image.Image, size: int) -> np.ndarray:
+    """Bilinear resize to size x size: uint8 HWC RGB."""
+    resized = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def digit_pixels(image: Image.Image, size: int = 28, invert_light: bool = True) -> np.ndarray:
+    """A digit photo -> uint8 [size, size, 1], light digit on dark (the MNIST convention).
+
+    A mostly light image (dark ink on paper) is inverted; the digit is fitted into the central
+    20x20 box as MNIST digits are.
+    """
+    gray = np.asarray(to_rgb(image).convert("L"), dtype=np.float32)
+    if invert_light and np.median(gray) > 127:
+        gray = 255.0 - gray
+    ink = gray > 0.25 * max(1.0, float(gray.max()))
+    if ink.any():
+        rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+        gray = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = gray.shape
+    box = round(size * 20 / 28)
+    scale = box / max(height, width)
+    digit = Image.fromarray(gray.clip(0, 255).astype(np.uint8)).resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR
+    )
+    canvas = Image.new("L", (size, size), 0)
+    canvas.paste(digit, ((size - digit.width) // 2, (size - digit.height) // 2))
+    return np.asarray(canvas, dtype=np.uint8)[..., None]

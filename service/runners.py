@@ -1,0 +1,143 @@
+"""Runners: one interface (submit one item, get its own result), two placements.
+
+- LocalRunner: the kernel in the gateway process behind our AdaptiveBatcher; items are passed by
+  reference, nothing is copied or serialized between gateway and runner.
+- RemoteRunner: the kernel in a BentoML runner service (its own process, device and batching),
+  reached with bentoml.depends; see service/runner_services.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+from service.batching import AdaptiveBatcher
+from service.errors import NotReady
+from service.kernels import Kernel, make_kernel
+from service.registry import ModelSpec
+from service.settings import Settings
+
+log = logging.getLogger("deepserve.runners")
+
+
+class Runner(Protocol):
+    name: str
+    spec: ModelSpec
+    placement: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    def bucket(self, item: Any) -> Hashable: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, item: Any, key: Hashable = 0, deadline: float | None = None) -> Any: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class LocalRunner:
+    """The model's kernel hosted in this process, fed by the adaptive batcher."""
+
+    placement = "local"
+
+    def __init__(self, spec: ModelSpec, settings: Settings):
+        self.name = spec.name
+        self.spec = spec
+        self.settings = settings
+        self.kernel: Kernel | None = None
+        self.batcher: AdaptiveBatcher | None = None
+        self.load_seconds = 0.0
+        self.error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None and self.error is None
+
+    @property
+    def provider(self) -> str:
+        return self.kernel.provider if self.kernel else "none"
+
+    def bucket(self, item: Any) -> Hashable:
+        if self.kernel is None:
+            raise NotReady(f"model {self.name} is not loaded")
+        return self.kernel.bucket(item)
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+
+        def load() -> Kernel:
+            kernel = make_kernel(self.spec, self.settings.device, self.settings.intra_op_threads)
+            kernel.warmup()
+            return kernel
+
+        try:
+            self.kernel = await asyncio.to_thread(load)
+        except Exception as error:  # a broken model must not take the others down
+            self.error = f"{type(error).__name__}: {error}"
+            log.error("model %s failed to load: %s", self.name, self.error)
+            return
+        self.load_seconds = time.perf_counter() - started
+        kernel = self.kernel
+        self.batcher = AdaptiveBatcher(
+            self.name,
+            kernel.run,
+            max_batch_size=self.settings.batch_size_for(kernel.provider),
+            max_latency_ms=self.settings.max_latency_ms,
+            workers=self.settings.workers_per_model,
+            max_queue=self.settings.max_queue,
+        )
+        await self.batcher.start()
+        log.info(
+            "model %s ready (local, %s) in %.2f s",
+            self.spec.tag,
+            kernel.provider,
+            self.load_seconds,
+        )
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+            self.batcher = None
+
+    async def submit(self, item: Any, key: Hashable = 0, deadline: float | None = None) -> Any:
+        if self.batcher is None:
+            raise NotReady(f"model {self.name} is not ready: {self.error or 'loading'}")
+        return await self.batcher.submit(item, key, deadline)
+
+    def describe(self) -> dict[str, Any]:
+        stats = self.batcher.stats if self.batcher else None
+        return {
+            "placement": self.placement,
+            "provider": self.provider,
+            "ready": self.ready,
+            "error": self.error,
+            "load_seconds": round(self.load_seconds, 3),
+            "batching": {
+                "max_batch_size": self.batcher.max_batch_size if self.batcher else None,
+                "max_latency_ms": self.settings.max_latency_ms,
+                "workers": self.settings.workers_per_model,
+                "pending": self.batcher.pending if self.batcher else 0,
+                "batches": stats.batches if stats else 0,
+                "samples": stats.samples if stats else 0,
+                "largest_batch": stats.largest if stats else 0,
+            },
+        }
+
+
+def make_runner(spec: ModelSpec, settings: Settings, owner: Any = None) -> Runner:
+    placement = settings.placement_of(spec.name)
+    if placement == "remote":
+        from service.remote import RemoteRunner
+
+        return RemoteRunner(spec, settings, owner)
+    return LocalRunner(spec, settings)

@@ -1,0 +1,90 @@
+"""The serving state shared by every protocol front end: loaded specs and their runners."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from service.errors import ModelNotFound, NotReady
+from service.registry import ModelSpec, latest_specs
+from service.runners import Runner, make_runner
+from service.settings import Settings
+
+log = logging.getLogger("deepserve.state")
+
+
+class ServingState:
+    """Owns one runner per served model; `ready` once every runner has loaded and warmed up."""
+
+    def __init__(self, settings: Settings, owner: Any = None):
+        self.settings = settings
+        self.owner = owner
+        """The gateway service instance (holds the remote runners' dependency clients)."""
+        self.runners: dict[str, Runner] = {}
+        self.missing: dict[str, str] = {}
+        self.started = False
+        # Decoding and preprocessing run here, off the event loop, overlapping inference.
+        self.preprocess_pool = ThreadPoolExecutor(2, thread_name_prefix="preprocess")
+
+    async def start(self) -> None:
+        specs = latest_specs()
+        for name in self.settings.models:
+            spec = specs.get(name)
+            if spec is None:
+                self.missing[name] = "not in the model store (run `deepserve models build`)"
+                log.error("model %s: %s", name, self.missing[name])
+                continue
+            self.runners[name] = make_runner(spec, self.settings, self.owner)
+        await asyncio.gather(*(runner.start() for runner in self.runners.values()))
+        self.started = True
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(runner.stop() for runner in self.runners.values()))
+        self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.started
+            and not self.missing
+            and all(runner.ready for runner in self.runners.values())
+        )
+
+    def runner(self, name: str, task: str | None = None) -> Runner:
+        runner = self.runners.get(name)
+        if runner is None:
+            if name in self.missing:
+                raise NotReady(f"model {name!r} is not available: {self.missing[name]}")
+            known = ", ".join(sorted(self.runners)) or "none"
+            raise ModelNotFound(f"unknown model {name!r}; served models: {known}")
+        if task is not None and runner.spec.task != task:
+            raise ModelNotFound(f"model {name!r} is a {runner.spec.task} model, not {task}")
+        return runner
+
+    def spec(self, name: str) -> ModelSpec:
+        return self.runner(name).spec
+
+    async def preprocess(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.preprocess_pool, func, *args)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        runner = self.runner(name)
+        spec = runner.spec
+        return {
+            "name": spec.name,
+            "version": spec.version,
+            "task": spec.task,
+            "metrics": spec.metrics,
+            "inputs": {
+                g: [t.model_dump() for t in graph.inputs] for g, graph in spec.graphs.items()
+            },
+            "outputs": {
+                g: [t.model_dump() for t in graph.outputs] for g, graph in spec.graphs.items()
+            },
+            "labels": len(spec.labels) if spec.labels else None,
+            "preprocessing": spec.preprocessing,
+            "data": spec.data,
+            **runner.describe(),
+        }

@@ -1,0 +1,131 @@
+"""The adaptive batcher: own results, batching under load, buckets, isolation, shedding."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Hashable
+
+import pytest
+
+from service.batching import AdaptiveBatcher
+from service.errors import DeadlineExceeded, InvalidInput, Overloaded
+
+
+class Recorder:
+    """A fake model: doubles numbers, records batches, optionally slow or failing on 'bad'."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.batches: list[tuple[Hashable, list[object]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, key: Hashable, items: list[object]) -> list[object]:
+        with self.lock:
+            self.batches.append((key, list(items)))
+        time.sleep(self.delay)
+        if "bad" in items:
+            raise ValueError("bad item")
+        if "invalid" in items:
+            raise InvalidInput("this one is invalid")
+        return [item * 2 for item in items]  # type: ignore[operator]
+
+
+async def with_batcher(model: Recorder, test, **options):
+    settings = dict(max_batch_size=8, max_latency_ms=20, workers=2, max_queue=100)
+    settings.update(options)
+    batcher = AdaptiveBatcher("fake", model, **settings)
+    await batcher.start()
+    try:
+        return await test(batcher)
+    finally:
+        await batcher.stop()
+
+
+def test_every_request_gets_its_own_result_and_batches_form_under_load() -> None:
+    model = Recorder(delay=0.01)
+
+    async def scenario(batcher: AdaptiveBatcher):
+        return await asyncio.gather(*(batcher.submit(i) for i in range(64)))
+
+    results = asyncio.run(with_batcher(model, scenario))
+    assert results == [i * 2 for i in range(64)]
+    sizes = [len(items) for _, items in model.batches]
+    assert sum(sizes) == 64
+    assert max(sizes) > 1 and max(sizes) <= 8
+
+
+def test_a_lone_request_is_not_held_back() -> None:
+    model = Recorder()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        started = time.perf_counter()
+        assert await batcher.submit(21) == 42
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(with_batcher(model, scenario, max_latency_ms=500))
+    assert elapsed < 0.25  # far below the 500 ms latency bound: it did not wait for batch-mates
+
+
+def test_items_of_different_buckets_never_share_a_batch() -> None:
+    model = Recorder(delay=0.005)
+
+    async def scenario(batcher: AdaptiveBatcher):
+        jobs = [batcher.submit(i, key=i % 3) for i in range(60)]
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(with_batcher(model, scenario))
+    assert results == [i * 2 for i in range(60)]
+    for key, items in model.batches:
+        assert all(item % 3 == key for item in items)  # type: ignore[operator]
+
+
+def test_one_failing_item_does_not_fail_its_batch_neighbours() -> None:
+    model = Recorder(delay=0.01)
+
+    async def scenario(batcher: AdaptiveBatcher):
+        jobs = [batcher.submit(i) for i in range(10)]
+        jobs.insert(5, batcher.submit("bad"))
+        jobs.insert(7, batcher.submit("invalid"))
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(with_batcher(model, scenario, workers=1))
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert len(errors) == 2
+    assert isinstance(results[7], InvalidInput)  # the item's own error class survives
+    assert [r for r in results if not isinstance(r, Exception)] == [i * 2 for i in range(10)]
+
+
+def test_full_queue_is_refused_at_once_with_overloaded() -> None:
+    model = Recorder(delay=0.05)
+
+    async def scenario(batcher: AdaptiveBatcher):
+        jobs = [asyncio.ensure_future(batcher.submit(i)) for i in range(10)]
+        await asyncio.sleep(0)
+        assert batcher.pending == 10
+        started = time.perf_counter()
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(999)
+        assert time.perf_counter() - started < 0.05
+        assert refused.value.headers["Retry-After"]
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(with_batcher(model, scenario, max_queue=10, max_batch_size=2, workers=1))
+    assert results == [i * 2 for i in range(10)]  # the admitted ones all complete
+    assert all(999 not in items for _, items in model.batches)
+
+
+def test_expired_deadline_is_not_computed() -> None:
+    model = Recorder(delay=0.05)
+
+    async def scenario(batcher: AdaptiveBatcher):
+        blocker = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.01)
+        late = batcher.submit(2, deadline=time.monotonic() + 0.001)
+        with pytest.raises(DeadlineExceeded):
+            await late
+        await blocker
+
+    asyncio.run(with_batcher(model, scenario, workers=1, max_batch_size=1))
+    assert all(2 not in items for _, items in model.batches)
