@@ -6,15 +6,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export BENTOML_HOME ?= $(CURDIR)/model_store
 export BENTOML_DO_NOT_TRACK := True
-APT_PACKAGES := espeak-ng
+APT_PACKAGES := espeak-ng wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup apt models serve test unit lint format clean-models
+.PHONY: help setup apt models serve test unit bench lint format clean-models
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-apt:  ## install the Debian packages the pipeline needs (espeak-ng) when missing
+apt:  ## install the Debian packages needed (espeak-ng for speech data, wrk for bench) when missing
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
@@ -41,6 +41,9 @@ unit: setup  ## fast unit tests (no model store needed)
 
 test: models  ## set up, build models, run the whole suite
 	$(PY) -m pytest -q
+
+bench: models  ## service vs in-process limit (wrk, loopback): table, JSON and PNG in reports/bench
+	$(PY) loadtests/bench.py
 
 lint: setup  ## ruff (lint + format check) and mypy on service/
 	$(VENV)/bin/ruff check .

@@ -23,6 +23,7 @@ from typing import Any
 
 import bentoml
 
+from service.batching import BatchStats
 from service.errors import InferenceFailed, NotReady, Overloaded, ServingError
 from service.kernels import KERNELS, Kernel, make_kernel
 from service.registry import ModelSpec, latest_specs
@@ -52,6 +53,7 @@ def runner_service(model: str, settings: Settings) -> Any:
             self.spec = spec
             self.kernel: Kernel = make_kernel(self.spec, settings.device, settings.intra_op_threads)
             self.kernel.warmup()
+            self.stats = BatchStats()
             log.info("runner %s ready (%s)", self.spec.tag, self.kernel.provider)
 
         @bentoml.api(
@@ -61,6 +63,7 @@ def runner_service(model: str, settings: Settings) -> Any:
         )
         def infer(self, items: list[Any]) -> list[Any]:
             """items: (queue key, payload) pairs; runs each key's items as one batch."""
+            self.stats.record(len(items))
             results: list[Any] = [None] * len(items)
             groups: dict[Hashable, list[int]] = {}
             for index, (key, _) in enumerate(items):
@@ -75,7 +78,13 @@ def runner_service(model: str, settings: Settings) -> Any:
 
         @bentoml.api
         def describe(self) -> dict[str, Any]:
-            return {"provider": self.kernel.provider, "version": self.spec.version}
+            return {
+                "provider": self.kernel.provider,
+                "version": self.spec.version,
+                "batches": self.stats.batches,
+                "samples": self.stats.samples,
+                "largest_batch": self.stats.largest,
+            }
 
     ModelRunner.__name__ = ModelRunner.__qualname__ = f"Runner_{attribute_name(model)}"
     return bentoml.service(
@@ -108,6 +117,7 @@ class RemoteRunner:
         self.kernel_class = KERNELS[spec.task]
         self.kernel_bucket = make_bucketer(spec)
         self.described = False
+        self.remote_stats: dict[str, int] = {}
         self._probe: asyncio.Task[None] | None = None
 
     @property
@@ -145,6 +155,16 @@ class RemoteRunner:
                 log.error("model %s: %s", self.name, self.error)
             self.described = True
             return
+
+    async def refresh(self) -> None:
+        """Fetch the runner service's batch counters (for /v1/models)."""
+        if self.ready:
+            try:
+                info = await self.client.to_async.call("describe")
+            except Exception as error:
+                log.warning("model %s: describe failed: %s", self.name, error)
+                return
+            self.remote_stats = {k: int(info[k]) for k in ("batches", "samples", "largest_batch")}
 
     async def stop(self) -> None:
         if self._probe is not None:
@@ -187,6 +207,7 @@ class RemoteRunner:
                 "engine": "bentoml adaptive batching (runner service)",
                 "max_latency_ms": self.settings.remote_max_latency_ms,
                 "calls": self.calls,
+                **self.remote_stats,
             },
         }
 

@@ -257,12 +257,16 @@ def build_app(state: StateGetter) -> Starlette:
 
     async def list_models(request: Request) -> JSONResponse:
         serving = state()
+        await asyncio.gather(*(runner.refresh() for runner in serving.runners.values()))
         models = [serving.describe(name) for name in serving.runners]
         missing = [{"name": n, "ready": False, "error": why} for n, why in serving.missing.items()]
         return JSONResponse({"models": models + missing})
 
     async def show_model(request: Request) -> JSONResponse:
-        return JSONResponse(state().describe(request.path_params["name"]))
+        serving = state()
+        name = request.path_params["name"]
+        await serving.runner(name).refresh()
+        return JSONResponse(serving.describe(name))
 
     def guarded(handler: Callable[[Request], Awaitable[JSONResponse]]):
         async def endpoint(request: Request) -> JSONResponse:

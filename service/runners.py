@@ -40,6 +40,8 @@ class Runner(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def refresh(self) -> None: ...
+
     async def submit(self, item: Any, key: Hashable = 0, deadline: float | None = None) -> Any: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -103,6 +105,9 @@ class LocalRunner:
             kernel.provider,
             self.load_seconds,
         )
+
+    async def refresh(self) -> None:
+        """Nothing to fetch: the batcher's counters are in this process."""
 
     async def stop(self) -> None:
         if self.batcher is not None:

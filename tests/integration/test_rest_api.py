@@ -63,14 +63,14 @@ def expected_digit(spec, session, data: bytes) -> int:
     return int(probabilities[0].argmax())
 
 
-def test_classify_digits_matches_in_process_onnxruntime(local_server, specs, session) -> None:
+def test_classify_digits_matches_in_process_onnxruntime(server, specs, session) -> None:
     spec = specs["digits-cnn"]
     held = spec.heldout()
     agree = correct = 0
     for image, label in zip(held["image"][:40], held["label"][:40]):
         data = png(image)
         response = requests.post(
-            f"{local_server.url}/v1/classify?model=digits-cnn&top_k=3",
+            f"{server.url}/v1/classify?model=digits-cnn&top_k=3",
             files={"image": ("digit.png", data, "image/png")},
             timeout=30,
         )
@@ -85,7 +85,7 @@ def test_classify_digits_matches_in_process_onnxruntime(local_server, specs, ses
     assert correct >= 36  # served digits stay accurate through PNG + re-centring
 
 
-def test_classify_imagenet_raw_jpeg_and_base64(local_server, specs, session) -> None:
+def test_classify_imagenet_raw_jpeg_and_base64(server, specs, session) -> None:
     import base64
 
     import skimage.data
@@ -95,7 +95,7 @@ def test_classify_imagenet_raw_jpeg_and_base64(local_server, specs, session) -> 
     Image.fromarray(skimage.data.coffee()).save(buffer, format="JPEG", quality=90)
     data = buffer.getvalue()
     raw = requests.post(
-        f"{local_server.url}/v1/classify?model=imagenet-cnn",
+        f"{server.url}/v1/classify?model=imagenet-cnn",
         data=data,
         headers={"content-type": "image/jpeg"},
         timeout=30,
@@ -108,18 +108,18 @@ def test_classify_imagenet_raw_jpeg_and_base64(local_server, specs, session) -> 
     assert served[0]["index"] == int(probabilities[0].argmax())
     assert served[0]["score"] == pytest.approx(float(probabilities[0].max()), abs=1e-5)
     as_json = requests.post(
-        f"{local_server.url}/v1/classify",
+        f"{server.url}/v1/classify",
         json={"image_b64": base64.b64encode(data).decode()},
         timeout=30,
     )
     assert as_json.json()["predictions"] == served
 
 
-def test_sentiment_single_and_list_match_in_process(local_server, specs, session) -> None:
+def test_sentiment_single_and_list_match_in_process(server, specs, session) -> None:
     spec = specs["sentiment-lstm"]
     held = spec.heldout()
     texts = [str(t) for t in held["text"][:24]]
-    response = requests.post(f"{local_server.url}/v1/sentiment", json={"texts": texts}, timeout=30)
+    response = requests.post(f"{server.url}/v1/sentiment", json={"texts": texts}, timeout=30)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     index = {w: i for i, w in enumerate(spec.vocabulary or [])}
@@ -130,18 +130,18 @@ def test_sentiment_single_and_list_match_in_process(local_server, specs, session
         )
         assert result["label"] == spec.labels[int(probabilities[0].argmax())]
         assert result["score"] == pytest.approx(float(probabilities[0].max()), abs=1e-5)
-    single = requests.post(f"{local_server.url}/v1/sentiment", json={"text": texts[0]}, timeout=30)
+    single = requests.post(f"{server.url}/v1/sentiment", json={"text": texts[0]}, timeout=30)
     assert {k: single.json()[k] for k in ("label", "score")} == results[0]
 
 
-def test_transcribe_wav_matches_in_process(local_server, specs, session) -> None:
+def test_transcribe_wav_matches_in_process(server, specs, session) -> None:
     spec = specs["speech-ctc"]
     held = spec.heldout()
     for row in range(6):
         audio = held["waveform"][row, : held["lengths"][row]]
         data = wav(audio)
         response = requests.post(
-            f"{local_server.url}/v1/transcribe",
+            f"{server.url}/v1/transcribe",
             files={"audio": ("clip.wav", data, "audio/wav")},
             timeout=30,
         )
@@ -157,7 +157,7 @@ def test_transcribe_wav_matches_in_process(local_server, specs, session) -> None
         assert 0 < body["confidence"] <= 1
 
 
-def test_transcribe_resamples_any_rate_and_stereo(local_server, specs) -> None:
+def test_transcribe_resamples_any_rate_and_stereo(server, specs) -> None:
     held = specs["speech-ctc"].heldout()
     row = int(np.argmax(held["lengths"] > 16000))
     audio = held["waveform"][row, : held["lengths"][row]]
@@ -172,7 +172,7 @@ def test_transcribe_resamples_any_rate_and_stereo(local_server, specs) -> None:
         out.setframerate(44100)
         out.writeframes((np.clip(stereo, -1, 1) * 32767).astype("<i2").tobytes())
     response = requests.post(
-        f"{local_server.url}/v1/transcribe",
+        f"{server.url}/v1/transcribe",
         data=buffer.getvalue(),
         headers={"content-type": "audio/wav"},
         timeout=30,
@@ -181,7 +181,7 @@ def test_transcribe_resamples_any_rate_and_stereo(local_server, specs) -> None:
     assert response.json()["text"] == str(held["transcript"][row])
 
 
-def test_caption_greedy_and_beam_match_in_process(local_server, specs, session) -> None:
+def test_caption_greedy_and_beam_match_in_process(server, specs, session) -> None:
     spec = specs["captioner"]
     held = spec.heldout()
     encoder, decoder = session(spec, "encoder"), session(spec, "decoder")
@@ -190,7 +190,7 @@ def test_caption_greedy_and_beam_match_in_process(local_server, specs, session) 
         pixels = resize_exact(decode_image(data, 10**7), 64)[None]
         for beam in (1, 3):
             response = requests.post(
-                f"{local_server.url}/v1/caption?beam={beam}",
+                f"{server.url}/v1/caption?beam={beam}",
                 data=data,
                 headers={"content-type": "image/png"},
                 timeout=30,
@@ -208,20 +208,18 @@ def test_caption_greedy_and_beam_match_in_process(local_server, specs, session) 
             assert response.json()["score"] == pytest.approx(want[0][1], abs=1e-4)
 
 
-def test_64_concurrent_distinct_requests_each_get_their_own_answer(local_server, specs) -> None:
+def test_64_concurrent_distinct_requests_each_get_their_own_answer(server, specs) -> None:
     sentiment = specs["sentiment-lstm"].heldout()
     captions = specs["captioner"].heldout()
     texts = [str(t) for t in sentiment["text"][:32]]
     images = [png(captions["image"][i]) for i in range(32)]
 
     def expected_text(text: str) -> dict:
-        return requests.post(
-            f"{local_server.url}/v1/sentiment", json={"text": text}, timeout=30
-        ).json()
+        return requests.post(f"{server.url}/v1/sentiment", json={"text": text}, timeout=30).json()
 
     def expected_caption(data: bytes) -> str:
         response = requests.post(
-            f"{local_server.url}/v1/caption",
+            f"{server.url}/v1/caption",
             data=data,
             headers={"content-type": "image/png"},
             timeout=30,
@@ -230,7 +228,7 @@ def test_64_concurrent_distinct_requests_each_get_their_own_answer(local_server,
 
     baseline_text = [expected_text(t) for t in texts]  # sequential: batches of one
     baseline_caption = [expected_caption(d) for d in images]
-    before = requests.get(f"{local_server.url}/v1/models", timeout=10).json()
+    before = requests.get(f"{server.url}/v1/models", timeout=10).json()
 
     jobs = [("text", i) for i in range(32)] + [("caption", i) for i in range(32)]
     np.random.default_rng(0).shuffle(jobs)
@@ -250,8 +248,7 @@ def test_64_concurrent_distinct_requests_each_get_their_own_answer(local_server,
         else:
             assert answer == baseline_caption[i]
     after = {
-        m["name"]: m
-        for m in requests.get(f"{local_server.url}/v1/models", timeout=10).json()["models"]
+        m["name"]: m for m in requests.get(f"{server.url}/v1/models", timeout=10).json()["models"]
     }
     old = {m["name"]: m for m in before["models"]}
     grew = [
@@ -331,23 +328,23 @@ def test_64_concurrent_distinct_requests_each_get_their_own_answer(local_server,
         ),
     ],
 )
-def test_bad_input_gets_a_clear_4xx(local_server, path, kwargs, status, needle) -> None:
-    response = requests.post(f"{local_server.url}{path}", timeout=30, **kwargs)
+def test_bad_input_gets_a_clear_4xx(server, path, kwargs, status, needle) -> None:
+    response = requests.post(f"{server.url}{path}", timeout=30, **kwargs)
     assert response.status_code == status, response.text
     message = response.json()["error"]["message"]
     assert needle.lower() in message.lower(), message
 
 
-def test_models_endpoints_and_probes(local_server, specs) -> None:
-    listing = requests.get(f"{local_server.url}/v1/models", timeout=10).json()["models"]
+def test_models_endpoints_and_probes(server, specs) -> None:
+    listing = requests.get(f"{server.url}/v1/models", timeout=10).json()["models"]
     assert sorted(m["name"] for m in listing) == sorted(specs)
     for model in listing:
-        assert model["ready"] and model["placement"] == "local"
+        assert model["ready"] and model["placement"] == server.placement
         assert model["provider"] == "CPUExecutionProvider"
         assert model["version"] == specs[model["name"]].version
-    one = requests.get(f"{local_server.url}/v1/models/speech-ctc", timeout=10).json()
+    one = requests.get(f"{server.url}/v1/models/speech-ctc", timeout=10).json()
     assert one["metrics"]["cer"] == specs["speech-ctc"].metrics["cer"]
-    missing = requests.get(f"{local_server.url}/v1/models/nope", timeout=10)
+    missing = requests.get(f"{server.url}/v1/models/nope", timeout=10)
     assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
-    assert requests.get(f"{local_server.url}/livez", timeout=10).status_code == 200
-    assert requests.get(f"{local_server.url}/readyz", timeout=10).status_code == 200
+    assert requests.get(f"{server.url}/livez", timeout=10).status_code == 200
+    assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200

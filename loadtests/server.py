@@ -1,0 +1,82 @@
+"""Start and stop a real deepserve server (`deepserve serve`, i.e. `bentoml serve`) on loopback.
+
+Shared by the integration tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    placement: str = "local"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(tmp: Path, env_overrides: dict[str, str], timeout: float = 180.0) -> Server:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "DEEPSERVE_HOST": "127.0.0.1",
+            "DEEPSERVE_PORT": str(port),
+            "BENTOML_DO_NOT_TRACK": "True",
+            **env_overrides,
+        }
+    )
+    log_path = tmp / f"server-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-4000:]}")
+        try:
+            if requests.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError(f"server not ready in {timeout} s:\n{server.log()[-4000:]}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(10)
