@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--all", action="store_true", help="every stored version, not just the latest"
     )
+    listing.add_argument(
+        "--markdown", action="store_true", help="a Markdown table (the README's model table)"
+    )
     show = actions.add_parser("show", help="print one model's spec")
     show.add_argument("name", help="model name, or name:version")
     show.add_argument("--json", action="store_true", help="the full spec as JSON")
@@ -75,6 +78,17 @@ def cmd_models(args: argparse.Namespace) -> int:
         if not specs:
             print("no models in the store; run `deepserve models build`")
             return 1
+        if args.markdown:
+            print("| model | version | task | held-out metrics | parity max abs diff | build s |")
+            print("|---|---|---|---|---|---|")
+            for spec in specs:
+                parity = max(g.parity.get("max_abs_diff", 0.0) for g in spec.graphs.values())
+                print(
+                    f"| `{spec.name}` | {spec.version} | {spec.task} | "
+                    f"{_format_metrics(spec.metrics)} | {parity:.1e} | "
+                    f"{spec.training.get('build_seconds', '-')} |"
+                )
+            return 0
         width = max(len(s.tag) for s in specs)
         for spec in specs:
             print(f"{spec.tag:<{width}}  {spec.task:<22} {_format_metrics(spec.metrics)}")

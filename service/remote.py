@@ -114,6 +114,8 @@ class RemoteRunner:
         self.remote_provider = "unknown"
         self.error: str | None = None
         self.calls = 0
+        self.retries = 0
+        """Runner calls that failed once and were retried (session swaps, resets)."""
         self.kernel_class = KERNELS[spec.task]
         self.kernel_bucket = make_bucketer(spec)
         self.described = False
@@ -194,6 +196,7 @@ class RemoteRunner:
             except Exception as error:  # transport: the session was swapped or reset
                 if attempt == 2:
                     raise InferenceFailed(f"runner for {self.name} unreachable: {error}") from None
+            self.retries += 1
             log.warning("model %s: retrying a failed runner call", self.name)
         raise AssertionError("unreachable")
 
@@ -207,6 +210,7 @@ class RemoteRunner:
                 "engine": "bentoml adaptive batching (runner service)",
                 "max_latency_ms": self.settings.remote_max_latency_ms,
                 "calls": self.calls,
+                "retries": self.retries,
                 **self.remote_stats,
             },
         }
