@@ -99,6 +99,21 @@ def test_synthesis_gives_16k_mono_float() -> None:
     np.testing.assert_array_equal(audio, speech.render(spec, clean))  # seeded augmentation
 
 
+def test_noise_only_utterances() -> None:
+    train = speech.make_specs("train", 400, seed=0)
+    silent = [s for s in train if not s.text]
+    assert 0 < len(silent) < 40
+    assert not any(not s.text for s in speech.make_specs("test", 200, seed=0))
+    spec = next(s for s in silent if s.snr_db is not None)
+    assert spec.snr_db is not None
+    clean = speech.synthesize(spec.text, spec.voice)
+    assert clean.size == 0
+    audio = speech.render(spec, clean)
+    assert audio.size == round(spec.lead_s * 16000) + round(spec.trail_s * 16000)
+    expected_rms = 10 ** ((spec.peak_db - spec.snr_db) / 20)
+    assert np.sqrt(np.mean(audio.astype(np.float64) ** 2)) == pytest.approx(expected_rms, rel=0.01)
+
+
 @needs_espeak
 def test_generated_variant_changes_the_voice(tmp_path: Path) -> None:
     name, text = next(iter(speech.random_variants(seed=0).items()))
