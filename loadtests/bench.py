@@ -175,6 +175,29 @@ def in_process_limit(work: Workload, seconds: float) -> tuple[float, str]:
     return best, best_config
 
 
+def in_process_latency_ms(work: Workload, seconds: float) -> float:
+    """p50 of one request alone in-process (decode + preprocess + ORT batch 1), with the
+    server's session options (1 intra-op thread): the floor under the service's c=1 latency."""
+    import onnxruntime as ort
+
+    spec = latest_specs()[work.model]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        str(spec.graph_path()), options, providers=["CPUExecutionProvider"]
+    )
+    output = session.get_outputs()[-1].name
+    session.run([output], work.feed([work.prepare()]))
+    samples = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop or len(samples) < 20:
+        started = time.perf_counter()
+        session.run([output], work.feed([work.prepare()]))
+        samples.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(samples, 50))
+
+
 def run_wrk(
     url: str, work: Workload, concurrency: int, seconds: float, tmp: Path
 ) -> dict[str, float]:
@@ -262,8 +285,13 @@ def main() -> int:
     limits = {}
     for work in works:
         rate, config = in_process_limit(work, args.seconds / 2)
-        limits[work.model] = {"rps": rate, "config": config}
-        print(f"in-process limit {work.model}: {rate:.1f} req/s ({config})", flush=True)
+        single = in_process_latency_ms(work, args.seconds / 2)
+        limits[work.model] = {"rps": rate, "config": config, "batch1_p50_ms": single}
+        print(
+            f"in-process limit {work.model}: {rate:.1f} req/s ({config}); "
+            f"one request alone p50 {single:.2f} ms",
+            flush=True,
+        )
     env_of = {
         "local": {"DEEPSERVE_PLACEMENT": "local"},
         "local-nobatch": {"DEEPSERVE_PLACEMENT": "local", "DEEPSERVE_BATCHING": "false"},
@@ -317,6 +345,14 @@ def main() -> int:
                 f"| {r.model} | {r.mode} | {r.concurrency} | {r.rps:.1f} | {r.p50_ms:.1f} | "
                 f"{r.p99_ms:.1f} | {r.errors} | {batch} | {r.ratio:.2f} |"
             )
+    lines.append("")
+    lines.append("| model | mode | c=1 p50 ms | in-process batch-1 p50 ms | overhead ms |")
+    lines.append("|---|---|---|---|---|")
+    for r in (r for r in rows if r.concurrency == 1):
+        floor = limits[r.model]["batch1_p50_ms"]
+        lines.append(
+            f"| {r.model} | {r.mode} | {r.p50_ms:.2f} | {floor:.2f} | {r.p50_ms - floor:.2f} |"
+        )
     table = "\n".join(lines)
     print("\n" + table)
     (args.out / "bench.md").write_text(table + "\n")
