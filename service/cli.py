@@ -7,9 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from service.settings import Settings
-
-MODEL_NAMES = ["digits-cnn", "imagenet-cnn", "sentiment-lstm", "speech-ctc", "captioner"]
+from service.settings import MODEL_NAMES, Settings
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -42,7 +42,10 @@ class Kernel:
     def provider(self) -> str:
         return next(iter(self.graphs.values())).provider
 
-    def bucket(self, item: Any) -> Hashable:
+    @classmethod
+    def bucket(cls, item: Any) -> Hashable:
+        """The queue an item joins; a class-level rule, so a gateway can bucket for a remote
+        runner without loading the model."""
         return 0
 
     def run(self, key: Hashable, items: Sequence[Any]) -> list[Any]:
@@ -84,8 +87,9 @@ class TextClassifier(Kernel):
 
     BUCKETS = (8, 16, 32)
 
-    def bucket(self, item: Sequence[int]) -> Hashable:
-        return bisect.bisect_left(self.BUCKETS, len(item))
+    @classmethod
+    def bucket(cls, item: Sequence[int]) -> Hashable:
+        return bisect.bisect_left(cls.BUCKETS, len(item))
 
     def run(self, key: Hashable, items: Sequence[Sequence[int]]) -> list[np.ndarray]:
         tokens, lengths = collate_padded(items)
@@ -103,8 +107,9 @@ class SpeechRecognizer(Kernel):
 
     BUCKETS_S = (1.5, 3.0, 6.0)
 
-    def bucket(self, item: np.ndarray) -> Hashable:
-        return bisect.bisect_left(self.BUCKETS_S, len(item) / SAMPLE_RATE)
+    @classmethod
+    def bucket(cls, item: np.ndarray) -> Hashable:
+        return bisect.bisect_left(cls.BUCKETS_S, len(item) / SAMPLE_RATE)
 
     def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Any]:
         waveform, lengths = pad_batch(items)

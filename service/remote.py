@@ -24,7 +24,13 @@ from typing import Any
 import bentoml
 
 from service.batching import BatchStats
-from service.errors import InferenceFailed, NotReady, Overloaded, ServingError
+from service.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    NotReady,
+    Overloaded,
+    ServingError,
+)
 from service.kernels import KERNELS, Kernel, make_kernel
 from service.registry import ModelSpec, latest_specs
 from service.settings import Settings, get_settings
@@ -117,7 +123,6 @@ class RemoteRunner:
         self.retries = 0
         """Runner calls that failed once and were retried (session swaps, resets)."""
         self.kernel_class = KERNELS[spec.task]
-        self.kernel_bucket = make_bucketer(spec)
         self.described = False
         self.remote_stats: dict[str, int] = {}
         self._probe: asyncio.Task[None] | None = None
@@ -131,7 +136,7 @@ class RemoteRunner:
         return self.remote_provider
 
     def bucket(self, item: Any) -> Hashable:
-        return self.kernel_bucket(item)
+        return self.kernel_class.bucket(item)
 
     async def start(self) -> None:
         self.client = getattr(self.owner, attribute_name(self.name), None)
@@ -177,8 +182,6 @@ class RemoteRunner:
         if self.client is None:
             raise NotReady(f"model {self.name} is not ready: {self.error or 'loading'}")
         if deadline is not None and time.monotonic() >= deadline:
-            from service.errors import DeadlineExceeded
-
             raise DeadlineExceeded(f"deadline passed before {self.name} was called")
         self.calls += 1
         for attempt in (1, 2):
@@ -214,14 +217,6 @@ class RemoteRunner:
                 **self.remote_stats,
             },
         }
-
-
-def make_bucketer(spec: ModelSpec):  # type: ignore[no-untyped-def]
-    """The kernel's bucketing rule without loading the model in the gateway."""
-    kernel_class = KERNELS[spec.task]
-    probe = kernel_class.__new__(kernel_class)
-    probe.spec = spec
-    return probe.bucket
 
 
 def build_runner_services(settings: Settings | None = None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from service.processing.vision import (
     resize_center_crop,
     resize_exact,
 )
+from service.registry import ModelSpec
 from service.state import ServingState
 
 log = logging.getLogger("deepserve.rest")
@@ -121,6 +122,12 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
 
 def build_app(state: StateGetter) -> Starlette:
     """The /v1 app; `state` returns the gateway's ServingState at request time."""
+    word_indexes: dict[str, dict[str, int]] = {}  # model tag -> word -> id, built once
+
+    def word_index(spec: ModelSpec) -> dict[str, int]:
+        if spec.tag not in word_indexes:
+            word_indexes[spec.tag] = {word: i for i, word in enumerate(spec.vocabulary or [])}
+        return word_indexes[spec.tag]
 
     async def classify(request: Request) -> JSONResponse:
         serving = state()
@@ -170,7 +177,7 @@ def build_app(state: StateGetter) -> Starlette:
             raise InvalidInput(
                 f'"texts" has {len(texts)} items; the limit is {settings.max_batch_items}'
             )
-        index = {word: i for i, word in enumerate(spec.vocabulary or [])}
+        index = word_index(spec)
         max_tokens = int(spec.preprocessing["max_tokens"])
         items = []
         for position, text in enumerate(texts):

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from service.batching import AdaptiveBatcher
 from service.errors import NotReady
-from service.kernels import Kernel, make_kernel
+from service.kernels import KERNELS, Kernel, make_kernel
 from service.registry import ModelSpec
 from service.settings import Settings
 
@@ -70,9 +70,7 @@ class LocalRunner:
         return self.kernel.provider if self.kernel else "none"
 
     def bucket(self, item: Any) -> Hashable:
-        if self.kernel is None:
-            raise NotReady(f"model {self.name} is not loaded")
-        return self.kernel.bucket(item)
+        return KERNELS[self.spec.task].bucket(item)
 
     async def start(self) -> None:
         started = time.perf_counter()
