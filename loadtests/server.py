@@ -30,6 +30,8 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    grpc_target: str = ""
+    """host:port of the gateway's gRPC server."""
     placement: str = "local"
 
     def log(self) -> str:
@@ -37,12 +39,13 @@ class Server:
 
 
 def start_server(tmp: Path, env_overrides: dict[str, str], timeout: float = 180.0) -> Server:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = dict(os.environ)
     env.update(
         {
             "DEEPSERVE_HOST": "127.0.0.1",
             "DEEPSERVE_PORT": str(port),
+            "DEEPSERVE_GRPC_PORT": str(grpc_port),
             "BENTOML_DO_NOT_TRACK": "True",
             **env_overrides,
         }
@@ -57,7 +60,7 @@ def start_server(tmp: Path, env_overrides: dict[str, str], timeout: float = 180.
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, f"127.0.0.1:{grpc_port}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

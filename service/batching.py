@@ -44,6 +44,10 @@ class BatchStats:
     batches: int = 0
     samples: int = 0
     largest: int = 0
+    expired: int = 0
+    """Requests dropped unrun because their deadline passed while they queued."""
+    abandoned: int = 0
+    """Requests dropped unrun because their caller went away (disconnect, gRPC cancel)."""
     sizes: dict[int, int] = field(default_factory=dict)
 
     def record(self, size: int) -> None:
@@ -121,6 +125,9 @@ class AdaptiveBatcher:
                 "retry later"
             )
         now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            self.stats.expired += 1
+            raise DeadlineExceeded(f"deadline passed before {self.name} was queued")
         if self._last_arrival:
             gap = now - self._last_arrival
             self._arrival_gap = (
@@ -147,8 +154,10 @@ class AdaptiveBatcher:
             pending = queue.popleft()
             self._pending -= 1
             if pending.future.done():  # the client went away
+                self.stats.abandoned += 1
                 continue
             if pending.deadline is not None and now >= pending.deadline:
+                self.stats.expired += 1
                 pending.future.set_exception(
                     DeadlineExceeded(
                         f"deadline passed after {now - pending.enqueued:.3f} s in queue"

@@ -38,6 +38,8 @@ from service.settings import Settings, get_settings
 log = logging.getLogger("deepserve.remote")
 
 NEVER = 10**9  # requests / seconds: keep one client session for the life of the process
+EXPIRED = {"expired": True}
+"""A runner service's answer for an item whose deadline passed before it was computed."""
 
 
 def attribute_name(model: str) -> str:
@@ -68,12 +70,22 @@ def runner_service(model: str, settings: Settings) -> Any:
             max_latency_ms=int(settings.remote_max_latency_ms),
         )
         def infer(self, items: list[Any]) -> list[Any]:
-            """items: (queue key, payload) pairs; runs each key's items as one batch."""
-            self.stats.record(len(items))
+            """items: (queue key, payload, deadline) triples; runs each key's items as one batch.
+
+            The deadline is wall-clock (time.time(); None = none): items whose deadline passed
+            while BentoML queued them are answered EXPIRED instead of being computed.
+            """
             results: list[Any] = [None] * len(items)
             groups: dict[Hashable, list[int]] = {}
-            for index, (key, _) in enumerate(items):
-                groups.setdefault(key, []).append(index)
+            now = time.time()
+            for index, (key, _, deadline) in enumerate(items):
+                if deadline is not None and now >= deadline:
+                    self.stats.expired += 1
+                    results[index] = EXPIRED
+                else:
+                    groups.setdefault(key, []).append(index)
+            if groups:
+                self.stats.record(sum(len(rows) for rows in groups.values()))
             for key, rows in groups.items():
                 outputs = self.kernel.run(key, [items[i][1] for i in rows])
                 if len(outputs) != len(rows):
@@ -90,6 +102,7 @@ def runner_service(model: str, settings: Settings) -> Any:
                 "batches": self.stats.batches,
                 "samples": self.stats.samples,
                 "largest_batch": self.stats.largest,
+                "expired": self.stats.expired,
             }
 
     ModelRunner.__name__ = ModelRunner.__qualname__ = f"Runner_{attribute_name(model)}"
@@ -122,6 +135,8 @@ class RemoteRunner:
         self.calls = 0
         self.retries = 0
         """Runner calls that failed once and were retried (session swaps, resets)."""
+        self.expired = 0
+        """Calls not made because their deadline had passed (checked before the hop only)."""
         self.kernel_class = KERNELS[spec.task]
         self.described = False
         self.remote_stats: dict[str, int] = {}
@@ -171,7 +186,8 @@ class RemoteRunner:
             except Exception as error:
                 log.warning("model %s: describe failed: %s", self.name, error)
                 return
-            self.remote_stats = {k: int(info[k]) for k in ("batches", "samples", "largest_batch")}
+            keys = ("batches", "samples", "largest_batch", "expired")
+            self.remote_stats = {k: int(info.get(k, 0)) for k in keys}
 
     async def stop(self) -> None:
         if self._probe is not None:
@@ -182,11 +198,16 @@ class RemoteRunner:
         if self.client is None:
             raise NotReady(f"model {self.name} is not ready: {self.error or 'loading'}")
         if deadline is not None and time.monotonic() >= deadline:
+            self.expired += 1
             raise DeadlineExceeded(f"deadline passed before {self.name} was called")
         self.calls += 1
+        # the runner service checks the deadline again when BentoML hands it the batch
+        wall_deadline = None if deadline is None else time.time() + deadline - time.monotonic()
         for attempt in (1, 2):
             try:
-                (result,) = await self.client.to_async.call("infer", [(key, item)])
+                (result,) = await self.client.to_async.call("infer", [(key, item, wall_deadline)])
+                if result == EXPIRED:
+                    raise DeadlineExceeded(f"deadline passed while {self.name} queued it")
                 return self.kernel_class.from_wire(result)
             except ServingError:
                 raise
@@ -215,6 +236,7 @@ class RemoteRunner:
                 "calls": self.calls,
                 "retries": self.retries,
                 **self.remote_stats,
+                "expired": self.expired + self.remote_stats.get("expired", 0),
             },
         }
 

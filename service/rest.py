@@ -6,7 +6,6 @@ Mounted on the BentoML gateway with @bentoml.asgi_app so raw image/audio bodies 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -14,28 +13,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service import tasks
 from service.errors import (
     InvalidInput,
     PayloadTooLarge,
     ServingError,
     UnsupportedMediaType,
 )
-from service.processing.speech import SAMPLE_RATE, load_audio
-from service.processing.text import encode, tokenize
-from service.processing.vision import (
-    decode_image,
-    digit_pixels,
-    resize_center_crop,
-    resize_exact,
-)
-from service.registry import ModelSpec
 from service.state import ServingState
 
 log = logging.getLogger("deepserve.rest")
@@ -122,158 +112,48 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
 
 def build_app(state: StateGetter) -> Starlette:
     """The /v1 app; `state` returns the gateway's ServingState at request time."""
-    word_indexes: dict[str, dict[str, int]] = {}  # model tag -> word -> id, built once
-
-    def word_index(spec: ModelSpec) -> dict[str, int]:
-        if spec.tag not in word_indexes:
-            word_indexes[spec.tag] = {word: i for i, word in enumerate(spec.vocabulary or [])}
-        return word_indexes[spec.tag]
 
     async def classify(request: Request) -> JSONResponse:
         serving = state()
-        model = request.query_params.get("model", "imagenet-cnn")
-        runner = serving.runner(model, task="image-classification")
-        spec = runner.spec
-        labels = spec.labels or []
-        top_k = int_param(request, "top_k", 5, 1, len(labels))
-        settings = serving.settings
-        data = await read_media(request, "image", ("image/",), settings.max_body_bytes)
-
-        def prepare() -> np.ndarray:
-            image = decode_image(data, settings.max_image_pixels)
-            size = int(spec.preprocessing["image_size"][0])
-            if spec.preprocessing.get("channels") == 1:
-                return digit_pixels(
-                    image, size, spec.preprocessing.get("invert_light_background", True)
-                )
-            return resize_center_crop(image, round(size * 256 / 224), size)
-
-        pixels = await serving.preprocess(prepare)
-        probabilities = await runner.submit(pixels)
-        top = np.argsort(-probabilities, kind="stable")[:top_k]
-        predictions = [
-            {"label": labels[i], "index": int(i), "score": round(float(probabilities[i]), 6)}
-            for i in top
-        ]
-        return JSONResponse(
-            {"model": spec.name, "version": spec.version, "predictions": predictions}
-        )
+        model = request.query_params.get("model")
+        k = int_param(request, "top_k", 5, 1, 10_000)
+        data = await read_media(request, "image", ("image/",), serving.settings.max_body_bytes)
+        return JSONResponse(await tasks.classify(serving, data, model, k))
 
     async def sentiment(request: Request) -> JSONResponse:
         serving = state()
-        settings = serving.settings
-        runner = serving.runner(
-            request.query_params.get("model", "sentiment-lstm"), "text-classification"
-        )
-        spec = runner.spec
-        payload = await read_json(request, settings.max_body_bytes)
+        payload = await read_json(request, serving.settings.max_body_bytes)
         if not isinstance(payload, dict) or ("text" in payload) == ("texts" in payload):
             raise InvalidInput('JSON body must be {"text": "..."} or {"texts": ["...", ...]}')
         single = "text" in payload
         texts = [payload["text"]] if single else payload["texts"]
         if not isinstance(texts, list) or not texts:
             raise InvalidInput('"texts" must be a non-empty list of strings')
-        if len(texts) > settings.max_batch_items:
-            raise InvalidInput(
-                f'"texts" has {len(texts)} items; the limit is {settings.max_batch_items}'
-            )
-        index = word_index(spec)
-        max_tokens = int(spec.preprocessing["max_tokens"])
-        items = []
-        for position, text in enumerate(texts):
-            where = "text" if single else f"texts[{position}]"
-            if not isinstance(text, str):
-                raise InvalidInput(f"{where} must be a string, got {type(text).__name__}")
-            if not text.strip():
-                raise InvalidInput(f"{where} is empty; send some words")
-            if len(text) > settings.max_text_chars:
-                raise InvalidInput(
-                    f"{where} has {len(text)} characters; the limit is {settings.max_text_chars}"
-                )
-            tokens = tokenize(text)
-            if not tokens:
-                raise InvalidInput(f"{where} has no words (letters or digits)")
-            items.append(encode(tokens, index, max_tokens))
-
-        rows = await asyncio.gather(*(runner.submit(ids, runner.bucket(ids)) for ids in items))
-        labels = spec.labels or []
-        results = [
-            {"label": labels[int(np.argmax(row))], "score": round(float(np.max(row)), 6)}
-            for row in rows
-        ]
+        model = request.query_params.get("model")
+        spec, results = await tasks.sentiment(serving, texts, model, single)
         body: dict[str, Any] = {"model": spec.name, "version": spec.version}
         body.update(results[0] if single else {"results": results})
         return JSONResponse(body)
 
     async def transcribe(request: Request) -> JSONResponse:
         serving = state()
-        settings = serving.settings
-        runner = serving.runner(
-            request.query_params.get("model", "speech-ctc"), "speech-recognition"
-        )
-        data = await read_media(request, "audio", ("audio/",), settings.max_body_bytes)
-
-        def prepare() -> np.ndarray:
-            try:
-                audio = load_audio(data)
-            except ValueError as error:
-                raise InvalidInput(f"not a usable WAV file ({error}); send PCM WAV audio") from None
-            seconds = len(audio) / SAMPLE_RATE
-            if seconds > settings.max_audio_seconds:
-                raise InvalidInput(
-                    f"audio is {seconds:.1f} s long; the limit is {settings.max_audio_seconds:g} s"
-                )
-            if len(audio) < SAMPLE_RATE // 20:
-                raise InvalidInput(f"audio is {seconds * 1000:.0f} ms long; send at least 50 ms")
-            return audio
-
-        audio = await serving.preprocess(prepare)
-        transcript = await runner.submit(audio, runner.bucket(audio))
+        data = await read_media(request, "audio", ("audio/",), serving.settings.max_body_bytes)
         return JSONResponse(
-            {
-                "model": runner.spec.name,
-                "version": runner.spec.version,
-                "text": transcript.text,
-                "confidence": round(transcript.confidence, 6),
-                "duration_s": round(len(audio) / SAMPLE_RATE, 3),
-            }
+            await tasks.transcribe(serving, data, request.query_params.get("model"))
         )
 
     async def caption(request: Request) -> JSONResponse:
         serving = state()
-        settings = serving.settings
-        runner = serving.runner(request.query_params.get("model", "captioner"), "image-captioning")
-        beam = int_param(request, "beam", 1, 1, settings.max_beam)
-        data = await read_media(request, "image", ("image/",), settings.max_body_bytes)
-        size = int(runner.spec.preprocessing["image_size"][0])
-
-        def prepare() -> np.ndarray:
-            return resize_exact(decode_image(data, settings.max_image_pixels), size)
-
-        pixels = await serving.preprocess(prepare)
-        result = await runner.submit(pixels, beam)
-        return JSONResponse(
-            {
-                "model": runner.spec.name,
-                "version": runner.spec.version,
-                "caption": result.text,
-                "score": round(result.score, 6),
-                "beam": beam,
-            }
-        )
+        beam = int_param(request, "beam", 1, 1, serving.settings.max_beam)
+        data = await read_media(request, "image", ("image/",), serving.settings.max_body_bytes)
+        model = request.query_params.get("model")
+        return JSONResponse(await tasks.caption(serving, data, model, beam))
 
     async def list_models(request: Request) -> JSONResponse:
-        serving = state()
-        await asyncio.gather(*(runner.refresh() for runner in serving.runners.values()))
-        models = [serving.describe(name) for name in serving.runners]
-        missing = [{"name": n, "ready": False, "error": why} for n, why in serving.missing.items()]
-        return JSONResponse({"models": models + missing})
+        return JSONResponse({"models": await tasks.list_models(state())})
 
     async def show_model(request: Request) -> JSONResponse:
-        serving = state()
-        name = request.path_params["name"]
-        await serving.runner(name).refresh()
-        return JSONResponse(serving.describe(name))
+        return JSONResponse(await tasks.show_model(state(), request.path_params["name"]))
 
     def guarded(handler: Callable[[Request], Awaitable[JSONResponse]]):
         async def endpoint(request: Request) -> JSONResponse:

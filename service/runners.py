@@ -133,6 +133,8 @@ class LocalRunner:
                 "batches": stats.batches if stats else 0,
                 "samples": stats.samples if stats else 0,
                 "largest_batch": stats.largest if stats else 0,
+                "expired": stats.expired if stats else 0,
+                "abandoned": stats.abandoned if stats else 0,
             },
         }
 

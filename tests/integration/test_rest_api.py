@@ -17,6 +17,7 @@ from service.processing.speech import ctc_greedy_decode, load_audio
 from service.processing.text import encode, tokenize
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop, resize_exact
 from service.registry import ModelSpec, latest_specs
+from tests.integration.media import png, wav
 
 pytestmark = pytest.mark.models
 
@@ -39,22 +40,6 @@ def session():
         return cache[key]
 
     return get
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.squeeze()).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def wav(audio: np.ndarray, rate: int = 16000) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
 
 
 def expected_digit(spec, session, data: bytes) -> int:

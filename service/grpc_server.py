@@ -1,0 +1,168 @@
+"""The gateway's gRPC server: V2 inference, the typed task service, health and reflection.
+
+BentoML 1.4 has no gRPC serving for new-style services, so a grpc.aio server runs in the gateway
+process on the gateway's event loop (started by its startup hook), calling the same runners as
+REST. With several gateway workers each binds the port with SO_REUSEPORT and the kernel spreads
+connections across them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+from service import tasks
+from service.proto.gen import deepserve_pb2 as pb
+from service.proto.gen import deepserve_pb2_grpc, inference_pb2, inference_pb2_grpc
+from service.settings import Settings
+from service.state import ServingState
+from service.v2.grpc import V2Servicer, aborting, deadline_of
+
+log = logging.getLogger("deepserve.grpc")
+
+StateGetter = Callable[[], ServingState]
+V2_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+TASK_SERVICE = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
+    """deepserve.v1.Inference: the /v1 task API over gRPC (same fields, same core)."""
+
+    def __init__(self, state: StateGetter):
+        self.state = state
+
+    @aborting
+    async def Classify(self, request, context):
+        answer = await tasks.classify(
+            self.state(),
+            request.image,
+            request.model or None,
+            request.top_k or None,
+            deadline_of(context),
+        )
+        return pb.ClassifyResponse(
+            model=answer["model"],
+            version=answer["version"],
+            predictions=[pb.Prediction(**p) for p in answer["predictions"]],
+        )
+
+    @aborting
+    async def Sentiment(self, request, context):
+        spec, results = await tasks.sentiment(
+            self.state(), list(request.texts), request.model or None, deadline=deadline_of(context)
+        )
+        return pb.SentimentResponse(
+            model=spec.name,
+            version=spec.version,
+            results=[pb.SentimentResult(**r) for r in results],
+        )
+
+    @aborting
+    async def Transcribe(self, request, context):
+        answer = await tasks.transcribe(
+            self.state(), request.audio, request.model or None, deadline_of(context)
+        )
+        return pb.TranscribeResponse(**answer)
+
+    @aborting
+    async def Caption(self, request, context):
+        answer = await tasks.caption(
+            self.state(),
+            request.image,
+            request.model or None,
+            request.beam or None,
+            deadline_of(context),
+        )
+        return pb.CaptionResponse(**answer)
+
+    @aborting
+    async def ListModels(self, request, context):
+        models = await tasks.list_models(self.state())
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(
+                    name=m["name"],
+                    version=m.get("version", ""),
+                    task=m.get("task", ""),
+                    placement=m.get("placement", ""),
+                    provider=m.get("provider", ""),
+                    ready=bool(m.get("ready")),
+                    error=m.get("error") or "",
+                )
+                for m in models
+            ]
+        )
+
+
+class GrpcServer:
+    """Owns the grpc.aio server and keeps health statuses in step with readiness."""
+
+    def __init__(self, state: StateGetter, settings: Settings):
+        self.state = state
+        self.settings = settings
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", self.settings.max_body_bytes),
+                ("grpc.max_send_message_length", self.settings.max_body_bytes),
+            ],
+            maximum_concurrent_rpcs=self.settings.grpc_max_concurrent_rpcs,
+        )
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            V2Servicer(self.state), server
+        )
+        deepserve_pb2_grpc.add_InferenceServicer_to_server(TaskServicer(self.state), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [V2_SERVICE, TASK_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        self.port = server.add_insecure_port(address)
+        if not self.port:
+            raise RuntimeError(f"gRPC could not bind {address}")
+        await server.start()
+        self.server = server
+        await self._set_health(False)
+        self._watch = asyncio.create_task(self._follow_readiness(), name="grpc-health")
+        log.info("gRPC listening on %s:%d", self.settings.host, self.port)
+
+    async def _set_health(self, ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", V2_SERVICE, TASK_SERVICE):
+            await self.health.set(name, status)
+
+    async def _follow_readiness(self) -> None:
+        current: bool | None = None
+        while True:
+            ready = self.state().ready
+            if ready != current:
+                await self._set_health(ready)
+                current = ready
+            await asyncio.sleep(0.5)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None

@@ -1,0 +1,1 @@
+"""Protocol buffer sources (*.proto) and their generated stubs (build.py, stubs.py)."""

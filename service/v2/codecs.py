@@ -1,0 +1,165 @@
+"""Open Inference Protocol tensors <-> numpy: datatypes, JSON data, raw bytes (binary extension).
+
+BYTES tensors are numpy object arrays of `bytes`; on the wire (raw gRPC contents and the REST
+binary extension) each element is a 4-byte little-endian length followed by its bytes, as Triton
+and tritonclient write them.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidInput
+
+NUMPY_OF: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+DATATYPE_OF: dict[np.dtype[Any], str] = {
+    dtype: name for name, dtype in NUMPY_OF.items() if name != "BYTES"
+}
+_LENGTH = struct.Struct("<I")
+
+
+def numpy_dtype(datatype: str, name: str) -> np.dtype[Any]:
+    try:
+        return NUMPY_OF[datatype]
+    except KeyError:
+        known = ", ".join(NUMPY_OF)
+        raise InvalidInput(f"input {name}: unknown datatype {datatype!r}; one of {known}") from None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype == object:
+        return "BYTES"
+    return DATATYPE_OF[array.dtype]
+
+
+def check_shape(shape: Any, name: str) -> list[int]:
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"input {name}: shape must be a list of non-negative integers")
+    return [int(d) for d in shape]
+
+
+def element_count(shape: list[int]) -> int:
+    return math.prod(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if data and isinstance(data[0], list):
+        flat: list[Any] = []
+        for part in data:
+            flat.extend(_flatten(part))
+        return flat
+    return data
+
+
+def from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
+    """A JSON tensor ("data" flat or nested, row-major) -> numpy array of `shape`."""
+    dims = check_shape(shape, name)
+    dtype = numpy_dtype(datatype, name)
+    flat = _flatten(data)
+    if len(flat) != element_count(dims):
+        raise InvalidInput(
+            f"input {name}: shape {dims} needs {element_count(dims)} elements, data has {len(flat)}"
+        )
+    if datatype == "BYTES":
+        values = np.empty(len(flat), dtype=object)
+        for i, value in enumerate(flat):
+            if not isinstance(value, str):
+                raise InvalidInput(f"input {name}: BYTES data must be strings")
+            values[i] = value.encode()
+        return values.reshape(dims)
+    try:
+        values = np.asarray(flat)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"input {name}: data must be a flat or nested list of numbers") from None
+    if values.size and (values.ndim != 1 or values.dtype.kind not in "biuf"):
+        raise InvalidInput(f"input {name}: data is not all {datatype} values")
+    if values.dtype.kind == "b" and datatype != "BOOL":
+        raise InvalidInput(f"input {name}: data holds booleans, datatype is {datatype}")
+    if dtype.kind in "iu" and values.size:
+        if values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
+            raise InvalidInput(f"input {name}: {datatype} data holds fractional numbers")
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise InvalidInput(f"input {name}: data out of the {datatype} range")
+    array = values.astype(dtype)
+    return array.reshape(dims)
+
+
+def from_raw(name: str, datatype: str, shape: Any, raw: bytes) -> np.ndarray:
+    """Raw little-endian bytes (gRPC raw_input_contents, REST binary data) -> numpy array."""
+    dims = check_shape(shape, name)
+    dtype = numpy_dtype(datatype, name)
+    count = element_count(dims)
+    if datatype == "BYTES":
+        return deserialize_bytes(name, raw, count).reshape(dims)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"input {name}: {len(raw)} bytes of data, but shape {dims} of {datatype} "
+            f"needs {expected} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
+
+
+def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    values = np.empty(count, dtype=object)
+    offset = 0
+    view = memoryview(raw)
+    for i in range(count):
+        if offset + 4 > len(raw):
+            raise InvalidInput(f"input {name}: BYTES data ends after {i} of {count} elements")
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidInput(f"input {name}: BYTES element {i} runs past the end of the data")
+        values[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(raw):
+        raise InvalidInput(
+            f"input {name}: {len(raw) - offset} bytes left after {count} BYTES elements"
+        )
+    return values
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    """A numpy array -> raw little-endian bytes (BYTES: length-prefixed elements)."""
+    if array.dtype == object:
+        parts = []
+        for value in array.reshape(-1):
+            data = value if isinstance(value, bytes) else str(value).encode()
+            parts.append(_LENGTH.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def to_json_data(array: np.ndarray) -> list[Any]:
+    """A numpy array -> flat JSON data (BYTES as UTF-8 strings)."""
+    flat = array.reshape(-1)
+    if array.dtype == object:
+        return [
+            v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in flat
+        ]
+    return flat.tolist()

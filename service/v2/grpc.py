@@ -1,0 +1,195 @@
+"""Open Inference Protocol over gRPC: inference.GRPCInferenceService (KServe V2 + ModelConfig).
+
+Inputs are read from raw_input_contents when the client sends them (tritonclient does), else from
+the typed `contents` fields; outputs always go back in raw_output_contents, which is all that
+tritonclient's as_numpy() reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+from service.errors import InvalidInput, ServingError
+from service.proto.gen import inference_pb2 as pb
+from service.proto.gen import inference_pb2_grpc
+from service.state import ServingState
+from service.v2 import codecs, dataplane
+
+StateGetter = Callable[[], ServingState]
+Reply = TypeVar("Reply")
+
+# datatype -> the InferTensorContents field that carries it when raw contents are not used
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline as a time.monotonic() value (requests past it are not computed)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def aborting(
+    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]:
+    """Turn a ServingError into the gRPC status its class names (one table for all protocols)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Reply:
+        try:
+            return await method(self, request, context)
+        except ServingError as error:
+            if "Retry-After" in error.headers:
+                context.set_trailing_metadata((("retry-after", error.headers["Retry-After"]),))
+            await context.abort(error.grpc_code, error.message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def parameter_value(parameter: pb.InferParameter) -> Any:
+    choice = parameter.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(parameter, choice)
+
+
+def parameters_of(mapping: Any) -> dict[str, Any]:
+    return {key: parameter_value(value) for key, value in mapping.items()}
+
+
+def read_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for position, tensor in enumerate(request.inputs):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        if name in arrays:
+            raise InvalidInput(f"input {name} appears twice")
+        if raw:
+            arrays[name] = codecs.from_raw(name, datatype, shape, raw[position])
+            continue
+        field = CONTENTS_FIELD.get(datatype)
+        if field is None:
+            codecs.numpy_dtype(datatype, name)  # unknown datatype: says which are known
+            raise InvalidInput(f"input {name}: {datatype} travels only in raw_input_contents")
+        values = list(getattr(tensor.contents, field))
+        if datatype == "BYTES":
+            count = codecs.element_count(codecs.check_shape(shape, name))
+            if len(values) != count:
+                raise InvalidInput(
+                    f"input {name}: shape {shape} needs {count} elements, got {len(values)}"
+                )
+            array = np.empty(count, dtype=object)
+            array[:] = values
+            arrays[name] = array.reshape(shape)
+        else:
+            arrays[name] = codecs.from_json(name, datatype, shape, values)
+    return arrays
+
+
+class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: StateGetter):
+        self.state = state
+
+    @aborting
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @aborting
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.state().ready)
+
+    @aborting
+    async def ModelReady(self, request, context):
+        ready = dataplane.model_ready(self.state(), request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
+
+    @aborting
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(**dataplane.server_metadata())
+
+    @aborting
+    async def ModelMetadata(self, request, context):
+        meta = dataplane.model_metadata(self.state(), request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+        )
+
+    @aborting
+    async def ModelConfig(self, request, context):
+        config = dataplane.model_config(self.state(), request.name, request.version)
+        return pb.ModelConfigResponse(
+            config=pb.ModelConfig(
+                name=config["name"],
+                platform=config["platform"],
+                backend=config["backend"],
+                max_batch_size=config["max_batch_size"],
+                input=[
+                    pb.ModelInput(
+                        name=t["name"],
+                        data_type=pb.DataType.Value(t["data_type"]),
+                        dims=t["dims"],
+                        optional=t["optional"],
+                    )
+                    for t in config["input"]
+                ],
+                output=[
+                    pb.ModelOutput(
+                        name=t["name"], data_type=pb.DataType.Value(t["data_type"]), dims=t["dims"]
+                    )
+                    for t in config["output"]
+                ],
+                dynamic_batching=pb.ModelDynamicBatching(**config["dynamic_batching"]),
+            )
+        )
+
+    @aborting
+    async def ModelInfer(self, request, context):
+        parsed = dataplane.InferRequest(
+            model=request.model_name,
+            version=request.model_version,
+            id=request.id,
+            parameters=parameters_of(request.parameters),
+            inputs=read_inputs(request),
+            deadline=deadline_of(context),
+        )
+        for wanted in request.outputs:
+            k = parameters_of(wanted.parameters).get("classification", 0)
+            if not isinstance(k, int) or k < 0:
+                raise InvalidInput(f"output {wanted.name}: classification must be an integer >= 0")
+            parsed.outputs.append(dataplane.RequestedOutput(wanted.name, k))
+        result = await dataplane.infer(self.state(), parsed)
+        response = pb.ModelInferResponse(
+            model_name=result.model, model_version=result.version, id=result.id
+        )
+        for wanted, array in result.outputs:
+            response.outputs.add(
+                name=wanted.name, datatype=codecs.datatype_of(array), shape=list(array.shape)
+            )
+            response.raw_output_contents.append(codecs.to_raw(array))
+        return response

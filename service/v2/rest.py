@@ -1,0 +1,235 @@
+"""Open Inference Protocol over HTTP (/v2), with the binary tensor data extension.
+
+A request with an `Inference-Header-Content-Length` header is a JSON header followed by the binary
+data of every input whose parameters carry `binary_data_size`, in input order. Outputs go back as
+binary when the output asks for it (`"binary_data": true`) or the request says
+`"binary_data_output": true` (tritonclient's default), else as JSON data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.errors import InvalidInput, ServingError
+from service.rest import read_body
+from service.state import ServingState
+from service.v2 import codecs, dataplane
+
+log = logging.getLogger("deepserve.v2")
+
+StateGetter = Callable[[], ServingState]
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def error_response(error: ServingError) -> JSONResponse:
+    return JSONResponse({"error": error.message}, error.http_status, headers=error.headers)
+
+
+def parameter_dict(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where} parameters must be a JSON object")
+    return value
+
+
+def decode_body(request: Request, body: bytes) -> tuple[dict[str, Any], memoryview]:
+    """(JSON header, binary tail) of an infer request, undoing any Content-Encoding."""
+    encoding = request.headers.get("content-encoding", "").lower()
+    try:
+        if encoding == "gzip":
+            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            body = zlib.decompress(body)
+        elif encoding not in ("", "identity"):
+            raise InvalidInput(f"Content-Encoding {encoding} not supported; use gzip or deflate")
+    except zlib.error as error:
+        raise InvalidInput(f"body is not valid {encoding} data: {error}") from None
+    declared = request.headers.get(HEADER_LENGTH)
+    if declared is None:
+        header_bytes, tail = body, b""
+    else:
+        if not declared.isdigit() or int(declared) > len(body):
+            raise InvalidInput(
+                f"{HEADER_LENGTH}: {declared} is not a length within the {len(body)}-byte body"
+            )
+        header_bytes, tail = body[: int(declared)], body[int(declared) :]
+    try:
+        header = json.loads(header_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"malformed JSON inference header: {error}") from None
+    if not isinstance(header, dict):
+        raise InvalidInput("the inference request must be a JSON object")
+    return header, memoryview(tail)
+
+
+def parse_infer(
+    header: dict[str, Any], tail: memoryview, model: str, model_version: str | None
+) -> dataplane.InferRequest:
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput('"inputs" must be a non-empty list of tensors')
+    request = dataplane.InferRequest(
+        model=model,
+        version=model_version or "",
+        id=str(header.get("id", "")),
+        parameters=parameter_dict(header.get("parameters"), "request"),
+    )
+    offset = 0
+    for position, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise InvalidInput(f"inputs[{position}] must be an object with a string name")
+        name = tensor["name"]
+        if name in request.inputs:
+            raise InvalidInput(f"input {name} appears twice")
+        datatype, shape = tensor.get("datatype"), tensor.get("shape")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"input {name}: datatype must be a string such as FP32")
+        parameters = parameter_dict(tensor.get("parameters"), f"input {name}")
+        size = parameters.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+                raise InvalidInput(
+                    f"input {name}: binary_data_size {size} does not fit the "
+                    f"{len(tail) - offset} binary bytes left"
+                )
+            raw = bytes(tail[offset : offset + size])
+            offset += size
+            request.inputs[name] = codecs.from_raw(name, datatype, shape, raw)
+        else:
+            if "data" not in tensor:
+                raise InvalidInput(f"input {name} has neither data nor binary_data_size")
+            request.inputs[name] = codecs.from_json(name, datatype, shape, tensor["data"])
+    if offset != len(tail):
+        raise InvalidInput(f"{len(tail) - offset} binary bytes after the last binary input")
+    outputs = header.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise InvalidInput('"outputs" must be a list')
+    for position, wanted in enumerate(outputs):
+        if not isinstance(wanted, dict) or not isinstance(wanted.get("name"), str):
+            raise InvalidInput(f"outputs[{position}] must be an object with a string name")
+        parameters = parameter_dict(wanted.get("parameters"), f"output {wanted['name']}")
+        k = parameters.get("classification", 0)
+        if not isinstance(k, int) or k < 0:
+            raise InvalidInput(f"output {wanted['name']}: classification must be an integer >= 0")
+        binary = parameters.get("binary_data")
+        request.outputs.append(
+            dataplane.RequestedOutput(wanted["name"], k, None if binary is None else bool(binary))
+        )
+    return request
+
+
+def render_infer(result: dataplane.InferResponse, binary_default: bool) -> Response:
+    outputs, chunks = [], []
+    for wanted, array in result.outputs:
+        tensor: dict[str, Any] = {
+            "name": wanted.name,
+            "datatype": codecs.datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if wanted.binary if wanted.binary is not None else binary_default:
+            raw = codecs.to_raw(array)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = codecs.to_json_data(array)
+        outputs.append(tensor)
+    body: dict[str, Any] = {
+        "model_name": result.model,
+        "model_version": result.version,
+        "outputs": outputs,
+    }
+    if result.id:
+        body["id"] = result.id
+    header = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *chunks]),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+def build_app(state: StateGetter) -> Starlette:
+    """The /v2 routes; `state` returns the gateway's ServingState at request time."""
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse(dataplane.server_metadata())
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        is_ready = state().ready
+        return JSONResponse({"ready": is_ready}, 200 if is_ready else 503)
+
+    def version_of(request: Request) -> str | None:
+        return request.path_params.get("version")
+
+    async def model_metadata(request: Request) -> Response:
+        name = request.path_params["name"]
+        return JSONResponse(dataplane.model_metadata(state(), name, version_of(request)))
+
+    async def model_ready(request: Request) -> Response:
+        name = request.path_params["name"]
+        is_ready = dataplane.model_ready(state(), name, version_of(request))
+        return JSONResponse({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+
+    async def model_config(request: Request) -> Response:
+        name = request.path_params["name"]
+        return JSONResponse(dataplane.model_config(state(), name, version_of(request)))
+
+    async def infer(request: Request) -> Response:
+        serving = state()
+        body = await read_body(request, serving.settings.max_body_bytes)
+        header, tail = decode_body(request, body)
+        parsed = parse_infer(header, tail, request.path_params["name"], version_of(request))
+        result = await dataplane.infer(serving, parsed)
+        binary_default = bool(parsed.parameters.get("binary_data_output", False))
+        return render_infer(result, binary_default)
+
+    def guarded(handler: Callable[[Request], Awaitable[Response]]):
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServingError as error:
+                if error.http_status >= 500:
+                    log.warning("%s %s: %s", request.method, request.url.path, error.message)
+                return error_response(error)
+
+        return endpoint
+
+    # NOTE: mounted at "/" (BentoML's mounts only match their own routes), so GET /v2 itself is
+    # a route; a mount at /v2 would redirect it to /v2/, which clients do not follow.
+    model = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2", guarded(server_metadata), methods=["GET"]),
+        Route("/v2/health/live", guarded(live), methods=["GET"]),
+        Route("/v2/health/ready", guarded(ready), methods=["GET"]),
+    ]
+    for prefix in (model, versioned):
+        routes += [
+            Route(prefix, guarded(model_metadata), methods=["GET"]),
+            Route(prefix + "/ready", guarded(model_ready), methods=["GET"]),
+            Route(prefix + "/config", guarded(model_config), methods=["GET"]),
+            Route(prefix + "/infer", guarded(infer), methods=["POST"]),
+        ]
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, 404)
+
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"{request.method} not allowed on {request.url.path}"}, 405)
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
