@@ -3,8 +3,10 @@
 For imagenet-cnn (512 px JPEG posted raw), digits-cnn (PNG) and sentiment-lstm (JSON):
   1. the in-process limit: decode + preprocess + ONNX Runtime in this process, no HTTP, best of a
      few caller/micro-batch configurations;
-  2. the served API under wrk at concurrency 1, 8 and 32, for the local placement, the local
-     placement with batching off, and the remote placement (BentoML runner services).
+  2. the served API at concurrency 1, 8 and 32, for the local placement, the local placement with
+     batching off, and the remote placement (BentoML runner services), over REST /v1 (wrk); the
+     local placement also over V2 REST with binary tensors (wrk), the gRPC task service and V2
+     gRPC ModelInfer (loadtests/grpc_load.py).
 Prints one table with ratios to the limit, writes JSON and a latency-vs-throughput PNG.
 Not a test: numbers depend on the machine. Loopback only; every load run is bounded in time.
 """
@@ -33,7 +35,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadtests.server import start_server, stop_server  # noqa: E402
+from loadtests.server import Server, start_server, stop_server  # noqa: E402
 from service.processing.text import encode, tokenize  # noqa: E402
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop  # noqa: E402
 from service.registry import latest_specs  # noqa: E402
@@ -46,7 +48,9 @@ wrk.method = "POST"
 local f = io.open(os.getenv("BODY_FILE"), "rb")
 wrk.body = f:read("*all")
 f:close()
-wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
+for name, value in string.gmatch(os.getenv("HEADERS"), "([^:\\n]+): ([^\\n]+)") do
+  wrk.headers[name] = value
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -66,12 +70,17 @@ class Workload:
     prepare: Callable[[], Any]
     """decode + preprocess one request in-process (what the server does before the model)."""
     feed: Callable[[list[Any]], dict[str, np.ndarray]]
+    v2_inputs: Callable[[], dict[str, np.ndarray]]
+    """The same request as Open Inference Protocol tensors (what a V2 client sends)."""
+    task_rpc: Callable[[], tuple[str, bytes]]
+    """The same request for deepserve.v1.Inference: (method path, serialized message)."""
 
 
 @dataclass
 class Row:
     model: str
     mode: str
+    protocol: str
     concurrency: int
     rps: float
     p50_ms: float
@@ -102,22 +111,28 @@ def workloads() -> list[Workload]:
         tokens, lengths = collate_padded(items)
         return {"tokens": tokens, "lengths": lengths}
 
+    imagenet = lambda: resize_center_crop(decode_image(jpeg_bytes, 10**8), 256, 224)  # noqa: E731
+    digits = lambda: digit_pixels(decode_image(png_bytes, 10**8), 28)  # noqa: E731
     return [
         Workload(
             "imagenet-cnn",
             "/v1/classify?model=imagenet-cnn",
             "image/jpeg",
             jpeg_bytes,
-            lambda: resize_center_crop(decode_image(jpeg_bytes, 10**8), 256, 224),
+            imagenet,
             lambda items: {"image": np.stack(items)},
+            lambda: {"image": imagenet()[None]},
+            lambda: task_call("Classify", image=jpeg_bytes, model="imagenet-cnn"),
         ),
         Workload(
             "digits-cnn",
             "/v1/classify?model=digits-cnn",
             "image/png",
             png_bytes,
-            lambda: digit_pixels(decode_image(png_bytes, 10**8), 28),
+            digits,
             lambda items: {"image": np.stack(items)},
+            lambda: {"image": digits()[None]},
+            lambda: task_call("Classify", image=png_bytes, model="digits-cnn"),
         ),
         Workload(
             "sentiment-lstm",
@@ -128,8 +143,56 @@ def workloads() -> list[Workload]:
                 tokenize(json.loads(json.dumps({"text": review}))["text"]), vocabulary, 64
             ),
             text_feed,
+            lambda: {"text": np.array([review.encode()], dtype=object)},
+            lambda: task_call("Sentiment", texts=[review]),
         ),
     ]
+
+
+def task_call(method: str, **fields: Any) -> tuple[str, bytes]:
+    import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+    from service.proto.gen import deepserve_pb2 as pb
+
+    message = getattr(pb, f"{method}Request")(**fields)
+    return f"/deepserve.v1.Inference/{method}", message.SerializeToString()
+
+
+def v2_rest_request(inputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """A binary-data V2 infer body (what tritonclient.http sends) and its headers."""
+    from service.v2 import codecs
+
+    raws = [codecs.to_raw(array) for array in inputs.values()]
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": codecs.datatype_of(array),
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+                for (name, array), raw in zip(inputs.items(), raws)
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    return header + b"".join(raws), headers
+
+
+def v2_grpc_request(model: str, inputs: dict[str, np.ndarray]) -> tuple[str, bytes]:
+    import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+    from service.proto.gen import inference_pb2 as pb
+    from service.v2 import codecs
+
+    message = pb.ModelInferRequest(model_name=model)
+    for name, array in inputs.items():
+        message.inputs.add(name=name, datatype=codecs.datatype_of(array), shape=list(array.shape))
+        message.raw_input_contents.append(codecs.to_raw(array))
+    return "/inference.GRPCInferenceService/ModelInfer", message.SerializeToString()
 
 
 def measure_rate(
@@ -175,7 +238,7 @@ def in_process_limit(work: Workload, seconds: float) -> tuple[float, str]:
     return best, best_config
 
 
-def in_process_latency_ms(work: Workload, seconds: float) -> float:
+def in_process_latency_ms(work: Workload, seconds: float, decode: bool = True) -> float:
     """p50 of one request alone in-process (decode + preprocess + ORT batch 1), with the
     server's session options (1 intra-op thread): the floor under the service's c=1 latency."""
     import onnxruntime as ort
@@ -188,24 +251,29 @@ def in_process_latency_ms(work: Workload, seconds: float) -> float:
         str(spec.graph_path()), options, providers=["CPUExecutionProvider"]
     )
     output = session.get_outputs()[-1].name
-    session.run([output], work.feed([work.prepare()]))
+    prepared = work.prepare()
+    session.run([output], work.feed([prepared]))
     samples = []
     stop = time.perf_counter() + seconds
     while time.perf_counter() < stop or len(samples) < 20:
         started = time.perf_counter()
-        session.run([output], work.feed([work.prepare()]))
+        session.run([output], work.feed([work.prepare() if decode else prepared]))
         samples.append((time.perf_counter() - started) * 1000)
     return float(np.percentile(samples, 50))
 
 
 def run_wrk(
-    url: str, work: Workload, concurrency: int, seconds: float, tmp: Path
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float, tmp: Path
 ) -> dict[str, float]:
-    body = tmp / "body.bin"
-    body.write_bytes(work.body)
+    body_file = tmp / "body.bin"
+    body_file.write_bytes(body)
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
-    env = dict(os.environ, BODY_FILE=str(body), CONTENT_TYPE=work.content_type)
+    env = dict(
+        os.environ,
+        BODY_FILE=str(body_file),
+        HEADERS="\n".join(f"{k}: {v}" for k, v in headers.items()),
+    )
     result = subprocess.run(
         [
             "wrk",
@@ -219,7 +287,7 @@ def run_wrk(
             "10s",
             "-s",
             str(script),
-            url + work.path,
+            url,
         ],
         capture_output=True,
         text=True,
@@ -240,6 +308,46 @@ def run_wrk(
     }
 
 
+def run_grpc(
+    target: str, method: str, body: bytes, concurrency: int, seconds: float, tmp: Path
+) -> dict[str, float]:
+    """loadtests/grpc_load.py in its own process (like wrk, it is not the server's interpreter)."""
+    body_file = tmp / "grpc.bin"
+    body_file.write_bytes(body)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.grpc_load",
+            "--target",
+            target,
+            "--method",
+            method,
+            "--body",
+            str(body_file),
+            "-c",
+            str(concurrency),
+            "-d",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=seconds + 60,
+    )
+    match = re.search(r"JSON(\{.*\})", result.stdout)
+    if not match:
+        raise RuntimeError(f"grpc_load printed no summary:\n{result.stdout}\n{result.stderr}")
+    data = json.loads(match.group(1))
+    return {
+        "rps": data["requests"] / data["duration_s"],
+        "p50_ms": data["p50_ms"],
+        "p99_ms": data["p99_ms"],
+        "errors": data["errors"],
+    }
+
+
 def batch_counts(url: str, model: str) -> tuple[int, int]:
     info = requests.get(f"{url}/v1/models/{model}", timeout=10).json()["batching"]
     return int(info.get("batches", 0)), int(info.get("samples", 0))
@@ -254,9 +362,12 @@ def plot(rows: list[Row], path: Path) -> None:
     models = sorted({r.model for r in rows})
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4))
     for ax, model in zip(np.atleast_1d(axes), models):
-        for mode in sorted({r.mode for r in rows}):
-            points = [r for r in rows if r.model == model and r.mode == mode]
-            ax.plot([r.rps for r in points], [r.p99_ms for r in points], marker="o", label=mode)
+        for mode, protocol in sorted({(r.mode, r.protocol) for r in rows}):
+            points = [
+                r for r in rows if r.model == model and r.mode == mode and r.protocol == protocol
+            ]
+            label = mode if protocol == "rest" else f"{mode} {protocol}"
+            ax.plot([r.rps for r in points], [r.p99_ms for r in points], marker="o", label=label)
             for r in points:
                 ax.annotate(f"c={r.concurrency}", (r.rps, r.p99_ms), fontsize=7)
         ax.set_title(model)
@@ -274,6 +385,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="per load point (default 6)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--modes", default="local,local-nobatch,remote")
+    parser.add_argument(
+        "--protocols",
+        default="rest,v2-rest,grpc,v2-grpc",
+        help="rest = /v1 task API (wrk), v2-rest = /v2 binary tensors (wrk), "
+        "grpc = deepserve.v1.Inference, v2-grpc = ModelInfer (loadtests/grpc_load.py)",
+    )
+    parser.add_argument(
+        "--protocol-modes", default="local", help="modes measured with every protocol"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -286,7 +406,13 @@ def main() -> int:
     for work in works:
         rate, config = in_process_limit(work, args.seconds / 2)
         single = in_process_latency_ms(work, args.seconds / 2)
-        limits[work.model] = {"rps": rate, "config": config, "batch1_p50_ms": single}
+        ort_only = in_process_latency_ms(work, args.seconds / 4, decode=False)
+        limits[work.model] = {
+            "rps": rate,
+            "config": config,
+            "batch1_p50_ms": single,
+            "ort_batch1_p50_ms": ort_only,
+        }
         print(
             f"in-process limit {work.model}: {rate:.1f} req/s ({config}); "
             f"one request alone p50 {single:.2f} ms",
@@ -298,60 +424,85 @@ def main() -> int:
         "remote": {"DEEPSERVE_PLACEMENT": "remote"},
     }
     models = json.dumps([w.model for w in works])
+    protocols = args.protocols.split(",")
     rows: list[Row] = []
+
+    def measure(server: Server, work: Workload, protocol: str, clients: int, seconds: float):
+        if protocol == "rest":
+            headers = {"Content-Type": work.content_type}
+            return run_wrk(server.url + work.path, work.body, headers, clients, seconds, tmp)
+        if protocol == "v2-rest":
+            body, headers = v2_rest_request(work.v2_inputs())
+            url = f"{server.url}/v2/models/{work.model}/infer"
+            return run_wrk(url, body, headers, clients, seconds, tmp)
+        method, message = (
+            work.task_rpc() if protocol == "grpc" else v2_grpc_request(work.model, work.v2_inputs())
+        )
+        return run_grpc(server.grpc_target, method, message, clients, seconds, tmp)
+
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for mode in args.modes.split(","):
             server = start_server(tmp, {**env_of[mode], "DEEPSERVE_MODELS": models})
             try:
                 for work in works:
-                    run_wrk(server.url, work, 4, 1.0, tmp)  # warm the path
-                    for concurrency in levels:
-                        before = batch_counts(server.url, work.model)
-                        point = run_wrk(server.url, work, concurrency, args.seconds, tmp)
-                        after = batch_counts(server.url, work.model)
-                        batches, samples = after[0] - before[0], after[1] - before[1]
-                        row = Row(
-                            work.model,
-                            mode,
-                            concurrency,
-                            point["rps"],
-                            point["p50_ms"],
-                            point["p99_ms"],
-                            int(point["errors"]),
-                            samples / batches if batches else None,
-                            point["rps"] / limits[work.model]["rps"],
-                        )
-                        rows.append(row)
-                        print(
-                            f"{mode:<14} {work.model:<15} c={concurrency:<3} {row.rps:7.1f} req/s "
-                            f"p50 {row.p50_ms:6.1f} ms p99 {row.p99_ms:7.1f} ms "
-                            f"x{row.ratio:.2f} of limit",
-                            flush=True,
-                        )
+                    for protocol in protocols if mode in args.protocol_modes else ["rest"]:
+                        measure(server, work, protocol, 4, 1.0)  # warm the path
+                        for concurrency in levels:
+                            before = batch_counts(server.url, work.model)
+                            point = measure(server, work, protocol, concurrency, args.seconds)
+                            after = batch_counts(server.url, work.model)
+                            batches, samples = after[0] - before[0], after[1] - before[1]
+                            row = Row(
+                                work.model,
+                                mode,
+                                protocol,
+                                concurrency,
+                                point["rps"],
+                                point["p50_ms"],
+                                point["p99_ms"],
+                                int(point["errors"]),
+                                samples / batches if batches else None,
+                                point["rps"] / limits[work.model]["rps"],
+                            )
+                            rows.append(row)
+                            print(
+                                f"{mode:<14} {protocol:<8} {work.model:<15} c={concurrency:<3} "
+                                f"{row.rps:7.1f} req/s p50 {row.p50_ms:6.1f} ms "
+                                f"p99 {row.p99_ms:7.1f} ms x{row.ratio:.2f} of limit",
+                                flush=True,
+                            )
             finally:
                 stop_server(server)
-    header = "| model | mode | clients | req/s | p50 ms | p99 ms | errors | avg batch | x limit |"
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    header = (
+        "| model | mode | protocol | clients | req/s | p50 ms | p99 ms | errors | avg batch "
+        "| x limit |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for work in works:
         limit = limits[work.model]
         lines.append(
-            f"| {work.model} | in-process limit ({limit['config']}) | - | {limit['rps']:.1f} "
+            f"| {work.model} | in-process limit ({limit['config']}) | - | - | {limit['rps']:.1f} "
             "| - | - | - | - | 1.00 |"
         )
         for r in (r for r in rows if r.model == work.model):
             batch = f"{r.avg_batch:.1f}" if r.avg_batch else "-"
             lines.append(
-                f"| {r.model} | {r.mode} | {r.concurrency} | {r.rps:.1f} | {r.p50_ms:.1f} | "
-                f"{r.p99_ms:.1f} | {r.errors} | {batch} | {r.ratio:.2f} |"
+                f"| {r.model} | {r.mode} | {r.protocol} | {r.concurrency} | {r.rps:.1f} | "
+                f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {batch} | {r.ratio:.2f} |"
             )
     lines.append("")
-    lines.append("| model | mode | c=1 p50 ms | in-process batch-1 p50 ms | overhead ms |")
-    lines.append("|---|---|---|---|---|")
+    lines.append(
+        "| model | mode | protocol | c=1 p50 ms | in-process batch-1 p50 ms | overhead ms |"
+    )
+    lines.append("|---|---|---|---|---|---|")
     for r in (r for r in rows if r.concurrency == 1):
-        floor = limits[r.model]["batch1_p50_ms"]
+        # V2 clients send preprocessed tensors: their floor is ONNX Runtime alone, no decode
+        key = "ort_batch1_p50_ms" if r.protocol.startswith("v2") else "batch1_p50_ms"
+        floor = limits[r.model][key]
         lines.append(
-            f"| {r.model} | {r.mode} | {r.p50_ms:.2f} | {floor:.2f} | {r.p50_ms - floor:.2f} |"
+            f"| {r.model} | {r.mode} | {r.protocol} | {r.p50_ms:.2f} | {floor:.2f} | "
+            f"{r.p50_ms - floor:.2f} |"
         )
     table = "\n".join(lines)
     print("\n" + table)

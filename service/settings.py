@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     request on the event loop; turn it off where a proxy or the metrics already cover it."""
 
     tracing: bool = False
-    """OpenTelemetry spans for /v1 requests. Turn on together with an exporter in BentoML's
-    config (BENTOML_CONFIG: tracing.exporter_type ...); off, /v1 is excluded from BentoML's tracing
-    middleware, which otherwise costs about 0.5 core-ms per request even with no exporter."""
+    """OpenTelemetry spans for /v1 and /v2 requests. Turn on together with an exporter in
+    BentoML's config (BENTOML_CONFIG: tracing.exporter_type ...); off, those paths skip BentoML's
+    tracing middleware, which otherwise costs about 0.5 core-ms per request even with no
+    exporter."""
 
     batching: bool = True
     """Adaptive batching on (off = every request runs alone; for benchmarks)."""
