@@ -61,18 +61,29 @@ def start_server(tmp: Path, env_overrides: dict[str, str], timeout: float = 180.
             start_new_session=True,
         )
     server = Server(f"http://127.0.0.1:{port}", process, log_path, f"127.0.0.1:{grpc_port}")
+    try:
+        wait_ready(f"{server.url}/readyz", process, log_path, timeout)
+    except RuntimeError:
+        stop_server(server)
+        raise
+    return server
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    """Poll `url` until it answers 200; fail early, with the log's tail, if the process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-4000:]}")
+            tail = log_path.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{tail}")
         try:
-            if requests.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
+            if requests.get(url, timeout=2).status_code == 200:
+                return
         except requests.RequestException:
             pass
-        time.sleep(0.5)
-    stop_server(server)
-    raise RuntimeError(f"server not ready in {timeout} s:\n{server.log()[-4000:]}")
+        time.sleep(0.3)
+    tail = log_path.read_text(errors="replace")[-4000:]
+    raise RuntimeError(f"{url} not ready in {timeout} s:\n{tail}")
 
 
 def stop_server(server: Server) -> None:

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServingError
 
@@ -29,6 +29,16 @@ log = logging.getLogger("deepserve.batching")
 
 RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
 """(queue key, items) -> one result per item, in order. Runs in a worker thread."""
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports as it works (service/metrics.py ModelMetrics implements it)."""
+
+    def batch_done(self, size: int, queue_waits: list[float], compute_seconds: float) -> None: ...
+
+    def pending(self, count: int) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -67,7 +77,7 @@ class AdaptiveBatcher:
         max_latency_ms: float,
         workers: int,
         max_queue: int,
-        on_batch: Callable[[int, float, float], None] | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.name = name
         self.run_batch = run_batch
@@ -75,8 +85,7 @@ class AdaptiveBatcher:
         self.max_latency = max_latency_ms / 1000.0
         self.workers = max(1, workers)
         self.max_queue = max_queue
-        self.on_batch = on_batch
-        """Called with (batch size, seconds the oldest item queued, compute seconds)."""
+        self.observer = observer
         self.stats = BatchStats()
         self._queues: dict[Hashable, deque[_Pending]] = {}
         self._pending = 0
@@ -120,13 +129,14 @@ class AdaptiveBatcher:
         if self._closed or self._wakeup is None:
             raise NotReady(f"model {self.name} is not serving")
         if self._pending >= self.max_queue:
+            self._reject("queue_full")
             raise Overloaded(
                 f"model {self.name} has {self._pending} requests queued (limit {self.max_queue}); "
                 "retry later"
             )
         now = time.monotonic()
         if deadline is not None and now >= deadline:
-            self.stats.expired += 1
+            self._reject("deadline")
             raise DeadlineExceeded(f"deadline passed before {self.name} was queued")
         if self._last_arrival:
             gap = now - self._last_arrival
@@ -137,8 +147,18 @@ class AdaptiveBatcher:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queues.setdefault(key, deque()).append(_Pending(item, future, now, deadline))
         self._pending += 1
+        if self.observer is not None:
+            self.observer.pending(self._pending)
         self._wakeup.set()
         return await future
+
+    def _reject(self, reason: str) -> None:
+        if reason == "deadline":
+            self.stats.expired += 1
+        elif reason == "abandoned":
+            self.stats.abandoned += 1
+        if self.observer is not None:
+            self.observer.rejected(reason)
 
     def _oldest_key(self) -> Hashable | None:
         best_key, best_time = None, float("inf")
@@ -154,10 +174,10 @@ class AdaptiveBatcher:
             pending = queue.popleft()
             self._pending -= 1
             if pending.future.done():  # the client went away
-                self.stats.abandoned += 1
+                self._reject("abandoned")
                 continue
             if pending.deadline is not None and now >= pending.deadline:
-                self.stats.expired += 1
+                self._reject("deadline")
                 pending.future.set_exception(
                     DeadlineExceeded(
                         f"deadline passed after {now - pending.enqueued:.3f} s in queue"
@@ -198,6 +218,8 @@ class AdaptiveBatcher:
                 self._pull(key, batch)
             if self._pending:
                 self._wakeup.set()  # let another free worker see what is left
+            if self.observer is not None:
+                self.observer.pending(self._pending)
             return key, batch
 
     def _run_isolated(self, key: Hashable, items: list[Any]) -> list[Any]:
@@ -242,8 +264,11 @@ class AdaptiveBatcher:
                 self._busy -= 1
             finished = time.monotonic()
             self.stats.record(len(batch))
-            if self.on_batch is not None:
-                self.on_batch(len(batch), started - batch[0].enqueued, finished - started)
+            if self.observer is not None:
+                self.observer.batch_done(
+                    len(batch), [started - p.enqueued for p in batch], finished - started
+                )
+                self.observer.pending(self._pending)
             for pending, result in zip(batch, results):
                 if pending.future.done():
                     continue

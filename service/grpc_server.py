@@ -23,7 +23,7 @@ from service.proto.gen import deepserve_pb2 as pb
 from service.proto.gen import deepserve_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.settings import Settings
 from service.state import ServingState
-from service.v2.grpc import V2Servicer, aborting, deadline_of
+from service.v2.grpc import V2Servicer, deadline_of, rpc
 
 log = logging.getLogger("deepserve.grpc")
 
@@ -38,7 +38,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
     def __init__(self, state: StateGetter):
         self.state = state
 
-    @aborting
+    @rpc("grpc")
     async def Classify(self, request, context):
         answer = await tasks.classify(
             self.state(),
@@ -53,7 +53,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
             predictions=[pb.Prediction(**p) for p in answer["predictions"]],
         )
 
-    @aborting
+    @rpc("grpc")
     async def Sentiment(self, request, context):
         spec, results = await tasks.sentiment(
             self.state(), list(request.texts), request.model or None, deadline=deadline_of(context)
@@ -64,14 +64,14 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
             results=[pb.SentimentResult(**r) for r in results],
         )
 
-    @aborting
+    @rpc("grpc")
     async def Transcribe(self, request, context):
         answer = await tasks.transcribe(
             self.state(), request.audio, request.model or None, deadline_of(context)
         )
         return pb.TranscribeResponse(**answer)
 
-    @aborting
+    @rpc("grpc")
     async def Caption(self, request, context):
         answer = await tasks.caption(
             self.state(),
@@ -82,7 +82,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
         )
         return pb.CaptionResponse(**answer)
 
-    @aborting
+    @rpc()
     async def ListModels(self, request, context):
         models = await tasks.list_models(self.state())
         return pb.ListModelsResponse(

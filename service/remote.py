@@ -32,6 +32,7 @@ from service.errors import (
     ServingError,
 )
 from service.kernels import KERNELS, Kernel, make_kernel
+from service.metrics import ModelMetrics, note_inferred, record_model
 from service.registry import ModelSpec, latest_specs
 from service.settings import Settings, get_settings
 
@@ -59,9 +60,12 @@ def runner_service(model: str, settings: Settings) -> Any:
             if spec is None:
                 raise RuntimeError(f"model {model} is not in the store (deepserve models build)")
             self.spec = spec
+            started = time.perf_counter()
             self.kernel: Kernel = make_kernel(self.spec, settings.device, settings.intra_op_threads)
             self.kernel.warmup()
             self.stats = BatchStats()
+            self.metrics = ModelMetrics(spec.name, spec.version)
+            self.metrics.loaded(time.perf_counter() - started)
             log.info("runner %s ready (%s)", self.spec.tag, self.kernel.provider)
 
         @bentoml.api(
@@ -81,13 +85,15 @@ def runner_service(model: str, settings: Settings) -> Any:
             for index, (key, _, deadline) in enumerate(items):
                 if deadline is not None and now >= deadline:
                     self.stats.expired += 1
+                    self.metrics.rejected("deadline")
                     results[index] = EXPIRED
                 else:
                     groups.setdefault(key, []).append(index)
-            if groups:
-                self.stats.record(sum(len(rows) for rows in groups.values()))
-            for key, rows in groups.items():
+            for key, rows in groups.items():  # one executed batch per queue key
+                started = time.perf_counter()
                 outputs = self.kernel.run(key, [items[i][1] for i in rows])
+                self.stats.record(len(rows))
+                self.metrics.batch_done(len(rows), [], time.perf_counter() - started)
                 if len(outputs) != len(rows):
                     raise InferenceFailed(f"{model}: {len(outputs)} results for {len(rows)} items")
                 for row, output in zip(rows, outputs):
@@ -138,6 +144,8 @@ class RemoteRunner:
         self.expired = 0
         """Calls not made because their deadline had passed (checked before the hop only)."""
         self.kernel_class = KERNELS[spec.task]
+        self.metrics = ModelMetrics(spec.name, spec.version)
+        self.in_flight = 0
         self.described = False
         self.remote_stats: dict[str, int] = {}
         self._probe: asyncio.Task[None] | None = None
@@ -176,6 +184,7 @@ class RemoteRunner:
                 self.error = f"runner serves {info['version']}, gateway expects {self.spec.version}"
                 log.error("model %s: %s", self.name, self.error)
             self.described = True
+            record_model(self.spec, self.remote_provider, self.placement)
             return
 
     async def refresh(self) -> None:
@@ -199,21 +208,33 @@ class RemoteRunner:
             raise NotReady(f"model {self.name} is not ready: {self.error or 'loading'}")
         if deadline is not None and time.monotonic() >= deadline:
             self.expired += 1
+            self.metrics.rejected("deadline")
             raise DeadlineExceeded(f"deadline passed before {self.name} was called")
         self.calls += 1
+        self.in_flight += 1
+        self.metrics.pending(self.in_flight)  # queued or computing at the runner service
+        try:
+            return await self._call(key, item, deadline)
+        finally:
+            self.in_flight -= 1
+            self.metrics.pending(self.in_flight)
+
+    async def _call(self, key: Hashable, item: Any, deadline: float | None) -> Any:
         # the runner service checks the deadline again when BentoML hands it the batch
         wall_deadline = None if deadline is None else time.time() + deadline - time.monotonic()
         for attempt in (1, 2):
             try:
                 (result,) = await self.client.to_async.call("infer", [(key, item, wall_deadline)])
-                if result == EXPIRED:
+                if result == EXPIRED:  # counted by the runner service
                     raise DeadlineExceeded(f"deadline passed while {self.name} queued it")
+                note_inferred()
                 return self.kernel_class.from_wire(result)
             except ServingError:
                 raise
             except bentoml.exceptions.BentoMLException as error:
                 status = getattr(error, "error_code", None)
                 if status is not None and int(status) in (429, 503):
+                    self.metrics.rejected("runner_overloaded")
                     raise Overloaded(f"runner for {self.name} is shedding load: {error}") from None
                 if attempt == 2:
                     raise InferenceFailed(f"runner for {self.name} failed: {error}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import tasks
@@ -26,6 +27,7 @@ from service.errors import (
     ServingError,
     UnsupportedMediaType,
 )
+from service.metrics import finish_request, track_request
 from service.state import ServingState
 
 log = logging.getLogger("deepserve.rest")
@@ -110,6 +112,38 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     return value
 
 
+def error_json(error: ServingError) -> Response:
+    return JSONResponse(error.to_json(), error.http_status, headers=error.headers)
+
+
+def guarded(
+    handler: Callable[[Request], Awaitable[Response]],
+    render: Callable[[ServingError], Response] = error_json,
+    protocol: str | None = None,
+) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint that answers ServingErrors with `render`; with a `protocol`, it is an
+    inference endpoint whose requests are counted and timed in the metrics."""
+
+    async def endpoint(request: Request) -> Response:
+        tracking = track_request(protocol) if protocol else contextlib.nullcontext()
+        with tracking as record:
+            status = 500
+            try:
+                try:
+                    response = await handler(request)
+                except ServingError as error:
+                    if error.http_status >= 500:
+                        log.warning("%s %s: %s", request.method, request.url.path, error.message)
+                    response = render(error)
+                status = response.status_code
+                return response
+            finally:
+                if record is not None:
+                    finish_request(record, status)
+
+    return endpoint
+
+
 def build_app(state: StateGetter) -> Starlette:
     """The /v1 app; `state` returns the gateway's ServingState at request time."""
 
@@ -155,22 +189,11 @@ def build_app(state: StateGetter) -> Starlette:
     async def show_model(request: Request) -> JSONResponse:
         return JSONResponse(await tasks.show_model(state(), request.path_params["name"]))
 
-    def guarded(handler: Callable[[Request], Awaitable[JSONResponse]]):
-        async def endpoint(request: Request) -> JSONResponse:
-            try:
-                return await handler(request)
-            except ServingError as error:
-                if error.http_status >= 500:
-                    log.warning("%s %s: %s", request.method, request.url.path, error.message)
-                return JSONResponse(error.to_json(), error.http_status, headers=error.headers)
-
-        return endpoint
-
     routes = [
-        Route("/classify", guarded(classify), methods=["POST"]),
-        Route("/sentiment", guarded(sentiment), methods=["POST"]),
-        Route("/transcribe", guarded(transcribe), methods=["POST"]),
-        Route("/caption", guarded(caption), methods=["POST"]),
+        Route("/classify", guarded(classify, protocol="rest"), methods=["POST"]),
+        Route("/sentiment", guarded(sentiment, protocol="rest"), methods=["POST"]),
+        Route("/transcribe", guarded(transcribe, protocol="rest"), methods=["POST"]),
+        Route("/caption", guarded(caption, protocol="rest"), methods=["POST"]),
         Route("/models", guarded(list_models), methods=["GET"]),
         Route("/models/{name}", guarded(show_model), methods=["GET"]),
     ]

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from service.batching import AdaptiveBatcher
 from service.errors import NotReady
 from service.kernels import KERNELS, Kernel, make_kernel
+from service.metrics import ModelMetrics, note_inferred, record_model
 from service.registry import ModelSpec
 from service.settings import Settings
 
@@ -88,6 +89,7 @@ class LocalRunner:
             return
         self.load_seconds = time.perf_counter() - started
         kernel = self.kernel
+        observer = ModelMetrics(self.spec.name, self.spec.version)
         self.batcher = AdaptiveBatcher(
             self.name,
             kernel.run,
@@ -95,8 +97,11 @@ class LocalRunner:
             max_latency_ms=self.settings.max_latency_ms,
             workers=self.settings.workers_per_model,
             max_queue=self.settings.max_queue,
+            observer=observer,
         )
         await self.batcher.start()
+        observer.loaded(self.load_seconds)
+        record_model(self.spec, kernel.provider, self.placement)
         log.info(
             "model %s ready (local, %s) in %.2f s",
             self.spec.tag,
@@ -115,7 +120,9 @@ class LocalRunner:
     async def submit(self, item: Any, key: Hashable = 0, deadline: float | None = None) -> Any:
         if self.batcher is None:
             raise NotReady(f"model {self.name} is not ready: {self.error or 'loading'}")
-        return await self.batcher.submit(item, key, deadline)
+        result = await self.batcher.submit(item, key, deadline)
+        note_inferred()
+        return result
 
     def describe(self) -> dict[str, Any]:
         stats = self.batcher.stats if self.batcher else None

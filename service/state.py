@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from service.errors import ModelNotFound, NotReady
+from service.metrics import note_model, observe_preprocess
 from service.registry import ModelSpec, latest_specs
 from service.runners import Runner, make_runner
 from service.settings import Settings
@@ -61,13 +63,20 @@ class ServingState:
             raise ModelNotFound(f"unknown model {name!r}; served models: {known}")
         if task is not None and runner.spec.task != task:
             raise ModelNotFound(f"model {name!r} is a {runner.spec.task} model, not {task}")
+        note_model(runner.spec.name, runner.spec.version)
         return runner
 
     def spec(self, name: str) -> ModelSpec:
         return self.runner(name).spec
 
     async def preprocess(self, func: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.preprocess_pool, func, *args)
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.preprocess_pool, func, *args
+            )
+        finally:
+            observe_preprocess(time.perf_counter() - started)
 
     def describe(self, name: str) -> dict[str, Any]:
         runner = self.runner(name)

@@ -8,11 +8,13 @@ and returns the answer as plain data. Transports only read requests and write re
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
 
 from service.errors import InvalidInput
+from service.metrics import observe_preprocess
 from service.processing.ranking import top_k
 from service.processing.speech import SAMPLE_RATE, load_audio
 from service.processing.text import encode, tokenize
@@ -111,7 +113,9 @@ async def sentiment(
     """Texts -> one {"label", "score"} per text, in order."""
     runner = serving.runner(model or DEFAULT_MODELS["text-classification"], "text-classification")
     spec = runner.spec
+    started = time.perf_counter()
     items = encode_texts(serving, spec, texts, single)
+    observe_preprocess(time.perf_counter() - started)
     rows = await asyncio.gather(
         *(runner.submit(ids, runner.bucket(ids), deadline) for ids in items)
     )

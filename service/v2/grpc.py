@@ -7,23 +7,26 @@ tritonclient's as_numpy() reads.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
 from service.errors import InvalidInput, ServingError
+from service.metrics import finish_request, track_request
 from service.proto.gen import inference_pb2 as pb
 from service.proto.gen import inference_pb2_grpc
 from service.state import ServingState
 from service.v2 import codecs, dataplane
 
 StateGetter = Callable[[], ServingState]
-Reply = TypeVar("Reply")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 # datatype -> the InferTensorContents field that carries it when raw contents are not used
 CONTENTS_FIELD = {
@@ -48,22 +51,38 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-def aborting(
-    method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]:
-    """Turn a ServingError into the gRPC status its class names (one table for all protocols)."""
+def rpc(protocol: str | None = None) -> Callable[[Handler], Handler]:
+    """Decorate an RPC: a ServingError becomes the gRPC status its class names (one table for all
+    protocols); with a `protocol`, the RPC is an inference request counted in the metrics."""
 
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Reply:
-        try:
-            return await method(self, request, context)
-        except ServingError as error:
-            if "Retry-After" in error.headers:
-                context.set_trailing_metadata((("retry-after", error.headers["Retry-After"]),))
-            await context.abort(error.grpc_code, error.message)
-            raise  # unreachable: abort raises
+    def decorate(method: Handler) -> Handler:
+        @functools.wraps(method)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            tracking = track_request(protocol) if protocol else contextlib.nullcontext()
+            with tracking as record:
+                status = 500
+                try:
+                    reply = await method(self, request, context)
+                    status = 200
+                    return reply
+                except ServingError as error:
+                    status = error.http_status
+                    if "Retry-After" in error.headers:
+                        retry = error.headers["Retry-After"]
+                        context.set_trailing_metadata((("retry-after", retry),))
+                    await context.abort(error.grpc_code, error.message)
+                    raise  # unreachable: abort raises
+                except asyncio.CancelledError:  # deadline passed or the client cancelled
+                    remaining = context.time_remaining()
+                    status = 504 if remaining is not None and remaining <= 0 else 499
+                    raise
+                finally:
+                    if record is not None:
+                        finish_request(record, status)
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 def parameter_value(parameter: pb.InferParameter) -> Any:
@@ -112,24 +131,24 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, state: StateGetter):
         self.state = state
 
-    @aborting
+    @rpc()
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
-    @aborting
+    @rpc()
     async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self.state().ready)
 
-    @aborting
+    @rpc()
     async def ModelReady(self, request, context):
         ready = dataplane.model_ready(self.state(), request.name, request.version)
         return pb.ModelReadyResponse(ready=ready)
 
-    @aborting
+    @rpc()
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(**dataplane.server_metadata())
 
-    @aborting
+    @rpc()
     async def ModelMetadata(self, request, context):
         meta = dataplane.model_metadata(self.state(), request.name, request.version)
         return pb.ModelMetadataResponse(
@@ -140,7 +159,7 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
         )
 
-    @aborting
+    @rpc()
     async def ModelConfig(self, request, context):
         config = dataplane.model_config(self.state(), request.name, request.version)
         return pb.ModelConfigResponse(
@@ -168,7 +187,7 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             )
         )
 
-    @aborting
+    @rpc("v2-grpc")
     async def ModelInfer(self, request, context):
         parsed = dataplane.InferRequest(
             model=request.model_name,

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service import rest
 from service.errors import InvalidInput, ServingError
 from service.rest import read_body
 from service.state import ServingState
@@ -198,16 +199,8 @@ def build_app(state: StateGetter) -> Starlette:
         binary_default = bool(parsed.parameters.get("binary_data_output", False))
         return render_infer(result, binary_default)
 
-    def guarded(handler: Callable[[Request], Awaitable[Response]]):
-        async def endpoint(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ServingError as error:
-                if error.http_status >= 500:
-                    log.warning("%s %s: %s", request.method, request.url.path, error.message)
-                return error_response(error)
-
-        return endpoint
+    def guarded(handler: Callable[[Request], Awaitable[Response]], protocol: str | None = None):
+        return rest.guarded(handler, error_response, protocol)
 
     # NOTE: mounted at "/" (BentoML's mounts only match their own routes), so GET /v2 itself is
     # a route; a mount at /v2 would redirect it to /v2/, which clients do not follow.
@@ -223,7 +216,7 @@ def build_app(state: StateGetter) -> Starlette:
             Route(prefix, guarded(model_metadata), methods=["GET"]),
             Route(prefix + "/ready", guarded(model_ready), methods=["GET"]),
             Route(prefix + "/config", guarded(model_config), methods=["GET"]),
-            Route(prefix + "/infer", guarded(infer), methods=["POST"]),
+            Route(prefix + "/infer", guarded(infer, "v2-rest"), methods=["POST"]),
         ]
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
