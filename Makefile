@@ -9,7 +9,7 @@ export BENTOML_DO_NOT_TRACK := True
 APT_PACKAGES := espeak-ng wrk prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup apt models serve test unit bench lint format clean-models
+.PHONY: help setup apt models serve test unit bench bench-quick loadtest lint format clean-models
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test: models  ## set up, build models, run the whole suite
 
 bench: models  ## service vs in-process limit (wrk, loopback): table, JSON and PNG in reports/bench
 	$(PY) loadtests/bench.py
+
+loadtest: models  ## headless locust run (all user classes) + SLO gate; ARGS="--shape step ..." to vary
+	$(PY) -m loadtests.loadtest $(ARGS)
 
 lint: setup  ## ruff (lint + format check) and mypy on service/
 	$(VENV)/bin/ruff check .
