@@ -1,7 +1,7 @@
 """Locust users for deepserve, one class per protocol plus a weighted mix.
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000 RestUser GrpcTaskUser
-    make loadtest                      # headless, bounded, with the SLO gate (loadtests/loadtest.py)
+    make loadtest        # headless, bounded, with the SLO gate (loadtests/loadtest.py)
 
 - RestUser: the /v1 task API (FastHttpUser): every model, real held-out inputs.
 - V2RestUser: Open Inference Protocol over HTTP, binary tensors (as tritonclient.http sends them).
