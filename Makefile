@@ -48,6 +48,9 @@ test: models  ## set up, build models, run the whole suite
 bench: models  ## service vs in-process limit (wrk, loopback): table, JSON and PNG in reports/bench
 	$(PY) loadtests/bench.py
 
+bench-quick: models  ## the same report, two models, 1 and 32 clients: under 3 minutes
+	$(PY) loadtests/bench.py --quick
+
 loadtest: models  ## headless locust run (all user classes) + SLO gate; ARGS="--shape step ..." to vary
 	$(PY) -m loadtests.loadtest $(ARGS)
 

@@ -1,20 +1,22 @@
-"""`make bench`: the service against the in-process limit, measured side by side in one run.
+"""`make bench`: the performance report, every number measured side by side in one run.
 
-For imagenet-cnn (512 px JPEG posted raw), digits-cnn (PNG) and sentiment-lstm (JSON):
-  1. the in-process limit: decode + preprocess + ONNX Runtime in this process, no HTTP, best of a
-     few caller/micro-batch configurations;
-  2. the served API at concurrency 1, 8 and 32, for the local placement, the local placement with
-     batching off, and the remote placement (BentoML runner services), over REST /v1 (wrk); the
-     local placement also over V2 REST with binary tensors (wrk), the gRPC task service and V2
-     gRPC ModelInfer (loadtests/grpc_load.py).
-Prints one table with ratios to the limit, writes JSON and a latency-vs-throughput PNG.
+For every model (real held-out payloads, loadtests/payloads.py):
+  1. the in-process limit: decode + preprocess + the model's kernel (collate, ONNX Runtime,
+     split / decode) in this process, no HTTP, best of a few caller x micro-batch configurations;
+  2. the served API at 1, 8, 32 and 64 clients: the local placement over REST /v1 (wrk), V2 REST
+     with binary tensors (wrk), the gRPC task service and V2 gRPC (loadtests/grpc_load.py); the
+     local placement with batching off and the remote placement over REST. Average batch size
+     comes from the server's /metrics (samples / batches executed during the point);
+  3. length buckets on vs off for the variable-length models (mixed lengths, 32 clients);
+  4. latency at 70 % of saturation, open loop (loadtests/open_loop.py), per model.
+Writes reports/bench/bench.md, bench.json, latency_vs_throughput.png and batch_vs_load.png.
+`--quick` (under 3 minutes): two models, 1 and 32 clients, REST and V2 gRPC, short points.
 Not a test: numbers depend on the machine. Loopback only; every load run is bounded in time.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,21 +37,45 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadtests.open_loop import open_loop  # noqa: E402
+from loadtests.payloads import (  # noqa: E402
+    Payload,
+    payloads,
+    rest_request,
+    task_rpc,
+    token_ids,
+    v2_grpc_request,
+    v2_rest_request,
+)
 from loadtests.server import Server, start_server, stop_server  # noqa: E402
-from service.processing.text import encode, tokenize  # noqa: E402
-from service.processing.vision import decode_image, digit_pixels, resize_center_crop  # noqa: E402
+from service.kernels import Kernel, make_kernel  # noqa: E402
+from service.processing.speech import load_audio  # noqa: E402
+from service.processing.vision import (  # noqa: E402
+    decode_image,
+    digit_pixels,
+    resize_center_crop,
+    resize_exact,
+)
 from service.registry import latest_specs  # noqa: E402
-from service.settings import get_settings  # noqa: E402
+from service.settings import MODEL_NAMES, get_settings  # noqa: E402
 
 get_settings().apply_store()
 
 WRK_SCRIPT = """
 wrk.method = "POST"
-local f = io.open(os.getenv("BODY_FILE"), "rb")
-wrk.body = f:read("*all")
-f:close()
+local bodies = {}
+for path in string.gmatch(os.getenv("BODY_FILES"), "[^,]+") do
+  local f = io.open(path, "rb")
+  bodies[#bodies + 1] = f:read("*all")
+  f:close()
+end
 for name, value in string.gmatch(os.getenv("HEADERS"), "([^:\\n]+): ([^\\n]+)") do
   wrk.headers[name] = value
+end
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, bodies[(counter % #bodies) + 1])
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -60,20 +86,22 @@ done = function(summary, latency, requests)
 end
 """
 
+PROTOCOLS = ("rest", "v2-rest", "grpc", "v2-grpc")
+MODES = {
+    "local": {"DEEPSERVE_PLACEMENT": "local"},
+    "local-nobatch": {"DEEPSERVE_PLACEMENT": "local", "DEEPSERVE_BATCHING": "false"},
+    "remote": {"DEEPSERVE_PLACEMENT": "remote"},
+    "local-nobuckets": {"DEEPSERVE_PLACEMENT": "local", "DEEPSERVE_LENGTH_BUCKETS": "false"},
+}
+VARIABLE_LENGTH = ("sentiment-lstm", "speech-ctc")
+
 
 @dataclass
 class Workload:
     model: str
-    path: str
-    content_type: str
-    body: bytes
-    prepare: Callable[[], Any]
-    """decode + preprocess one request in-process (what the server does before the model)."""
-    feed: Callable[[list[Any]], dict[str, np.ndarray]]
-    v2_inputs: Callable[[], dict[str, np.ndarray]]
-    """The same request as Open Inference Protocol tensors (what a V2 client sends)."""
-    task_rpc: Callable[[], tuple[str, bytes]]
-    """The same request for deepserve.v1.Inference: (method path, serialized message)."""
+    payloads: tuple[Payload, ...]
+    prepare: Callable[[Payload], Any]
+    """What the server does to a request before it joins a batch (decode, preprocess)."""
 
 
 @dataclass
@@ -90,125 +118,47 @@ class Row:
     ratio: float
 
 
-def workloads() -> list[Workload]:
-    import skimage.data
-    from PIL import Image
-
-    specs = latest_specs()
-    photo = Image.fromarray(skimage.data.astronaut())  # 512 x 512
-    jpeg = io.BytesIO()
-    photo.save(jpeg, format="JPEG", quality=90)
-    digit = specs["digits-cnn"].heldout()["image"][0]
-    png = io.BytesIO()
-    Image.fromarray(digit.squeeze()).save(png, format="PNG")
-    review = "An intelligent, beautifully acted film that never talks down to its audience."
-    vocabulary = {w: i for i, w in enumerate(specs["sentiment-lstm"].vocabulary or [])}
-    jpeg_bytes, png_bytes = jpeg.getvalue(), png.getvalue()
-
-    def text_feed(items: list[list[int]]) -> dict[str, np.ndarray]:
-        from service.processing.text import collate_padded
-
-        tokens, lengths = collate_padded(items)
-        return {"tokens": tokens, "lengths": lengths}
-
-    imagenet = lambda: resize_center_crop(decode_image(jpeg_bytes, 10**8), 256, 224)  # noqa: E731
-    digits = lambda: digit_pixels(decode_image(png_bytes, 10**8), 28)  # noqa: E731
-    return [
-        Workload(
-            "imagenet-cnn",
-            "/v1/classify?model=imagenet-cnn",
-            "image/jpeg",
-            jpeg_bytes,
-            imagenet,
-            lambda items: {"image": np.stack(items)},
-            lambda: {"image": imagenet()[None]},
-            lambda: task_call("Classify", image=jpeg_bytes, model="imagenet-cnn"),
-        ),
-        Workload(
-            "digits-cnn",
-            "/v1/classify?model=digits-cnn",
-            "image/png",
-            png_bytes,
-            digits,
-            lambda items: {"image": np.stack(items)},
-            lambda: {"image": digits()[None]},
-            lambda: task_call("Classify", image=png_bytes, model="digits-cnn"),
-        ),
-        Workload(
-            "sentiment-lstm",
-            "/v1/sentiment",
-            "application/json",
-            json.dumps({"text": review}).encode(),
-            lambda: encode(
-                tokenize(json.loads(json.dumps({"text": review}))["text"]), vocabulary, 64
-            ),
-            text_feed,
-            lambda: {"text": np.array([review.encode()], dtype=object)},
-            lambda: task_call("Sentiment", texts=[review]),
-        ),
-    ]
-
-
-def task_call(method: str, **fields: Any) -> tuple[str, bytes]:
-    import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-    from service.proto.gen import deepserve_pb2 as pb
-
-    message = getattr(pb, f"{method}Request")(**fields)
-    return f"/deepserve.v1.Inference/{method}", message.SerializeToString()
-
-
-def v2_rest_request(inputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
-    """A binary-data V2 infer body (what tritonclient.http sends) and its headers."""
-    from service.v2 import codecs
-
-    raws = [codecs.to_raw(array) for array in inputs.values()]
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": name,
-                    "datatype": codecs.datatype_of(array),
-                    "shape": list(array.shape),
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-                for (name, array), raw in zip(inputs.items(), raws)
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(header)),
+def workloads(models: list[str]) -> list[Workload]:
+    preparers: dict[str, Callable[[Payload], Any]] = {
+        "imagenet-cnn": lambda p: resize_center_crop(decode_image(p.file, 10**8), 256, 224),
+        "digits-cnn": lambda p: digit_pixels(decode_image(p.file, 10**8), 28),
+        "sentiment-lstm": lambda p: token_ids("sentiment-lstm", p.text),
+        "speech-ctc": lambda p: load_audio(p.file),
+        "captioner": lambda p: resize_exact(decode_image(p.file, 10**8), 64),
     }
-    return header + b"".join(raws), headers
+    return [Workload(m, payloads(m), preparers[m]) for m in models]
 
 
-def v2_grpc_request(model: str, inputs: dict[str, np.ndarray]) -> tuple[str, bytes]:
-    import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-    from service.proto.gen import inference_pb2 as pb
-    from service.v2 import codecs
-
-    message = pb.ModelInferRequest(model_name=model)
-    for name, array in inputs.items():
-        message.inputs.add(name=name, datatype=codecs.datatype_of(array), shape=list(array.shape))
-        message.raw_input_contents.append(codecs.to_raw(array))
-    return "/inference.GRPCInferenceService/ModelInfer", message.SerializeToString()
+# --- the in-process limit ----------------------------------------------------------------------
 
 
-def measure_rate(
-    session: Any, work: Workload, callers: int, micro_batch: int, seconds: float
-) -> float:
-    """Requests/s of `callers` threads each looping decode + preprocess + ORT for `seconds`."""
-    output = session.get_outputs()[-1].name
-    session.run([output], work.feed([work.prepare()]))  # warm-up
+def kernel_key(kernel: Kernel, item: Any) -> Hashable:
+    return 1 if kernel.spec.task == "image-captioning" else kernel.bucket(item)
+
+
+def run_items(kernel: Kernel, items: list[Any]) -> None:
+    groups: dict[Hashable, list[Any]] = {}
+    for item in items:
+        groups.setdefault(kernel_key(kernel, item), []).append(item)
+    for key, group in groups.items():
+        kernel.run(key, group)
+
+
+def measure_rate(work: Workload, kernel: Kernel, callers: int, micro: int, seconds: float) -> float:
+    """Requests/s of `callers` threads each looping prepare + kernel.run for `seconds`."""
+    run_items(kernel, [work.prepare(work.payloads[0])])  # warm-up
     counts = [0] * callers
     stop = time.perf_counter() + seconds
 
     def loop(index: int) -> None:
+        turn = index
         while time.perf_counter() < stop:
-            items = [work.prepare() for _ in range(micro_batch)]
-            session.run([output], work.feed(items))
-            counts[index] += micro_batch
+            batch = []
+            for _ in range(micro):
+                batch.append(work.prepare(work.payloads[turn % len(work.payloads)]))
+                turn += 1
+            run_items(kernel, batch)
+            counts[index] += micro
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
     started = time.perf_counter()
@@ -220,81 +170,54 @@ def measure_rate(
 
 
 def in_process_limit(work: Workload, seconds: float) -> tuple[float, str]:
-    """Best requests/s of decode + preprocess + ORT over a few thread/micro-batch configurations."""
-    import onnxruntime as ort
-
     spec = latest_specs()[work.model]
     best, best_config = 0.0, ""
-    for callers, micro_batch in ((1, 1), (2, 1), (2, 4)):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2 if callers == 1 else 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(
-            str(spec.graph_path()), options, providers=["CPUExecutionProvider"]
-        )
-        rate = measure_rate(session, work, callers, micro_batch, seconds)
+    for callers, micro in ((1, 1), (2, 1), (2, 4)):
+        kernel = make_kernel(spec, "cpu", 2 if callers == 1 else 1)
+        rate = measure_rate(work, kernel, callers, micro, seconds)
         if rate > best:
-            best, best_config = rate, f"{callers} caller(s) x micro-batch {micro_batch}"
+            best, best_config = rate, f"{callers} caller(s) x micro-batch {micro}"
     return best, best_config
 
 
 def in_process_latency_ms(work: Workload, seconds: float, decode: bool = True) -> float:
-    """p50 of one request alone in-process (decode + preprocess + ORT batch 1), with the
-    server's session options (1 intra-op thread): the floor under the service's c=1 latency."""
-    import onnxruntime as ort
-
-    spec = latest_specs()[work.model]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(
-        str(spec.graph_path()), options, providers=["CPUExecutionProvider"]
-    )
-    output = session.get_outputs()[-1].name
-    prepared = work.prepare()
-    session.run([output], work.feed([prepared]))
+    """p50 of one request alone in-process with the server's session options (1 intra-op
+    thread): the floor under the service's c=1 latency. decode=False: the kernel alone."""
+    kernel = make_kernel(latest_specs()[work.model], "cpu", 1)
+    prepared = work.prepare(work.payloads[0])
+    run_items(kernel, [prepared])
     samples = []
     stop = time.perf_counter() + seconds
     while time.perf_counter() < stop or len(samples) < 20:
         started = time.perf_counter()
-        session.run([output], work.feed([work.prepare() if decode else prepared]))
+        run_items(kernel, [work.prepare(work.payloads[0]) if decode else prepared])
         samples.append((time.perf_counter() - started) * 1000)
     return float(np.percentile(samples, 50))
 
 
+# --- load generators ---------------------------------------------------------------------------
+
+
 def run_wrk(
-    url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float, tmp: Path
+    url: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float, tmp: Path
 ) -> dict[str, float]:
-    body_file = tmp / "body.bin"
-    body_file.write_bytes(body)
+    files = []
+    for index, body in enumerate(bodies):
+        path = tmp / f"body{index}.bin"
+        path.write_bytes(body)
+        files.append(str(path))
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
     env = dict(
         os.environ,
-        BODY_FILE=str(body_file),
+        BODY_FILES=",".join(files),
         HEADERS="\n".join(f"{k}: {v}" for k, v in headers.items()),
     )
     result = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            str(min(concurrency, 2)),
-            "-c",
-            str(concurrency),
-            "-d",
-            f"{max(1, round(seconds))}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=seconds + 30,
-    )
+        ["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{max(1, round(seconds))}s",
+         "--timeout", "10s", "-s", str(script), url],
+        capture_output=True, text=True, env=env, check=True, timeout=seconds + 30,
+    )  # fmt: skip
     match = re.search(r"JSON(\{.*\})", result.stdout)
     if not match:
         raise RuntimeError(f"wrk printed no summary:\n{result.stdout}\n{result.stderr}")
@@ -309,33 +232,19 @@ def run_wrk(
 
 
 def run_grpc(
-    target: str, method: str, body: bytes, concurrency: int, seconds: float, tmp: Path
+    target: str, method: str, bodies: list[bytes], clients: int, seconds: float, tmp: Path
 ) -> dict[str, float]:
-    """loadtests/grpc_load.py in its own process (like wrk, it is not the server's interpreter)."""
-    body_file = tmp / "grpc.bin"
-    body_file.write_bytes(body)
+    """loadtests/grpc_load.py in its own process (like wrk, not the server's interpreter)."""
+    args = []
+    for index, body in enumerate(bodies):
+        path = tmp / f"grpc{index}.bin"
+        path.write_bytes(body)
+        args += ["--body", str(path)]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadtests.grpc_load",
-            "--target",
-            target,
-            "--method",
-            method,
-            "--body",
-            str(body_file),
-            "-c",
-            str(concurrency),
-            "-d",
-            str(seconds),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-        timeout=seconds + 60,
-    )
+        [sys.executable, "-m", "loadtests.grpc_load", "--target", target, "--method", method,
+         *args, "-c", str(clients), "-d", str(seconds)],
+        capture_output=True, text=True, cwd=ROOT, check=True, timeout=seconds + 60,
+    )  # fmt: skip
     match = re.search(r"JSON(\{.*\})", result.stdout)
     if not match:
         raise RuntimeError(f"grpc_load printed no summary:\n{result.stdout}\n{result.stderr}")
@@ -348,170 +257,251 @@ def run_grpc(
     }
 
 
-def batch_counts(url: str, model: str) -> tuple[int, int]:
-    info = requests.get(f"{url}/v1/models/{model}", timeout=10).json()["batching"]
-    return int(info.get("batches", 0)), int(info.get("samples", 0))
+def measure(
+    server: Server, work: Workload, protocol: str, clients: int, seconds: float, tmp: Path
+) -> dict[str, float]:
+    if protocol in ("rest", "v2-rest"):
+        encode = rest_request if protocol == "rest" else v2_rest_request
+        requests_ = [encode(p) for p in work.payloads]
+        path, _, headers = requests_[0]
+        bodies = [body for _, body, _ in requests_]
+        return run_wrk(server.url + path, bodies, headers, clients, seconds, tmp)
+    encode_rpc = task_rpc if protocol == "grpc" else v2_grpc_request
+    calls = [encode_rpc(p) for p in work.payloads]
+    return run_grpc(server.grpc_target, calls[0][0], [b for _, b in calls], clients, seconds, tmp)
 
 
-def plot(rows: list[Row], path: Path) -> None:
+def batch_counts(url: str, model: str) -> tuple[float, float]:
+    """(batches, samples) executed so far for `model`, from /metrics (every process)."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    totals = {"deepserve_batches_total": 0.0, "deepserve_inference_samples_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in totals and f'model="{model}"' in line:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals["deepserve_batches_total"], totals["deepserve_inference_samples_total"]
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def plot(rows: list[Row], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = sorted({r.model for r in rows})
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4))
-    for ax, model in zip(np.atleast_1d(axes), models):
-        for mode, protocol in sorted({(r.mode, r.protocol) for r in rows}):
-            points = [
-                r for r in rows if r.model == model and r.mode == mode and r.protocol == protocol
-            ]
-            label = mode if protocol == "rest" else f"{mode} {protocol}"
-            ax.plot([r.rps for r in points], [r.p99_ms for r in points], marker="o", label=label)
-            for r in points:
-                ax.annotate(f"c={r.concurrency}", (r.rps, r.p99_ms), fontsize=7)
-        ax.set_title(model)
-        ax.set_xlabel("requests/s")
-        ax.set_ylabel("p99 latency (ms)")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    series = sorted({(r.mode, r.protocol) for r in rows})
+    for filename, x_of, y_of, xlabel, ylabel, log in (
+        ("latency_vs_throughput.png", "rps", "p99_ms", "requests/s", "p99 latency (ms)", True),
+        ("batch_vs_load.png", "concurrency", "avg_batch", "clients", "average batch size", False),
+    ):
+        fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            for mode, protocol in series:
+                points = [
+                    r
+                    for r in rows
+                    if r.model == model and r.mode == mode and r.protocol == protocol
+                    and getattr(r, y_of) is not None
+                ]  # fmt: skip
+                if not points:
+                    continue
+                label = mode if protocol == "rest" else f"{mode} {protocol}"
+                xs, ys = [getattr(r, x_of) for r in points], [getattr(r, y_of) for r in points]
+                ax.plot(xs, ys, marker="o", label=label)
+            ax.set_title(model)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            if log:
+                ax.set_yscale("log")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / filename, dpi=100)
+        plt.close(fig)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="per load point (default 6)")
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--modes", default="local,local-nobatch,remote")
-    parser.add_argument(
-        "--protocols",
-        default="rest,v2-rest,grpc,v2-grpc",
-        help="rest = /v1 task API (wrk), v2-rest = /v2 binary tensors (wrk), "
-        "grpc = deepserve.v1.Inference, v2-grpc = ModelInfer (loadtests/grpc_load.py)",
-    )
-    parser.add_argument(
-        "--protocol-modes", default="local", help="modes measured with every protocol"
-    )
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk not found: apt-get install wrk (make bench does it)", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    levels = [int(c) for c in args.concurrency.split(",")]
-    works = workloads()
-    limits = {}
-    for work in works:
-        rate, config = in_process_limit(work, args.seconds / 2)
-        single = in_process_latency_ms(work, args.seconds / 2)
-        ort_only = in_process_latency_ms(work, args.seconds / 4, decode=False)
-        limits[work.model] = {
-            "rps": rate,
-            "config": config,
-            "batch1_p50_ms": single,
-            "ort_batch1_p50_ms": ort_only,
-        }
-        print(
-            f"in-process limit {work.model}: {rate:.1f} req/s ({config}); "
-            f"one request alone p50 {single:.2f} ms",
-            flush=True,
-        )
-    env_of = {
-        "local": {"DEEPSERVE_PLACEMENT": "local"},
-        "local-nobatch": {"DEEPSERVE_PLACEMENT": "local", "DEEPSERVE_BATCHING": "false"},
-        "remote": {"DEEPSERVE_PLACEMENT": "remote"},
-    }
-    models = json.dumps([w.model for w in works])
-    protocols = args.protocols.split(",")
-    rows: list[Row] = []
-
-    def measure(server: Server, work: Workload, protocol: str, clients: int, seconds: float):
-        if protocol == "rest":
-            headers = {"Content-Type": work.content_type}
-            return run_wrk(server.url + work.path, work.body, headers, clients, seconds, tmp)
-        if protocol == "v2-rest":
-            body, headers = v2_rest_request(work.v2_inputs())
-            url = f"{server.url}/v2/models/{work.model}/infer"
-            return run_wrk(url, body, headers, clients, seconds, tmp)
-        method, message = (
-            work.task_rpc() if protocol == "grpc" else v2_grpc_request(work.model, work.v2_inputs())
-        )
-        return run_grpc(server.grpc_target, method, message, clients, seconds, tmp)
-
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        for mode in args.modes.split(","):
-            server = start_server(tmp, {**env_of[mode], "DEEPSERVE_MODELS": models})
-            try:
-                for work in works:
-                    for protocol in protocols if mode in args.protocol_modes else ["rest"]:
-                        measure(server, work, protocol, 4, 1.0)  # warm the path
-                        for concurrency in levels:
-                            before = batch_counts(server.url, work.model)
-                            point = measure(server, work, protocol, concurrency, args.seconds)
-                            after = batch_counts(server.url, work.model)
-                            batches, samples = after[0] - before[0], after[1] - before[1]
-                            row = Row(
-                                work.model,
-                                mode,
-                                protocol,
-                                concurrency,
-                                point["rps"],
-                                point["p50_ms"],
-                                point["p99_ms"],
-                                int(point["errors"]),
-                                samples / batches if batches else None,
-                                point["rps"] / limits[work.model]["rps"],
-                            )
-                            rows.append(row)
-                            print(
-                                f"{mode:<14} {protocol:<8} {work.model:<15} c={concurrency:<3} "
-                                f"{row.rps:7.1f} req/s p50 {row.p50_ms:6.1f} ms "
-                                f"p99 {row.p99_ms:7.1f} ms x{row.ratio:.2f} of limit",
-                                flush=True,
-                            )
-            finally:
-                stop_server(server)
-    header = (
+def markdown(
+    rows: list[Row],
+    limits: dict[str, Any],
+    buckets: list[dict[str, Any]],
+    saturation: list[dict[str, Any]],
+) -> str:
+    lines = [
         "| model | mode | protocol | clients | req/s | p50 ms | p99 ms | errors | avg batch "
-        "| x limit |"
-    )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
-    for work in works:
-        limit = limits[work.model]
+        "| x limit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, limit in limits.items():
         lines.append(
-            f"| {work.model} | in-process limit ({limit['config']}) | - | - | {limit['rps']:.1f} "
+            f"| {model} | in-process limit ({limit['config']}) | - | - | {limit['rps']:.1f} "
             "| - | - | - | - | 1.00 |"
         )
-        for r in (r for r in rows if r.model == work.model):
+        for r in (r for r in rows if r.model == model):
             batch = f"{r.avg_batch:.1f}" if r.avg_batch else "-"
             lines.append(
                 f"| {r.model} | {r.mode} | {r.protocol} | {r.concurrency} | {r.rps:.1f} | "
                 f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {batch} | {r.ratio:.2f} |"
             )
-    lines.append("")
-    lines.append(
-        "| model | mode | protocol | c=1 p50 ms | in-process batch-1 p50 ms | overhead ms |"
-    )
-    lines.append("|---|---|---|---|---|---|")
+    lines += [
+        "",
+        "| model | mode | protocol | c=1 p50 ms | in-process batch-1 p50 ms | overhead ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in (r for r in rows if r.concurrency == 1):
-        # V2 clients send preprocessed tensors: their floor is ONNX Runtime alone, no decode
-        key = "ort_batch1_p50_ms" if r.protocol.startswith("v2") else "batch1_p50_ms"
+        # V2 clients send preprocessed tensors: their floor is the kernel alone, no decode
+        key = "kernel_batch1_p50_ms" if r.protocol.startswith("v2") else "batch1_p50_ms"
         floor = limits[r.model][key]
         lines.append(
             f"| {r.model} | {r.mode} | {r.protocol} | {r.p50_ms:.2f} | {floor:.2f} | "
             f"{r.p50_ms - floor:.2f} |"
         )
-    table = "\n".join(lines)
+    if buckets:
+        lines += [
+            "",
+            "| model (mixed lengths, 32 clients, REST) | length buckets req/s | one bucket req/s "
+            "| gain |",
+            "|---|---|---|---|",
+        ]
+        for b in buckets:
+            lines.append(
+                f"| {b['model']} | {b['buckets_rps']:.1f} | {b['single_rps']:.1f} | "
+                f"{b['gain']:.2f}x |"
+            )
+    if saturation:
+        lines += [
+            "",
+            "| model (local, REST, open loop) | saturation req/s | offered req/s (70 %) "
+            "| p50 ms | p99 ms | p99 / p50 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in saturation:
+            lines.append(
+                f"| {s['model']} | {s['saturation_rps']:.1f} | {s['rate']:.1f} | "
+                f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['p99_ms'] / s['p50_ms']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a < 3 minute profile")
+    parser.add_argument("--seconds", type=float, help="per load point (default 6, quick 3)")
+    parser.add_argument("--concurrency", help="default 1,8,32,64 (quick 1,32)")
+    parser.add_argument("--models", help=f"default all: {','.join(MODEL_NAMES)}")
+    parser.add_argument("--modes", help="default local,local-nobatch,remote (quick local,remote)")
+    parser.add_argument("--protocols", help="for the local mode; default all four")
+    parser.add_argument("--no-experiments", action="store_true", help="skip buckets, 70 %% load")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install wrk (make setup does it)", file=sys.stderr)
+        return 2
+    quick = args.quick
+    seconds = args.seconds or (3.0 if quick else 6.0)
+    levels = [int(c) for c in (args.concurrency or ("1,32" if quick else "1,8,32,64")).split(",")]
+    models = args.models or ("imagenet-cnn,sentiment-lstm" if quick else ",".join(MODEL_NAMES))
+    modes = (args.modes or ("local,remote" if quick else "local,local-nobatch,remote")).split(",")
+    protocols = (args.protocols or ("rest,v2-grpc" if quick else ",".join(PROTOCOLS))).split(",")
+    experiments = not (quick or args.no_experiments)
+    args.out.mkdir(parents=True, exist_ok=True)
+    works = workloads(models.split(","))
+
+    limits: dict[str, Any] = {}
+    for work in works:
+        rate, config = in_process_limit(work, seconds / 2)
+        limits[work.model] = {
+            "rps": rate,
+            "config": config,
+            "batch1_p50_ms": in_process_latency_ms(work, seconds / 3),
+            "kernel_batch1_p50_ms": in_process_latency_ms(work, seconds / 4, decode=False),
+        }
+        print(f"in-process limit {work.model}: {rate:.1f} req/s ({config})", flush=True)
+
+    names = json.dumps([w.model for w in works])
+    rows: list[Row] = []
+    buckets: list[dict[str, Any]] = []
+    saturation: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+
+        def point(server: Server, work: Workload, mode: str, protocol: str, clients: int) -> Row:
+            before = batch_counts(server.url, work.model)
+            result = measure(server, work, protocol, clients, seconds, tmp)
+            after = batch_counts(server.url, work.model)
+            batches, samples = after[0] - before[0], after[1] - before[1]
+            row = Row(
+                work.model, mode, protocol, clients, result["rps"], result["p50_ms"],
+                result["p99_ms"], int(result["errors"]), samples / batches if batches else None,
+                result["rps"] / limits[work.model]["rps"],
+            )  # fmt: skip
+            print(
+                f"{mode:<15} {protocol:<8} {work.model:<15} c={clients:<3} {row.rps:8.1f} req/s "
+                f"p50 {row.p50_ms:7.1f} p99 {row.p99_ms:7.1f} ms batch "
+                f"{row.avg_batch or 0:4.1f} x{row.ratio:.2f}",
+                flush=True,
+            )
+            return row
+
+        for mode in modes:
+            server = start_server(tmp, {**MODES[mode], "DEEPSERVE_MODELS": names})
+            try:
+                for work in works:
+                    for protocol in protocols if mode == "local" else ["rest"]:
+                        measure(server, work, protocol, 4, 1.0, tmp)  # warm the path
+                        rows += [point(server, work, mode, protocol, c) for c in levels]
+                    if experiments and mode == "local":
+                        saturated = max(
+                            (r.rps for r in rows if r.model == work.model and r.mode == "local"
+                             and r.protocol == "rest"), default=0.0,
+                        )  # fmt: skip
+                        rest = [rest_request(p) for p in work.payloads]
+                        result = open_loop(
+                            server.url + rest[0][0], [b for _, b, _ in rest], rest[0][2],
+                            0.7 * saturated, max(seconds, 5.0),
+                        )  # fmt: skip
+                        saturation.append(
+                            {"model": work.model, "saturation_rps": saturated, **result}
+                        )
+                        print(f"open loop at 70 %: {saturation[-1]}", flush=True)
+            finally:
+                stop_server(server)
+        variable = [w for w in works if w.model in VARIABLE_LENGTH]
+        if experiments and variable:
+            for mode in ("local", "local-nobuckets"):
+                server = start_server(tmp, {**MODES[mode], "DEEPSERVE_MODELS": names})
+                try:
+                    for work in variable:
+                        measure(server, work, "rest", 4, 1.0, tmp)
+                        row = point(server, work, mode, "rest", 32)
+                        entry = next((b for b in buckets if b["model"] == work.model), None)
+                        if entry is None:
+                            entry = {"model": work.model}
+                            buckets.append(entry)
+                        entry["buckets_rps" if mode == "local" else "single_rps"] = row.rps
+                finally:
+                    stop_server(server)
+            for entry in buckets:
+                entry["gain"] = entry["buckets_rps"] / entry["single_rps"]
+
+    table = markdown(rows, limits, buckets, saturation)
     print("\n" + table)
     (args.out / "bench.md").write_text(table + "\n")
     (args.out / "bench.json").write_text(
-        json.dumps({"limits": limits, "rows": [asdict(r) for r in rows]}, indent=2)
+        json.dumps(
+            {
+                "limits": limits,
+                "rows": [asdict(r) for r in rows],
+                "length_buckets": buckets,
+                "open_loop_70pct": saturation,
+                "seconds_per_point": seconds,
+            },
+            indent=2,
+        )
     )
-    plot(rows, args.out / "latency_vs_throughput.png")
-    print(f"\nwrote {args.out}/bench.md, bench.json, latency_vs_throughput.png")
+    plot(rows, args.out)
+    print(f"\nwrote {args.out}/bench.md, bench.json, latency_vs_throughput.png, batch_vs_load.png")
     return 0
 
 

@@ -1,7 +1,7 @@
 """A small closed-loop gRPC load generator (the bench's wrk for gRPC): N clients, bounded time.
 
-Sends one pre-serialized request over and over with grpc.aio's generic unary calls (no protobuf
-work per call on the client side) and prints a JSON summary. One Python process: at a few thousand
+Sends pre-serialized requests (round robin) with grpc.aio's generic unary calls (no protobuf work
+per call on the client side) and prints a JSON summary. One Python process: at a few thousand
 calls/s it needs most of a core, so on small machines it competes with the server it measures.
 
     python -m loadtests.grpc_load --target 127.0.0.1:50051 \\
@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 
 
-async def run(target: str, method: str, body: bytes, clients: int, seconds: float) -> dict:
+async def run(target: str, method: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     errors = 0
     options = [("grpc.max_receive_message_length", 64 << 20)]
@@ -30,13 +30,16 @@ async def run(target: str, method: str, body: bytes, clients: int, seconds: floa
         channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         for channel in channels
     ]
-    await calls[0](body, timeout=30)  # connect and warm the path
+    await calls[0](bodies[0], timeout=30)  # connect and warm the path
     stop = time.perf_counter() + seconds
 
     async def client(index: int) -> None:
         nonlocal errors
         call = calls[index % len(calls)]
+        sent = index
         while time.perf_counter() < stop:
+            body = bodies[sent % len(bodies)]
+            sent += 1
             started = time.perf_counter()
             try:
                 await call(body, timeout=30)
@@ -64,13 +67,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="host:port (loopback)")
     parser.add_argument("--method", required=True, help="/package.Service/Method")
-    parser.add_argument("--body", type=Path, required=True, help="serialized request message")
+    parser.add_argument(
+        "--body", type=Path, action="append", required=True, help="serialized request (repeatable)"
+    )
     parser.add_argument("-c", "--clients", type=int, default=8)
     parser.add_argument("-d", "--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    summary = asyncio.run(
-        run(args.target, args.method, args.body.read_bytes(), args.clients, args.seconds)
-    )
+    bodies = [path.read_bytes() for path in args.body]
+    summary = asyncio.run(run(args.target, args.method, bodies, args.clients, args.seconds))
     print("JSON" + json.dumps(summary))
     return 0
 

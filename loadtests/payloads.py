@@ -108,10 +108,17 @@ def payloads(model: str, count: int = 16) -> tuple[Payload, ...]:
     raise ValueError(f"no payloads for task {spec.task}")
 
 
-def token_ids(model: str, text: str) -> list[int]:
+@cache
+def _vocabulary(model: str) -> tuple[dict[str, int], int]:
     spec = latest_specs()[model]
     index = {w: i for i, w in enumerate(spec.vocabulary or [])}
-    return encode(tokenize(text), index, int(spec.preprocessing["max_tokens"]))
+    return index, int(spec.preprocessing["max_tokens"])
+
+
+def token_ids(model: str, text: str) -> list[int]:
+    """What the server does to a text before it joins a batch."""
+    index, max_tokens = _vocabulary(model)
+    return encode(tokenize(text), index, max_tokens)
 
 
 # --- request encodings (shared by the bench and the locust users) -----------------------------

@@ -159,7 +159,7 @@ class RemoteRunner:
         return self.remote_provider
 
     def bucket(self, item: Any) -> Hashable:
-        return self.kernel_class.bucket(item)
+        return self.kernel_class.bucket(item) if self.settings.length_buckets else 0
 
     async def start(self) -> None:
         self.client = getattr(self.owner, attribute_name(self.name), None)

@@ -71,7 +71,7 @@ class LocalRunner:
         return self.kernel.provider if self.kernel else "none"
 
     def bucket(self, item: Any) -> Hashable:
-        return KERNELS[self.spec.task].bucket(item)
+        return KERNELS[self.spec.task].bucket(item) if self.settings.length_buckets else 0
 
     async def start(self) -> None:
         started = time.perf_counter()

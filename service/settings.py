@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     batching: bool = True
     """Adaptive batching on (off = every request runs alone; for benchmarks)."""
 
+    length_buckets: bool = True
+    """Route variable-length inputs (tokens, audio) to per-length queues (off = one queue per
+    model, every batch padded to its longest item; for benchmarks)."""
+
     max_batch_size: int = 16
     """Largest batch a runner forms on CPU before it stops waiting for more requests."""
 
