@@ -2,7 +2,8 @@
 
 For every model (real held-out payloads, loadtests/payloads.py):
   1. the in-process limit: decode + preprocess + the model's kernel (collate, ONNX Runtime,
-     split / decode) in this process, no HTTP, best of a few caller x micro-batch configurations;
+     split / decode) in this process, no HTTP, best of a few caller x micro-batch configurations,
+     measured at the start and again at the end (the higher counts);
   2. the served API at 1, 8, 32 and 64 clients: the local placement over REST /v1 (wrk), V2 REST
      with binary tensors (wrk), the gRPC task service and V2 gRPC (loadtests/grpc_load.py); the
      local placement with batching off and the remote placement over REST. Average batch size
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from loadtests.open_loop import open_loop  # noqa: E402
 from loadtests.payloads import (  # noqa: E402
     Payload,
+    mixed_lengths,
     payloads,
     rest_request,
     task_rpc,
@@ -223,11 +225,12 @@ def run_wrk(
         raise RuntimeError(f"wrk printed no summary:\n{result.stdout}\n{result.stderr}")
     data = json.loads(match.group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
-    return {
-        "rps": data["requests"] / (data["duration_us"] / 1e6),
+    failed = int(non_2xx.group(1)) if non_2xx else 0
+    return {  # throughput counts answered requests only: a shed 503 is not served work
+        "rps": (data["requests"] - failed) / (data["duration_us"] / 1e6),
         "p50_ms": data["p50"] / 1000,
         "p99_ms": data["p99"] / 1000,
-        "errors": data["errors"] + (int(non_2xx.group(1)) if non_2xx else 0),
+        "errors": data["errors"] + failed,
     }
 
 
@@ -360,7 +363,8 @@ def markdown(
     if buckets:
         lines += [
             "",
-            "| model (mixed lengths, 32 clients, REST) | length buckets req/s | one bucket req/s "
+            "| model (short and long inputs mixed, 32 clients, REST) | length buckets req/s "
+            "| one bucket req/s "
             "| gain |",
             "|---|---|---|---|",
         ]
@@ -467,7 +471,11 @@ def main() -> int:
                         print(f"open loop at 70 %: {saturation[-1]}", flush=True)
             finally:
                 stop_server(server)
-        variable = [w for w in works if w.model in VARIABLE_LENGTH]
+        variable = [
+            Workload(w.model, mixed_lengths(w.model), w.prepare)
+            for w in works
+            if w.model in VARIABLE_LENGTH
+        ]
         if experiments and variable:
             for mode in ("local", "local-nobuckets"):
                 server = start_server(tmp, {**MODES[mode], "DEEPSERVE_MODELS": names})
@@ -485,6 +493,18 @@ def main() -> int:
             for entry in buckets:
                 entry["gain"] = entry["buckets_rps"] / entry["single_rps"]
 
+    # the machine drifts over a long run: measure the limits again and keep the higher, so every
+    # ratio is against the best this machine showed (conservative)
+    for work in works:
+        again, config = in_process_limit(work, seconds / 2)
+        limit = limits[work.model]
+        limit["rps_start"], limit["rps_end"] = limit["rps"], again
+        if again > limit["rps"]:
+            limit["rps"], limit["config"] = again, config
+            for row in rows:
+                if row.model == work.model:
+                    row.ratio = row.rps / again
+        print(f"in-process limit {work.model} again: {again:.1f} req/s", flush=True)
     table = markdown(rows, limits, buckets, saturation)
     print("\n" + table)
     (args.out / "bench.md").write_text(table + "\n")

@@ -211,3 +211,40 @@ def v2_grpc_request(payload: Payload) -> tuple[str, bytes]:
         message.inputs.add(name=name, datatype=codecs.datatype_of(array), shape=list(array.shape))
         message.raw_input_contents.append(codecs.to_raw(array))
     return "/inference.GRPCInferenceService/ModelInfer", message.SerializeToString()
+
+
+@cache
+def mixed_lengths(model: str, count: int = 16) -> tuple[Payload, ...]:
+    """Short and long inputs alternating, for the length-bucket experiment: held-out clips
+    (0.7-2 s) and the same clips joined three at a time with 0.2 s pauses (3-5 s); held-out
+    sentences cut to 6 words and joined into ~60-token reviews."""
+    base = payloads(model, count)
+    out = []
+    for index, payload in enumerate(base):
+        if index % 2 == 0:
+            out.append(_shortened(payload))
+            continue
+        parts = [base[(index + k) % len(base)] for k in range(3)]
+        if model == "speech-ctc":
+            pause = np.zeros(3200, np.float32)
+            clips = [load_audio(p.file) for p in parts]
+            audio = np.concatenate([x for clip in clips for x in (clip, pause)])[: 5 * 16000]
+            data = wav(audio)
+            out.append(
+                Payload(model, data, "audio/wav", tensors={"waveform": load_audio(data)[None]})
+            )
+        else:
+            text = " ".join(p.text for p in parts)
+            out.append(
+                Payload(model, text=text, tensors={"text": np.array([text.encode()], object)})
+            )
+    return tuple(out)
+
+
+def _shortened(payload: Payload) -> Payload:
+    if payload.text:
+        text = " ".join(payload.text.split()[:6])
+        return Payload(
+            payload.model, text=text, tensors={"text": np.array([text.encode()], object)}
+        )
+    return payload

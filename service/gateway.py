@@ -60,8 +60,7 @@ Gateway = bentoml.asgi_app(v2_rest.build_app(current_state), path="/")(
             workers=1,
             traffic={"timeout": 60},
             http={"host": settings.host, "port": settings.port},
-            logging={"access": {"enabled": settings.access_log}},
-            **({} if settings.tracing else {"tracing": {"excluded_urls": ["/v1", "/v2"]}}),
+            **settings.observability_config(["/v1", "/v2"]),
         )(type("Gateway", (GatewayBase,), _body))
     )
 )

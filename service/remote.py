@@ -118,6 +118,7 @@ def runner_service(model: str, settings: Settings) -> Any:
         resources=resources,
         traffic={"timeout": 60},
         runner_connection={"max_requests": NEVER, "max_age": float(NEVER)},
+        **settings.observability_config(["/infer", "/describe"]),
     )(ModelRunner)
 
 
