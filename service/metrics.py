@@ -214,3 +214,45 @@ def observe_preprocess(seconds: float) -> None:
     record = _current.get()
     if record is not None and record.model != "none":
         metrics().preprocess_seconds.labels(record.model, record.version).observe(seconds)
+
+
+def batch_totals(model: str, version: str) -> dict[str, int] | None:
+    """Batches, samples and expired requests of a model summed over every process that writes
+    to this host's metrics directory (the gateway and its runner services); None when
+    prometheus_client is not in multiprocess mode."""
+    import os
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return None
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    wanted = {"model": model, "version": version}
+    totals = {"batches": 0.0, "samples": 0.0, "expired": 0.0}
+    names = {
+        "deepserve_batches_total": "batches",
+        "deepserve_inference_samples_total": "samples",
+        "deepserve_rejected_requests_total": "expired",
+    }
+    buckets: dict[float, float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == "deepserve_batch_size_bucket" and all(
+                sample.labels.get(k) == v for k, v in wanted.items()
+            ):
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+            key = names.get(sample.name)
+            if key is None or any(sample.labels.get(k) != v for k, v in wanted.items()):
+                continue
+            if key == "expired" and sample.labels.get("reason") != "deadline":
+                continue
+            totals[key] += sample.value
+    result = {k: int(v) for k, v in totals.items()}
+    # the largest batch, to the batch-size histogram's resolution (the first full bucket)
+    full = [bound for bound, count in buckets.items() if count >= totals["batches"] > 0]
+    result["largest_batch"] = int(min(full)) if full and min(full) != float("inf") else 0
+    return result

@@ -32,7 +32,7 @@ from service.errors import (
     ServingError,
 )
 from service.kernels import KERNELS, Kernel, make_kernel
-from service.metrics import ModelMetrics, note_inferred, record_model
+from service.metrics import ModelMetrics, batch_totals, note_inferred, record_model
 from service.registry import ModelSpec, latest_specs
 from service.settings import Settings, get_settings
 
@@ -114,7 +114,9 @@ def runner_service(model: str, settings: Settings) -> Any:
     ModelRunner.__name__ = ModelRunner.__qualname__ = f"Runner_{attribute_name(model)}"
     return bentoml.service(
         name=f"runner-{model}",
-        workers=1,
+        # NOTE: BentoML's CORK dispatcher runs one batch at a time per worker process, so on CPU
+        # the runner gets a process per parallel inference slot; a GPU gets one worker
+        workers=1 if gpu else max(1, settings.workers_per_model),
         resources=resources,
         traffic={"timeout": 60},
         runner_connection={"max_requests": NEVER, "max_age": float(NEVER)},
@@ -189,7 +191,13 @@ class RemoteRunner:
             return
 
     async def refresh(self) -> None:
-        """Fetch the runner service's batch counters (for /v1/models)."""
+        """The runner service's batch counters (for /v1/models), summed over its worker
+        processes: read from the shared metrics directory when this host runs them, else asked
+        from one worker."""
+        totals = await asyncio.to_thread(batch_totals, self.spec.name, self.spec.version)
+        if totals is not None:
+            self.remote_stats = totals
+            return
         if self.ready:
             try:
                 info = await self.client.to_async.call("describe")
@@ -258,7 +266,6 @@ class RemoteRunner:
                 "calls": self.calls,
                 "retries": self.retries,
                 **self.remote_stats,
-                "expired": self.expired + self.remote_stats.get("expired", 0),
             },
         }
 
