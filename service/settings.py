@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     workers_per_model: int = 2
     """Parallel inference slots per model (ORT runs concurrently on one shared session)."""
 
+    preprocess_threads: int = 2
+    """Threads that decode and preprocess requests (images, audio) off the event loop, shared by
+    all models; decoding overlaps inference."""
+
     intra_op_threads: int = 1
     """ONNX Runtime intra-op threads per run (1 x several workers beat 2 threads here)."""
 

@@ -28,7 +28,9 @@ class ServingState:
         self.missing: dict[str, str] = {}
         self.started = False
         # Decoding and preprocessing run here, off the event loop, overlapping inference.
-        self.preprocess_pool = ThreadPoolExecutor(2, thread_name_prefix="preprocess")
+        self.preprocess_pool = ThreadPoolExecutor(
+            settings.preprocess_threads, thread_name_prefix="preprocess"
+        )
 
     async def start(self) -> None:
         specs = latest_specs()
