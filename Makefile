@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export BENTOML_HOME ?= $(CURDIR)/model_store
 export BENTOML_DO_NOT_TRACK := True
-APT_PACKAGES := espeak-ng wrk prometheus
+APT_PACKAGES := espeak-ng wrk prometheus docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup apt models serve test unit bench bench-quick loadtest lint format clean-models
@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-apt:  ## install missing Debian packages: espeak-ng (speech data), wrk (bench), prometheus (tests)
+apt:  ## install missing Debian packages: espeak-ng (data), wrk (bench), prometheus + docker-compose (tests)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
