@@ -3,6 +3,7 @@
 #   docker build -t deepserve .                          CPU runtime, models trained in the build
 #   docker build --build-arg MODELS=copy -t deepserve .  copy an already built model_store/ instead
 #   docker build --target gpu -t deepserve:gpu .         CUDA runtime with onnxruntime-gpu
+#   docker build --target loadtest -t deepserve-loadtest .  locust with the load tests
 # The runtime stages carry only the serving dependencies (no torch); they install with the same
 # script the tests run (deploy/docker/install.sh) and start with the command `make serve` uses.
 
@@ -81,6 +82,13 @@ EXPOSE 3000 50051
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/readyz', timeout=4)"]
 ENTRYPOINT ["deepserve", "serve"]
+
+# --- load generator for the compose stack's locust profile: the models stage (held-out payloads
+# come from its model store) plus locust and the load tests ------------------------------------
+FROM models AS loadtest
+RUN python -m pip install --no-cache-dir "locust>=2.32,<3"
+COPY loadtests/ loadtests/
+ENTRYPOINT ["python", "-m", "locust", "-f", "loadtests/locustfile.py"]
 
 # the default target is the CPU runtime
 FROM runtime

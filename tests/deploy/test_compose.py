@@ -45,8 +45,10 @@ def test_cpu_stack_renders_with_every_service() -> None:
     grafana_sources = [source(v) for v in services["grafana"]["volumes"]]
     assert any(Path(s).name == "grafana" and (Path(s) / "deepserve-dashboard.json").exists()
                for s in grafana_sources)  # fmt: skip
-    for worker in ("locust-master", "locust-worker"):
-        assert "loadtests/locustfile.py" in services[worker]["command"]
+    assert services["locust-master"]["build"]["target"] == "loadtest"
+    assert "--master" in services["locust-master"]["command"]
+    assert "--worker" in services["locust-worker"]["command"]
+    assert services["locust-worker"]["image"] == services["locust-master"]["image"]
 
 
 def test_gpu_override_reserves_an_nvidia_device() -> None:

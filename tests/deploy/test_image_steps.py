@@ -58,6 +58,9 @@ def test_runtime_stages_install_with_the_shared_script_and_start_like_make_serve
         assert any(i.startswith("HEALTHCHECK") and "/readyz" in i for i in instructions)
         assert any(i.startswith("EXPOSE") and "3000" in i and "50051" in i for i in instructions)
         assert not any("train" in r for r in runs), "runtime stages must not install torch"
+    loadtest = stage("loadtest")
+    assert any("locust" in i for i in loadtest if i.startswith("RUN"))
+    assert "COPY loadtests/ loadtests/" in loadtest
 
 
 @pytest.mark.models
