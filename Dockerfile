@@ -57,7 +57,7 @@ ENTRYPOINT ["deepserve", "serve"]
 FROM ${CUDA_IMAGE} AS gpu
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     BENTOML_HOME=/app/model_store \
     BENTOML_DO_NOT_TRACK=True \
@@ -66,9 +66,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     DEEPSERVE_PORT=3000 \
     DEEPSERVE_GRPC_PORT=50051 \
     DEEPSERVE_DEVICE=gpu
+# the distribution's Python is externally managed: deepserve lives in its own venv
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-pip python-is-python3 \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service/ service/
