@@ -20,7 +20,8 @@ from PIL import Image
 from service.processing.speech import load_audio
 from service.processing.text import encode, tokenize
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop, resize_exact
-from service.registry import latest_specs
+from service.registry import ModelSpec, latest_specs
+from service.tasks import word_index
 
 MAX_PIXELS = 10**8
 
@@ -109,16 +110,14 @@ def payloads(model: str, count: int = 16) -> tuple[Payload, ...]:
 
 
 @cache
-def _vocabulary(model: str) -> tuple[dict[str, int], int]:
-    spec = latest_specs()[model]
-    index = {w: i for i, w in enumerate(spec.vocabulary or [])}
-    return index, int(spec.preprocessing["max_tokens"])
+def _spec(model: str) -> ModelSpec:
+    return latest_specs()[model]
 
 
 def token_ids(model: str, text: str) -> list[int]:
-    """What the server does to a text before it joins a batch."""
-    index, max_tokens = _vocabulary(model)
-    return encode(tokenize(text), index, max_tokens)
+    """What the server does to a text before it joins a batch (its vocabulary index)."""
+    spec = _spec(model)
+    return encode(tokenize(text), word_index(spec), int(spec.preprocessing["max_tokens"]))
 
 
 # --- request encodings (shared by the bench and the locust users) -----------------------------

@@ -170,29 +170,36 @@ class RequestRecord:
     """"none" until a served model is resolved (unknown names never become label values)."""
     version: str = "none"
     inferred_at: float | None = None
+    status: int = 500
+    """The HTTP status (or its equivalent) answered; a scope left by an exception keeps 500."""
 
 
 _current: ContextVar[RequestRecord | None] = ContextVar("deepserve_request", default=None)
 
 
 @contextmanager
-def track_request(protocol: str) -> Iterator[RequestRecord]:
-    """Scope one inference request; finish it with `finish_request`."""
-    record = RequestRecord(protocol, time.perf_counter())
+def track_request(protocol: str | None) -> Iterator[RequestRecord]:
+    """Scope one request; set `record.status` before leaving. With a `protocol` it is an
+    inference request, counted and timed when the scope ends; None records nothing."""
+    record = RequestRecord(protocol or "", time.perf_counter())
+    if protocol is None:
+        yield record
+        return
     token = _current.set(record)
     try:
         yield record
     finally:
         _current.reset(token)
+        _finish(record)
 
 
-def finish_request(record: RequestRecord, status: int) -> None:
+def _finish(record: RequestRecord) -> None:
     collectors = metrics()
     now = time.perf_counter()
     labels = (record.model, record.version, record.protocol)
-    collectors.requests.labels(*labels, f"{status // 100}xx").inc()
+    collectors.requests.labels(*labels, f"{record.status // 100}xx").inc()
     collectors.request_seconds.labels(*labels).observe(now - record.started)
-    if status < 400 and record.inferred_at is not None:
+    if record.status < 400 and record.inferred_at is not None:
         collectors.postprocess_seconds.labels(*labels).observe(now - record.inferred_at)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,7 @@ from service.errors import (
     ServingError,
     UnsupportedMediaType,
 )
-from service.metrics import finish_request, track_request
+from service.metrics import track_request
 from service.state import ServingState
 
 log = logging.getLogger("deepserve.rest")
@@ -125,21 +124,15 @@ def guarded(
     inference endpoint whose requests are counted and timed in the metrics."""
 
     async def endpoint(request: Request) -> Response:
-        tracking = track_request(protocol) if protocol else contextlib.nullcontext()
-        with tracking as record:
-            status = 500
+        with track_request(protocol) as record:
             try:
-                try:
-                    response = await handler(request)
-                except ServingError as error:
-                    if error.http_status >= 500:
-                        log.warning("%s %s: %s", request.method, request.url.path, error.message)
-                    response = render(error)
-                status = response.status_code
-                return response
-            finally:
-                if record is not None:
-                    finish_request(record, status)
+                response = await handler(request)
+            except ServingError as error:
+                if error.http_status >= 500:
+                    log.warning("%s %s: %s", request.method, request.url.path, error.message)
+                response = render(error)
+            record.status = response.status_code
+            return response
 
     return endpoint
 

@@ -8,7 +8,6 @@ tritonclient's as_numpy() reads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ import numpy as np
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
 from service.errors import InvalidInput, ServingError
-from service.metrics import finish_request, track_request
+from service.metrics import track_request
 from service.proto.gen import inference_pb2 as pb
 from service.proto.gen import inference_pb2_grpc
 from service.state import ServingState
@@ -58,15 +57,11 @@ def rpc(protocol: str | None = None) -> Callable[[Handler], Handler]:
     def decorate(method: Handler) -> Handler:
         @functools.wraps(method)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            tracking = track_request(protocol) if protocol else contextlib.nullcontext()
-            with tracking as record:
-                status = 500
+            with track_request(protocol) as record:
                 try:
                     reply = await method(self, request, context)
-                    status = 200
-                    return reply
                 except ServingError as error:
-                    status = error.http_status
+                    record.status = error.http_status
                     if "Retry-After" in error.headers:
                         retry = error.headers["Retry-After"]
                         context.set_trailing_metadata((("retry-after", retry),))
@@ -74,11 +69,10 @@ def rpc(protocol: str | None = None) -> Callable[[Handler], Handler]:
                     raise  # unreachable: abort raises
                 except asyncio.CancelledError:  # deadline passed or the client cancelled
                     remaining = context.time_remaining()
-                    status = 504 if remaining is not None and remaining <= 0 else 499
+                    record.status = 504 if remaining is not None and remaining <= 0 else 499
                     raise
-                finally:
-                    if record is not None:
-                        finish_request(record, status)
+                record.status = 200
+                return reply
 
         return wrapper
 
