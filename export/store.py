@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,15 +11,9 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from service.registry import HELDOUT_FILE, SPEC_FILE, ModelSpec
+from service.registry import HELDOUT_FILE, SPEC_FILE, ModelSpec, file_sha256
 
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256 = file_sha256
 
 
 def stored_versions(name: str) -> list[dict[str, Any]]:

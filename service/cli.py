@@ -129,7 +129,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["DEEPSERVE_HOST"], os.environ["DEEPSERVE_PORT"] = host, str(port)
     os.chdir(PROJECT_ROOT)
     command = [sys.executable, "-m", "bentoml", "serve", "service.gateway:Gateway"]
-    os.execv(sys.executable, [*command, "--host", host, "--port", str(port)])
+    # NOTE: BentoML's default waits for in-flight HTTP requests without limit (and circus for
+    # a day); bound it so SIGTERM finishes inside the orchestrator's grace period
+    grace = str(max(1, int(settings.shutdown_grace_s)))
+    os.execv(
+        sys.executable,
+        [*command, "--host", host, "--port", str(port), "--timeout-graceful-shutdown", grace],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,15 @@ class ModelNotFound(ServingError):
     code = "model_not_found"
 
 
+class Unauthenticated(ServingError):
+    http_status = HTTPStatus.UNAUTHORIZED
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    code = "unauthenticated"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="deepserve"'})
+
+
 class NotReady(ServingError):
     http_status = HTTPStatus.SERVICE_UNAVAILABLE
     grpc_code = grpc.StatusCode.UNAVAILABLE

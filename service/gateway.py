@@ -7,12 +7,19 @@ get a BentoML runner service each (service/remote.py), declared here as dependen
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import bentoml
 
 from service import rest
+from service.auth import ApiKeyMiddleware, ApiKeys
 from service.grpc_server import GrpcServer
 from service.remote import build_runner_services
 from service.settings import get_settings
@@ -37,17 +44,49 @@ class GatewayBase:
     async def start_runners(self) -> None:
         if self.grpc is not None:  # up first: health answers NOT_SERVING while models load
             await self.grpc.start()
+            on_sigterm(self.grpc.drain)
         await self.state.start()
-        log.info("deepserve ready: %s", ", ".join(self.state.runners))
+        if self.grpc is not None:
+            await self.grpc.sync_health()
+        for name, why in self.state.failed().items():
+            log.error("model %s is not served: %s", name, why)
+        log.info("deepserve serving: %s", ", ".join(self.state.runners))
 
     @bentoml.on_shutdown
     async def stop_runners(self) -> None:
+        # uvicorn has drained HTTP requests (up to shutdown_grace_s) before this runs
         if self.grpc is not None:
-            await self.grpc.stop()
+            await self.grpc.stop(settings.shutdown_grace_s)
         await self.state.stop()
 
     def __is_ready__(self) -> bool:
         return self.state.ready
+
+    def __is_alive__(self) -> bool:
+        """Dead when a remote runner service has been unreachable for runner_lost_liveness_s:
+        inside containers BentoML does not respawn it, so the pod must be restarted."""
+        now = time.monotonic()
+        return not any(
+            now - since > settings.runner_lost_liveness_s
+            for runner in self.state.runners.values()
+            if (since := getattr(runner, "lost_since", None)) is not None
+        )
+
+
+def on_sigterm(callback: Callable[[], Any]) -> None:
+    """Run `callback` on this event loop when SIGTERM arrives, then the handler already
+    installed (uvicorn's: stop accepting, drain in-flight HTTP requests, shut down)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 # NOTE: dependencies must be class attributes when the class is decorated, and which models are
@@ -64,3 +103,5 @@ Gateway = bentoml.asgi_app(v2_rest.build_app(current_state), path="/")(
         )(type("Gateway", (GatewayBase,), _body))
     )
 )
+if ApiKeys.from_settings(settings).enabled:
+    Gateway.add_asgi_middleware(ApiKeyMiddleware, settings=settings)

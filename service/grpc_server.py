@@ -19,11 +19,12 @@ from grpc_reflection.v1alpha import reflection
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
 from service import tasks
+from service.auth import ApiKeyInterceptor, ApiKeys
 from service.proto.gen import deepserve_pb2 as pb
 from service.proto.gen import deepserve_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.settings import Settings
 from service.state import ServingState
-from service.v2.grpc import V2Servicer, deadline_of, rpc
+from service.v2.grpc import MalformedRequestInterceptor, V2Servicer, deadline_of, rpc
 
 log = logging.getLogger("deepserve.grpc")
 
@@ -111,6 +112,8 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._watch: asyncio.Task[None] | None = None
+        self._draining: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
 
     async def start(self) -> None:
         server = grpc.aio.server(
@@ -120,6 +123,12 @@ class GrpcServer:
                 ("grpc.max_send_message_length", self.settings.max_body_bytes),
             ],
             maximum_concurrent_rpcs=self.settings.grpc_max_concurrent_rpcs,
+            interceptors=(
+                [ApiKeyInterceptor(self.settings)]
+                if ApiKeys.from_settings(self.settings).enabled
+                else []
+            )
+            + [MalformedRequestInterceptor()],  # after auth: refused calls are not parsed
         )
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             V2Servicer(self.state), server
@@ -135,7 +144,7 @@ class GrpcServer:
             raise RuntimeError(f"gRPC could not bind {address}")
         await server.start()
         self.server = server
-        await self._set_health(False)
+        await self.sync_health()
         self._watch = asyncio.create_task(self._follow_readiness(), name="grpc-health")
         log.info("gRPC listening on %s:%d", self.settings.host, self.port)
 
@@ -149,13 +158,22 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def _follow_readiness(self) -> None:
-        current: bool | None = None
         while True:
-            ready = self.state().ready
-            if ready != current:
-                await self._set_health(ready)
-                current = ready
+            await self.sync_health()
             await asyncio.sleep(0.5)
+
+    async def sync_health(self) -> None:
+        """Set the health statuses from readiness now (also polled every 0.5 s)."""
+        ready = self.state().ready
+        if ready != self._serving:
+            self._serving = ready
+            await self._set_health(ready)
+
+    def drain(self) -> None:
+        """Refuse new RPCs now and let those in flight finish (on SIGTERM)."""
+        if self.server is not None and self._draining is None:
+            log.info("gRPC draining: new calls refused, in-flight calls finish")
+            self._draining = asyncio.create_task(self.stop(self.settings.shutdown_grace_s))
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._watch is not None:
@@ -164,5 +182,7 @@ class GrpcServer:
                 await self._watch
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
-            await self.server.stop(grace)
-            self.server = None
+            server, self.server = self.server, None
+            await server.stop(grace)
+        elif self._draining is not None and self._draining is not asyncio.current_task():
+            await self._draining

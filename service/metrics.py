@@ -32,7 +32,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
 PROTOCOLS = ("rest", "v2-rest", "grpc", "v2-grpc")
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
-REJECT_REASONS = ("queue_full", "deadline", "abandoned", "runner_overloaded")
+REJECT_REASONS = ("queue_full", "queue_wait", "deadline", "abandoned", "runner_overloaded")
 
 
 class Metrics:
@@ -93,10 +93,17 @@ class Metrics:
         )
         self.rejected = Counter(
             "deepserve_rejected_requests",
-            "Requests shed or dropped unrun: queue_full, deadline, abandoned (caller went away), "
-            "runner_overloaded.",
+            "Requests shed or dropped unrun: queue_full, queue_wait (the model is not keeping "
+            "up), deadline, abandoned (caller went away), runner_overloaded.",
             [*model, "reason"],
         )
+        self.auth_failures = Counter(
+            "deepserve_auth_failures",
+            "Requests refused for a missing or invalid API key, by protocol.",
+            ["protocol"],
+        )
+        for protocol in PROTOCOLS:
+            self.auth_failures.labels(protocol)
         self.load_seconds = Gauge(
             "deepserve_model_load_seconds",
             "Time to load and warm the model up.",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
+
+log = logging.getLogger("deepserve.registry")
 
 SPEC_FILE = "spec.json"
 HELDOUT_FILE = "heldout.npz"
@@ -83,9 +87,17 @@ class ModelSpec(BaseModel):
         return f"{self.name}:{self.version}"
 
     def graph_path(self, graph: str = "model") -> Path:
+        """The graph's ONNX file, which must be an .onnx file inside the model's own folder."""
         if self.path is None:
             raise ValueError(f"{self.tag} was not loaded from a store")
-        return self.path / self.graphs[graph].file
+        folder = self.path.resolve()
+        path = (folder / self.graphs[graph].file).resolve()
+        if path.parent != folder or path.suffix != ".onnx":
+            raise ValueError(
+                f"{self.tag}: graph file {self.graphs[graph].file!r} is not an .onnx file in "
+                "the model's folder; refusing to load it"
+            )
+        return path
 
     def heldout(self) -> dict[str, np.ndarray]:
         """The small held-out sample stored with the model (plain arrays, no pickles)."""
@@ -101,6 +113,15 @@ class ModelSpec(BaseModel):
         return spec
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (recorded in specs at export, checked before a graph is loaded)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _store():  # type: ignore[no-untyped-def]
     from bentoml._internal.configuration.containers import BentoMLContainer
 
@@ -113,8 +134,11 @@ def load_spec(tag: str) -> ModelSpec:
     return ModelSpec.from_dir(Path(model.path))
 
 
-def list_specs() -> list[ModelSpec]:
-    """Every model in the store that carries a deepserve spec, newest first per name."""
+def list_specs(problems: dict[str, str] | None = None) -> list[ModelSpec]:
+    """Every model in the store that carries a readable deepserve spec, newest first per name.
+
+    A stored model whose spec cannot be read is skipped (and described in `problems`, by
+    model name), so one damaged entry cannot hide the others."""
     specs = []
     try:
         models = _store().list()
@@ -122,17 +146,24 @@ def list_specs() -> list[ModelSpec]:
         return []
     for model in models:
         path = Path(model.path)
-        if (path / SPEC_FILE).exists():
+        if not (path / SPEC_FILE).exists():
+            continue
+        try:
             specs.append(ModelSpec.from_dir(path))
+        except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+            why = f"{model.tag}: unreadable {SPEC_FILE} ({type(error).__name__})"
+            log.error("skipping %s", why)
+            if problems is not None:
+                problems[model.tag.name] = why
     specs.sort(key=lambda s: (s.name, s.created), reverse=True)
     specs.sort(key=lambda s: s.name)
     return specs
 
 
-def latest_specs() -> dict[str, ModelSpec]:
-    """The newest version of each model in the store."""
+def latest_specs(problems: dict[str, str] | None = None) -> dict[str, ModelSpec]:
+    """The newest readable version of each model in the store (see list_specs)."""
     latest: dict[str, ModelSpec] = {}
-    for spec in list_specs():
+    for spec in list_specs(problems):
         current = latest.get(spec.name)
         if current is None or spec.created > current.created:
             latest[spec.name] = spec

@@ -34,11 +34,14 @@ from service.errors import (
 from service.kernels import KERNELS, Kernel, make_kernel
 from service.metrics import ModelMetrics, batch_totals, note_inferred, record_model
 from service.registry import ModelSpec, latest_specs
+from service.runners import admission_for
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("deepserve.remote")
 
 NEVER = 10**9  # requests / seconds: keep one client session for the life of the process
+PROBE_PERIOD_S, PROBE_TIMEOUT_S, PROBE_FAILURES = 1.0, 2.0, 2
+"""Runner service health probing from the gateway (see RemoteRunner._supervise)."""
 EXPIRED = {"expired": True}
 """A runner service's answer for an item whose deadline passed before it was computed."""
 
@@ -56,17 +59,25 @@ def runner_service(model: str, settings: Settings) -> Any:
     class ModelRunner:
         def __init__(self) -> None:
             settings.apply_store()
-            spec = latest_specs().get(model)
-            if spec is None:
-                raise RuntimeError(f"model {model} is not in the store (deepserve models build)")
-            self.spec = spec
-            started = time.perf_counter()
-            self.kernel: Kernel = make_kernel(self.spec, settings.device, settings.intra_op_threads)
-            self.kernel.warmup()
             self.stats = BatchStats()
+            self.error: str | None = None
+            self.kernel: Kernel | None = None
+            problems: dict[str, str] = {}
+            spec = latest_specs(problems).get(model)
+            self.version = spec.version if spec else ""
+            started = time.perf_counter()
+            try:  # NOTE: a broken model must not crash-loop the process; describe() says why
+                if spec is None:
+                    raise RuntimeError(problems.get(model, f"{model} is not in the model store"))
+                self.kernel = make_kernel(spec, settings.device, settings.intra_op_threads)
+                self.kernel.warmup()
+            except Exception as error:
+                self.error = f"{type(error).__name__}: {error}"
+                log.error("runner %s failed to load: %s", model, self.error)
+                return
             self.metrics = ModelMetrics(spec.name, spec.version)
             self.metrics.loaded(time.perf_counter() - started)
-            log.info("runner %s ready (%s)", self.spec.tag, self.kernel.provider)
+            log.info("runner %s ready (%s)", spec.tag, self.kernel.provider)
 
         @bentoml.api(
             batchable=True,
@@ -79,6 +90,8 @@ def runner_service(model: str, settings: Settings) -> Any:
             The deadline is wall-clock (time.time(); None = none): items whose deadline passed
             while BentoML queued them are answered EXPIRED instead of being computed.
             """
+            if self.kernel is None:
+                raise InferenceFailed(f"{model} is not loaded: {self.error}")
             results: list[Any] = [None] * len(items)
             groups: dict[Hashable, list[int]] = {}
             now = time.time()
@@ -103,8 +116,9 @@ def runner_service(model: str, settings: Settings) -> Any:
         @bentoml.api
         def describe(self) -> dict[str, Any]:
             return {
-                "provider": self.kernel.provider,
-                "version": self.spec.version,
+                "provider": self.kernel.provider if self.kernel else "none",
+                "version": self.version,
+                "error": self.error,
                 "batches": self.stats.batches,
                 "samples": self.stats.samples,
                 "largest_batch": self.stats.largest,
@@ -128,6 +142,20 @@ def remote_models(settings: Settings) -> list[str]:
     return [m for m in settings.models if settings.placement_of(m) == "remote"]
 
 
+async def until_deadline(call: Any, deadline: float) -> Any:
+    """Await `call` until `deadline` (time.monotonic()), else raise TimeoutError at once.
+
+    NOTE: asyncio.wait_for would also wait for the cancelled call to unwind, which for a call
+    to a dead runner service takes seconds; the caller's deadline must not wait for that."""
+    task = asyncio.ensure_future(call)
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+    if task in done:
+        return task.result()
+    task.cancel()
+    task.add_done_callback(lambda finished: finished.cancelled() or finished.exception())
+    raise TimeoutError
+
+
 class RemoteRunner:
     """Gateway-side handle of a model's runner service."""
 
@@ -148,14 +176,29 @@ class RemoteRunner:
         """Calls not made because their deadline had passed (checked before the hop only)."""
         self.kernel_class = KERNELS[spec.task]
         self.metrics = ModelMetrics(spec.name, spec.version)
+        self.admission = admission_for(spec, settings)
         self.in_flight = 0
         self.described = False
         self.remote_stats: dict[str, int] = {}
         self._probe: asyncio.Task[None] | None = None
+        self.lost_since: float | None = None
+        """time.monotonic() when calls to the runner service started failing (None: healthy)."""
 
     @property
     def ready(self) -> bool:
         return self.client is not None and self.described and self.error is None
+
+    def _unavailable(self, error: Exception) -> NotReady:
+        """The runner service stopped answering (crashed, restarting): not ready until the
+        supervising probe reaches it again. Returns the error for the caller (503)."""
+        if self.lost_since is None:
+            self.lost_since = time.monotonic()
+            log.error("model %s: runner service lost (%r); probing for it", self.name, error)
+        self.described = False
+        return NotReady(
+            f"model {self.name}'s runner service is unavailable (restarting?); retry shortly",
+            headers={"Retry-After": "1"},
+        )
 
     @property
     def provider(self) -> str:
@@ -169,26 +212,45 @@ class RemoteRunner:
         if self.client is None:
             self.error = "no runner service dependency declared for this model"
             return
-        # The runner process may still be loading: ask it in the background until it answers.
-        self._probe = asyncio.create_task(self._describe_runner())
+        self._probe = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
-    async def _describe_runner(self) -> None:
-        delay = 0.2
+    async def _supervise(self) -> None:
+        """Probe the runner service (its describe API) for as long as the gateway runs: until it
+        first answers (it may still be loading), then every PROBE_PERIOD_S. PROBE_FAILURES
+        probes in a row without an answer in PROBE_TIMEOUT_S mean it is gone (killed,
+        restarting: the socket stays open while circus respawns it, so calls would only hang)
+        and the model is not ready, failing fast with 503, until it answers again."""
+        failures = 0
         while self.client is not None:
             try:
-                info = await self.client.to_async.call("describe")
+                info = await asyncio.wait_for(
+                    self.client.to_async.call("describe"), PROBE_TIMEOUT_S
+                )
             except Exception as error:
-                log.info("model %s: runner not answering yet (%s)", self.name, error)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                failures += 1
+                if self.described and failures >= PROBE_FAILURES:
+                    self._unavailable(error)
+                await asyncio.sleep(0.2 if not self.described else PROBE_PERIOD_S / 4)
                 continue
-            self.remote_provider = info["provider"]
-            if info["version"] != self.spec.version:
-                self.error = f"runner serves {info['version']}, gateway expects {self.spec.version}"
-                log.error("model %s: %s", self.name, self.error)
-            self.described = True
-            record_model(self.spec, self.remote_provider, self.placement)
-            return
+            failures = 0
+            if not self.described:
+                self._described(info)
+            await asyncio.sleep(PROBE_PERIOD_S)
+
+    def _described(self, info: dict[str, Any]) -> None:
+        self.remote_provider = info["provider"]
+        if info.get("error"):
+            self.error = f"runner service failed to load the model: {info['error']}"
+            log.error("model %s: %s", self.name, self.error)
+        elif info["version"] != self.spec.version:
+            self.error = f"runner serves {info['version']}, gateway expects {self.spec.version}"
+            log.error("model %s: %s", self.name, self.error)
+        self.described = True
+        if self.lost_since is not None:
+            back_after = time.monotonic() - self.lost_since
+            log.info("model %s: runner service back after %.1f s", self.name, back_after)
+            self.lost_since = None
+        record_model(self.spec, self.remote_provider, self.placement)
 
     async def refresh(self) -> None:
         """The runner service's batch counters (for /v1/models), summed over its worker
@@ -213,8 +275,9 @@ class RemoteRunner:
         self.client = None
 
     async def submit(self, item: Any, key: Hashable = 0, deadline: float | None = None) -> Any:
-        if self.client is None:
-            raise NotReady(f"model {self.name} is not ready: {self.error or 'loading'}")
+        if self.client is None or not self.ready:
+            why = self.error or ("runner service unavailable" if self.lost_since else "loading")
+            raise NotReady(f"model {self.name} is not ready: {why}", headers={"Retry-After": "1"})
         if deadline is not None and time.monotonic() >= deadline:
             self.expired += 1
             self.metrics.rejected("deadline")
@@ -233,13 +296,23 @@ class RemoteRunner:
         wall_deadline = None if deadline is None else time.time() + deadline - time.monotonic()
         for attempt in (1, 2):
             try:
-                (result,) = await self.client.to_async.call("infer", [(key, item, wall_deadline)])
+                call = self.client.to_async.call("infer", [(key, item, wall_deadline)])
+                if deadline is None:
+                    (result,) = await call
+                else:
+                    (result,) = await until_deadline(call, deadline)
                 if result == EXPIRED:  # counted by the runner service
                     raise DeadlineExceeded(f"deadline passed while {self.name} queued it")
                 note_inferred()
                 return self.kernel_class.from_wire(result)
             except ServingError:
                 raise
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.metrics.rejected("deadline")
+                    raise DeadlineExceeded(f"deadline passed waiting for {self.name}") from None
+                if attempt == 2:
+                    raise self._unavailable(TimeoutError("runner call timed out")) from None
             except bentoml.exceptions.BentoMLException as error:
                 status = getattr(error, "error_code", None)
                 if status is not None and int(status) in (429, 503):
@@ -249,7 +322,7 @@ class RemoteRunner:
                     raise InferenceFailed(f"runner for {self.name} failed: {error}") from None
             except Exception as error:  # transport: the session was swapped or reset
                 if attempt == 2:
-                    raise InferenceFailed(f"runner for {self.name} unreachable: {error}") from None
+                    raise self._unavailable(error) from None
             self.retries += 1
             log.warning("model %s: retrying a failed runner call", self.name)
         raise AssertionError("unreachable")

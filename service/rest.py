@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,7 +53,9 @@ async def read_json(request: Request, limit: int) -> Any:
     body = await read_body(request, limit)
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except RecursionError:
+        raise InvalidInput("malformed JSON body: nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, int digits limit
         raise InvalidInput(f"malformed JSON body: {error}") from None
 
 
@@ -111,6 +114,36 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     return value
 
 
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+TIMEOUT_PARAM = "timeout_ms"
+MAX_TIMEOUT_MS = 600_000
+
+
+def deadline_of(request: Request) -> float | None:
+    """The request's deadline as a time.monotonic() value, from the X-Request-Timeout-Ms header
+    or the timeout_ms query parameter (milliseconds from arrival); None when neither is sent.
+    Work still queued when it passes is dropped unrun and answered 504."""
+    arrived = time.monotonic()
+    sent = [
+        (f"{TIMEOUT_HEADER} header", request.headers.get(TIMEOUT_HEADER)),
+        (f"{TIMEOUT_PARAM} parameter", request.query_params.get(TIMEOUT_PARAM)),
+    ]
+    timeouts = []
+    for where, raw in sent:
+        if raw is None:
+            continue
+        try:
+            milliseconds = float(raw)
+        except ValueError:
+            milliseconds = float("nan")
+        if not 0 < milliseconds <= MAX_TIMEOUT_MS:  # also refuses nan
+            raise InvalidInput(
+                f"timeout {raw!r} ({where}) must be milliseconds between 0 and {MAX_TIMEOUT_MS}"
+            )
+        timeouts.append(milliseconds)
+    return arrived + min(timeouts) / 1000 if timeouts else None
+
+
 def error_json(error: ServingError) -> Response:
     return JSONResponse(error.to_json(), error.http_status, headers=error.headers)
 
@@ -142,13 +175,15 @@ def build_app(state: StateGetter) -> Starlette:
 
     async def classify(request: Request) -> JSONResponse:
         serving = state()
+        deadline = deadline_of(request)
         model = request.query_params.get("model")
         k = int_param(request, "top_k", 5, 1, 10_000)
         data = await read_media(request, "image", ("image/",), serving.settings.max_body_bytes)
-        return JSONResponse(await tasks.classify(serving, data, model, k))
+        return JSONResponse(await tasks.classify(serving, data, model, k, deadline))
 
     async def sentiment(request: Request) -> JSONResponse:
         serving = state()
+        deadline = deadline_of(request)
         payload = await read_json(request, serving.settings.max_body_bytes)
         if not isinstance(payload, dict) or ("text" in payload) == ("texts" in payload):
             raise InvalidInput('JSON body must be {"text": "..."} or {"texts": ["...", ...]}')
@@ -157,24 +192,25 @@ def build_app(state: StateGetter) -> Starlette:
         if not isinstance(texts, list) or not texts:
             raise InvalidInput('"texts" must be a non-empty list of strings')
         model = request.query_params.get("model")
-        spec, results = await tasks.sentiment(serving, texts, model, single)
+        spec, results = await tasks.sentiment(serving, texts, model, single, deadline)
         body: dict[str, Any] = {"model": spec.name, "version": spec.version}
         body.update(results[0] if single else {"results": results})
         return JSONResponse(body)
 
     async def transcribe(request: Request) -> JSONResponse:
         serving = state()
+        deadline = deadline_of(request)
         data = await read_media(request, "audio", ("audio/",), serving.settings.max_body_bytes)
-        return JSONResponse(
-            await tasks.transcribe(serving, data, request.query_params.get("model"))
-        )
+        model = request.query_params.get("model")
+        return JSONResponse(await tasks.transcribe(serving, data, model, deadline))
 
     async def caption(request: Request) -> JSONResponse:
         serving = state()
+        deadline = deadline_of(request)
         beam = int_param(request, "beam", 1, 1, serving.settings.max_beam)
         data = await read_media(request, "image", ("image/",), serving.settings.max_body_bytes)
         model = request.query_params.get("model")
-        return JSONResponse(await tasks.caption(serving, data, model, beam))
+        return JSONResponse(await tasks.caption(serving, data, model, beam, deadline))
 
     async def list_models(request: Request) -> JSONResponse:
         return JSONResponse({"models": await tasks.list_models(state())})
@@ -211,6 +247,7 @@ def build_app(state: StateGetter) -> Starlette:
                 }
             },
             405,
+            headers=getattr(exc, "headers", None),  # Allow: the methods that are
         )
 
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})

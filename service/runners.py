@@ -14,6 +14,7 @@ import time
 from collections.abc import Hashable
 from typing import Any, Protocol
 
+from service.admission import Admission
 from service.batching import AdaptiveBatcher
 from service.errors import NotReady
 from service.kernels import KERNELS, Kernel, make_kernel
@@ -28,6 +29,10 @@ class Runner(Protocol):
     name: str
     spec: ModelSpec
     placement: str
+    error: str | None
+    """Why the model cannot serve (failed to load, wrong version); None while loading or fine."""
+    admission: Admission
+    """Hold a place for each request from before it is decoded until it is answered."""
 
     @property
     def ready(self) -> bool: ...
@@ -61,6 +66,7 @@ class LocalRunner:
         self.batcher: AdaptiveBatcher | None = None
         self.load_seconds = 0.0
         self.error: str | None = None
+        self.admission = admission_for(spec, settings)
 
     @property
     def ready(self) -> bool:
@@ -144,6 +150,14 @@ class LocalRunner:
                 "abandoned": stats.abandoned if stats else 0,
             },
         }
+
+
+def admission_for(spec: ModelSpec, settings: Settings) -> Admission:
+    shed = ModelMetrics(spec.name, spec.version).rejected
+    # never refuse what the model's workers could take in one round of full batches
+    floor = max(1, settings.workers_per_model) * max(1, settings.max_batch_size)
+    wait = settings.max_queue_wait_ms / 1000
+    return Admission(spec.name, settings.max_queue, wait, shed, floor=floor)
 
 
 def make_runner(spec: ModelSpec, settings: Settings, owner: Any = None) -> Runner:

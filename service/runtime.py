@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from service.registry import GraphSpec
+from service.registry import GraphSpec, file_sha256
 
 log = logging.getLogger("deepserve.runtime")
 
@@ -37,7 +37,13 @@ class LoadedGraph:
 def load_graph(
     path: Path, graph: GraphSpec, device: str = "auto", intra_op_threads: int = 1
 ) -> LoadedGraph:
-    """Create a session and check its inputs/outputs against the spec."""
+    """Check the file against the spec's SHA-256, create a session, check its inputs/outputs."""
+    digest = file_sha256(path)
+    if digest != graph.sha256:
+        raise RuntimeError(
+            f"{path.name}: SHA-256 {digest[:12]}... does not match the stored spec "
+            f"({graph.sha256[:12]}...); the file was changed or damaged"
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1

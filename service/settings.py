@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     """ONNX Runtime intra-op threads per run (1 x several workers beat 2 threads here)."""
 
     max_queue: int = 512
-    """Requests queued per model beyond which new ones get 503 + Retry-After at once."""
+    """Requests in progress per model (decoding, queued or computing) beyond which new ones get
+    503 + Retry-After at once (gRPC RESOURCE_EXHAUSTED); bounds memory (service/admission.py)."""
 
     max_body_bytes: int = 20 * 1024 * 1024
     """Largest request body accepted (413 beyond)."""
@@ -113,6 +114,40 @@ class Settings(BaseSettings):
 
     max_beam: int = 8
     """Largest beam width /v1/caption accepts."""
+
+    max_queue_wait_ms: float = 1000.0
+    """Admission bound per model: about how long an admitted request may wait. New requests get
+    503 + Retry-After at once (gRPC RESOURCE_EXHAUSTED) while the model has more in progress than
+    it answers in this time (Little's law on its recent answer rate, never fewer than
+    workers_per_model x max_batch_size), or while its oldest request has waited longer. Bounds
+    the latency of admitted requests under overload; 0 turns it off (then only max_queue)."""
+
+    api_key: SecretStr | None = None
+    """API key clients must send on inference and model endpoints (REST `Authorization: Bearer
+    <key>`, gRPC metadata `authorization: Bearer <key>`). Unset (and no api_key_file) = no auth."""
+
+    api_key_file: Path | None = None
+    """File holding API keys, one per line (a mounted Kubernetes/compose secret); used together
+    with api_key, so keys can be rotated by adding the new one before removing the old."""
+
+    open_health: bool = True
+    """Health probes (/livez, /readyz, V2 health, grpc.health.v1) answer without an API key."""
+
+    open_metrics: bool = True
+    """/metrics answers without an API key (Prometheus scrapes it)."""
+
+    require_all_models: bool = False
+    """Readiness needs every configured model. Off: a model that is missing or fails to load is
+    reported (GET /v1/models, V2 model ready, the log) and the others are served."""
+
+    shutdown_grace_s: float = 20.0
+    """On SIGTERM the listeners close at once (new connections are refused) and requests in
+    flight, HTTP and gRPC, get this long to finish before they are cancelled. Keep it below the
+    orchestrator's grace period (Kubernetes terminationGracePeriodSeconds, 30 s by default)."""
+
+    runner_lost_liveness_s: float = 60.0
+    """A remote runner service unreachable this long makes /livez fail, so the orchestrator
+    restarts the pod (inside containers BentoML does not respawn dead runner processes)."""
 
     def observability_config(self, paths: list[str]) -> dict[str, Any]:
         """BentoML service config for its access log and for tracing requests on `paths`."""

@@ -33,11 +33,14 @@ class ServingState:
         )
 
     async def start(self) -> None:
-        specs = latest_specs()
+        problems: dict[str, str] = {}
+        specs = latest_specs(problems)
         for name in self.settings.models:
             spec = specs.get(name)
             if spec is None:
-                self.missing[name] = "not in the model store (run `deepserve models build`)"
+                self.missing[name] = problems.get(
+                    name, "not in the model store (run `deepserve models build`)"
+                )
                 log.error("model %s: %s", name, self.missing[name])
                 continue
             self.runners[name] = make_runner(spec, self.settings, self.owner)
@@ -50,11 +53,20 @@ class ServingState:
 
     @property
     def ready(self) -> bool:
-        return (
-            self.started
-            and not self.missing
-            and all(runner.ready for runner in self.runners.values())
-        )
+        """Every model settled and serving; with require_all_models off, a model that is missing
+        or failed to load (reported with its reason) does not hold the others back."""
+        runners = self.runners.values()
+        if not self.started:
+            return False
+        if self.settings.require_all_models:
+            return not self.missing and all(runner.ready for runner in runners)
+        return any(r.ready for r in runners) and all(r.ready or r.error for r in runners)
+
+    def failed(self) -> dict[str, str]:
+        """Models that cannot serve, with the reason."""
+        failed = dict(self.missing)
+        failed.update({n: r.error for n, r in self.runners.items() if r.error})
+        return failed
 
     def runner(self, name: str, task: str | None = None) -> Runner:
         runner = self.runners.get(name)

@@ -16,7 +16,7 @@ import numpy as np
 from service.errors import InvalidInput
 from service.metrics import observe_preprocess
 from service.processing.ranking import top_k
-from service.processing.speech import SAMPLE_RATE, load_audio
+from service.processing.speech import SAMPLE_RATE, decode_wav, to_model_rate
 from service.processing.text import encode, tokenize
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop, resize_exact
 from service.registry import ModelSpec
@@ -65,8 +65,9 @@ async def classify(
             return digit_pixels(decoded, size, invert)
         return resize_center_crop(decoded, round(size * 256 / 224), size)
 
-    pixels = await serving.preprocess(prepare)
-    probabilities = await runner.submit(pixels, deadline=deadline)
+    with runner.admission.admit():  # before decoding: shedding must be cheap
+        pixels = await serving.preprocess(prepare)
+        probabilities = await runner.submit(pixels, deadline=deadline)
     predictions = [
         {"label": labels[i], "index": i, "score": round(float(probabilities[i]), 6)}
         for i in top_k(probabilities, k)
@@ -116,9 +117,10 @@ async def sentiment(
     started = time.perf_counter()
     items = encode_texts(serving, spec, texts, single)
     observe_preprocess(time.perf_counter() - started)
-    rows = await asyncio.gather(
-        *(runner.submit(ids, runner.bucket(ids), deadline) for ids in items)
-    )
+    with runner.admission.admit():
+        rows = await asyncio.gather(
+            *(runner.submit(ids, runner.bucket(ids), deadline) for ids in items)
+        )
     labels = spec.labels or []
     return spec, [
         {"label": labels[int(np.argmax(row))], "score": round(float(np.max(row)), 6)}
@@ -126,11 +128,16 @@ async def sentiment(
     ]
 
 
-def check_audio(serving: ServingState, audio: np.ndarray) -> np.ndarray:
-    seconds = len(audio) / SAMPLE_RATE
+def check_duration(serving: ServingState, samples: int, rate: int = SAMPLE_RATE) -> None:
+    seconds = samples / rate
     limit = serving.settings.max_audio_seconds
     if seconds > limit:
         raise InvalidInput(f"audio is {seconds:.1f} s long; the limit is {limit:g} s")
+
+
+def check_audio(serving: ServingState, audio: np.ndarray) -> np.ndarray:
+    check_duration(serving, len(audio))
+    seconds = len(audio) / SAMPLE_RATE
     if len(audio) < SAMPLE_RATE // 20:
         raise InvalidInput(f"audio is {seconds * 1000:.0f} ms long; send at least 50 ms")
     return audio
@@ -147,13 +154,15 @@ async def transcribe(
 
     def prepare() -> np.ndarray:
         try:
-            audio = load_audio(wav)
+            audio, rate = decode_wav(wav)
         except ValueError as error:
             raise InvalidInput(f"not a usable WAV file ({error}); send PCM WAV audio") from None
-        return check_audio(serving, audio)
+        check_duration(serving, len(audio), rate)  # before resampling, which costs per sample
+        return check_audio(serving, to_model_rate(audio, rate))
 
-    audio = await serving.preprocess(prepare)
-    transcript = await runner.submit(audio, runner.bucket(audio), deadline)
+    with runner.admission.admit():
+        audio = await serving.preprocess(prepare)
+        transcript = await runner.submit(audio, runner.bucket(audio), deadline)
     return {
         "model": runner.spec.name,
         "version": runner.spec.version,
@@ -179,8 +188,9 @@ async def caption(
     def prepare() -> np.ndarray:
         return resize_exact(decode_image(image, settings.max_image_pixels), size)
 
-    pixels = await serving.preprocess(prepare)
-    result = await runner.submit(pixels, beam, deadline)
+    with runner.admission.admit():
+        pixels = await serving.preprocess(prepare)
+        result = await runner.submit(pixels, beam, deadline)
     return {
         "model": runner.spec.name,
         "version": runner.spec.version,

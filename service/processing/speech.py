@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 SAMPLE_RATE = 16000
+RATE_RANGE = (8000, 192000)
+"""Sample rates accepted (Hz): telephony up to studio; others are refused, not resampled."""
+OTHER_AUDIO = {b"ID3": "MP3", b"\xff\xfb": "MP3", b"OggS": "Ogg", b"fLaC": "FLAC"}
 
 
 def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
@@ -17,10 +20,11 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
 
     Accepts 8/16/24/32-bit integer PCM and 32/64-bit float WAVs; channels are averaged. A data
     chunk whose size field overruns the file (streamed WAVs, e.g. `espeak-ng --stdout`) is read
-    to the end of the bytes.
+    to the end of the bytes. Anything else raises ValueError saying what is wrong.
     """
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError("not a RIFF/WAVE file")
+        other = next((name for magic, name in OTHER_AUDIO.items() if data.startswith(magic)), "")
+        raise ValueError("not a RIFF/WAVE file" + (f" (this looks like {other})" if other else ""))
     fmt: tuple[int, int, int, int] | None = None
     pos = 12
     while pos + 8 <= len(data):
@@ -28,9 +32,11 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
         (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
         body = pos + 8
         if chunk_id == b"fmt ":
+            if size < 16 or body + 16 > len(data):
+                raise ValueError("WAV fmt chunk is truncated")
             tag, channels, rate = struct.unpack("<HHI", data[body : body + 8])
             (bits,) = struct.unpack("<H", data[body + 14 : body + 16])
-            if tag == 0xFFFE and size >= 26:  # WAVE_FORMAT_EXTENSIBLE: real tag in the sub-format
+            if tag == 0xFFFE and size >= 26 and body + 26 <= len(data):  # WAVE_FORMAT_EXTENSIBLE
                 (tag,) = struct.unpack("<H", data[body + 24 : body + 26])
             fmt = (tag, channels, rate, bits)
         elif chunk_id == b"data":
@@ -45,6 +51,12 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
 def _pcm_to_float(raw: bytes, tag: int, channels: int, rate: int, bits: int) -> np.ndarray:
     if channels < 1 or rate < 1:
         raise ValueError(f"bad WAV format: {channels} channels at {rate} Hz")
+    if not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
+        raise ValueError(
+            f"sample rate {rate} Hz not supported; send {RATE_RANGE[0]} to {RATE_RANGE[1]} Hz"
+        )
+    if (tag, bits) not in ((1, 8), (1, 16), (1, 24), (1, 32), (3, 32), (3, 64)):
+        raise ValueError(f"unsupported WAV encoding (format tag {tag}, {bits} bits)")
     width = bits // 8
     usable = len(raw) - len(raw) % (width * channels)
     raw = raw[:usable]
@@ -59,10 +71,10 @@ def _pcm_to_float(raw: bytes, tag: int, channels: int, rate: int, bits: int) -> 
         audio = values.astype(np.float32) / float(1 << 23)
     elif tag == 1 and bits == 32:
         audio = (np.frombuffer(raw, "<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
-    elif tag == 3 and bits in (32, 64):
+    else:  # float
         audio = np.frombuffer(raw, "<f4" if bits == 32 else "<f8").astype(np.float32)
-    else:
-        raise ValueError(f"unsupported WAV encoding (format tag {tag}, {bits} bits)")
+        if not np.isfinite(audio).all():
+            raise ValueError("WAV holds NaN or infinite samples")
     return audio.reshape(-1, channels).mean(axis=1, dtype=np.float32)
 
 
@@ -79,10 +91,14 @@ def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndar
     return (np.fft.irfft(out, n=n_out) * (n_out / audio.size)).astype(np.float32)
 
 
+def to_model_rate(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Decoded mono audio -> the model's input: 16 kHz float32, clipped to [-1, 1]."""
+    return np.clip(resample(audio, rate), -1.0, 1.0)
+
+
 def load_audio(data: bytes) -> np.ndarray:
     """WAV bytes -> the model's input: 16 kHz mono float32, clipped to [-1, 1]."""
-    audio, rate = decode_wav(data)
-    return np.clip(resample(audio, rate), -1.0, 1.0)
+    return to_model_rate(*decode_wav(data))
 
 
 def pad_batch(clips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -11,6 +12,28 @@ from PIL import Image, UnidentifiedImageError
 from service.errors import InvalidInput, PayloadTooLarge
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+# leading bytes of each format, to tell a damaged PNG or JPEG from something that is no image
+SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format `data` claims by its leading bytes, if any."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in SIGNATURES.items() if data.startswith(magic)), None)
+
+
+def declared_pixels(error: Exception) -> str:
+    """The pixel count in PIL's decompression-bomb message ("Image size (N pixels) ...")."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return found.group(1) if found else f"more than {Image.MAX_IMAGE_PIXELS}"
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -30,12 +53,23 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             image.load()
     except PayloadTooLarge:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # NOTE: PIL refuses huge declared sizes inside Image.open, before our own check
+        raise PayloadTooLarge(
+            f"image declares {declared_pixels(error)} pixels; the limit is {max_pixels} pixels"
+        ) from None
+    except UnidentifiedImageError:
+        claimed = sniff_format(data)
+        if claimed is not None:
+            raise InvalidInput(
+                f"corrupt or truncated {claimed} image: its header does not parse"
+            ) from None
         raise InvalidInput(
             f"not a decodable image; expected one of {', '.join(SUPPORTED_FORMATS)}"
         ) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InvalidInput(f"corrupt or truncated image: {error}") from None
+    except Exception as error:  # NOTE: PIL's decoders raise many types on damaged data
+        what = f"{sniff_format(data) or ''} image".lstrip()
+        raise InvalidInput(f"corrupt or truncated {what}: {error}") from None
     if width < 1 or height < 1:
         raise InvalidInput("image has no pixels")
     return image
@@ -47,16 +81,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # 16/32-bit, float
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64)).clip(0, None)
         scale = 255.0 / max(1.0, float(array.max()))
-        return Image.fromarray((array * scale).astype(np.uint8)).convert("RGB")
+        return Image.fromarray(np.rint(array * scale).astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 
 def resize_center_crop(image: Image.Image, resize: int, crop: int) -> np.ndarray:
     """Shorter side to `resize` (bilinear), centre crop `crop` x `crop`: uint8 HWC RGB."""
-    image = image.convert("RGB")
+    image = to_rgb(image)
     width, height = image.size
     scale = resize / min(width, height)
     image = image.resize(

@@ -34,6 +34,9 @@ DATATYPE_OF: dict[np.dtype[Any], str] = {
     dtype: name for name, dtype in NUMPY_OF.items() if name != "BYTES"
 }
 _LENGTH = struct.Struct("<I")
+_MAX_DIMS = 64  # numpy's limit on ndarray dimensions
+# NOTE: numpy refuses a shape whose non-zero dimensions multiply past this, even with a zero dim.
+_MAX_ELEMENTS = np.iinfo(np.intp).max // 16
 
 
 def numpy_dtype(datatype: str, name: str) -> np.dtype[Any]:
@@ -55,6 +58,10 @@ def check_shape(shape: Any, name: str) -> list[int]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidInput(f"input {name}: shape must be a list of non-negative integers")
+    if len(shape) > _MAX_DIMS:
+        raise InvalidInput(f"input {name}: shape has more than {_MAX_DIMS} dimensions")
+    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+        raise InvalidInput(f"input {name}: shape {list(shape)} is too large for a tensor")
     return [int(d) for d in shape]
 
 
@@ -87,7 +94,12 @@ def from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
         for i, value in enumerate(flat):
             if not isinstance(value, str):
                 raise InvalidInput(f"input {name}: BYTES data must be strings")
-            values[i] = value.encode()
+            try:
+                values[i] = value.encode()
+            except UnicodeEncodeError:  # JSON allows lone surrogate escapes such as "\ud800"
+                raise InvalidInput(
+                    f"input {name}: BYTES element {i} is not valid Unicode"
+                ) from None
         return values.reshape(dims)
     try:
         values = np.asarray(flat)
@@ -95,13 +107,30 @@ def from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
         raise InvalidInput(f"input {name}: data must be a flat or nested list of numbers") from None
     if values.size and (values.ndim != 1 or values.dtype.kind not in "biuf"):
         raise InvalidInput(f"input {name}: data is not all {datatype} values")
-    if values.dtype.kind == "b" and datatype != "BOOL":
+    if datatype == "BOOL" and values.size and values.dtype.kind != "b":
+        raise InvalidInput(f"input {name}: BOOL data must be true or false")
+    # NOTE: numpy turns [True, 2] into integers, so look for booleans element by element.
+    if datatype != "BOOL" and (
+        values.dtype.kind == "b" or any(isinstance(v, bool | np.bool_) for v in flat)
+    ):
         raise InvalidInput(f"input {name}: data holds booleans, datatype is {datatype}")
     if dtype.kind in "iu" and values.size:
-        if values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
-            raise InvalidInput(f"input {name}: {datatype} data holds fractional numbers")
+        # NOTE: numpy turns ints below and above 2**63 into float64, which rounds the large ones.
+        if (
+            datatype == "UINT64"
+            and values.dtype.kind == "f"
+            and all(isinstance(v, int) and v >= 0 for v in flat)
+        ):
+            values = np.asarray(flat, dtype=dtype)
+        if values.dtype.kind == "f" and not (
+            np.all(np.isfinite(values)) and np.all(np.mod(values, 1) == 0)
+        ):
+            raise InvalidInput(
+                f"input {name}: {datatype} data holds fractional or non-finite numbers"
+            )
         info = np.iinfo(dtype)
-        if values.min() < info.min or values.max() > info.max:
+        # NOTE: `>= max + 1`, not `> max`: float(2**63 - 1) rounds up to 2**63, which wraps.
+        if values.min() < info.min or values.max() >= info.max + 1:
             raise InvalidInput(f"input {name}: data out of the {datatype} range")
     array = values.astype(dtype)
     return array.reshape(dims)
@@ -124,7 +153,8 @@ def from_raw(name: str, datatype: str, shape: Any, raw: bytes) -> np.ndarray:
 
 
 def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
-    values = np.empty(count, dtype=object)
+    # NOTE: a list, not np.empty(count): the shape must not allocate more than the data can fill.
+    items: list[bytes] = []
     offset = 0
     view = memoryview(raw)
     for i in range(count):
@@ -134,12 +164,14 @@ def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
         offset += 4
         if offset + length > len(raw):
             raise InvalidInput(f"input {name}: BYTES element {i} runs past the end of the data")
-        values[i] = bytes(view[offset : offset + length])
+        items.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(raw):
         raise InvalidInput(
             f"input {name}: {len(raw) - offset} bytes left after {count} BYTES elements"
         )
+    values = np.empty(count, dtype=object)
+    values[:] = items
     return values
 
 

@@ -94,7 +94,7 @@ def batch_of(request: InferRequest, name: str, datatype: str, ndim: int) -> np.n
     if array is None:
         raise InvalidInput(f"model {request.model} needs input {name!r}")
     if array.dtype != NUMPY_OF[datatype]:
-        raise InvalidInput(f"input {name} must be {datatype}, got {datatype_of(array)}")
+        raise InvalidInput(f"input {name} must be {datatype}, got datatype {datatype_of(array)}")
     if array.ndim != ndim:
         raise InvalidInput(f"input {name} must have {ndim} dims, got shape {list(array.shape)}")
     return array
@@ -120,7 +120,7 @@ def image_batch(
         how = preprocessing.get("resize", "resize to the model's size")
         raise InvalidInput(
             f"input image must be [batch, {', '.join(map(str, inner))}] "
-            f"(NHWC uint8, preprocessed: {how}), got {list(images.shape)}"
+            f"(NHWC uint8, preprocessed: {how}), got shape {list(images.shape)}"
         )
     check_rows(request, serving, images)
     return images
@@ -395,7 +395,8 @@ async def infer(serving: ServingState, request: InferRequest) -> InferResponse:
             )
         if wanted.classification and (sig.labels is None or wanted.name != "probabilities"):
             raise InvalidInput(f"output {wanted.name} does not support classification")
-    results = await sig.infer(serving, runner, request)
+    with runner.admission.admit():
+        results = await sig.infer(serving, runner, request)
     wanted_outputs = request.outputs or [RequestedOutput(t.name) for t in sig.outputs]
     outputs = []
     for wanted in wanted_outputs:

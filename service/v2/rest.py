@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import rest
-from service.errors import InvalidInput, ServingError
+from service import openapi, rest
+from service.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
 from service.rest import read_body
 from service.state import ServingState
 from service.v2 import codecs, dataplane
@@ -43,18 +43,30 @@ def parameter_dict(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def decode_body(request: Request, body: bytes) -> tuple[dict[str, Any], memoryview]:
-    """(JSON header, binary tail) of an infer request, undoing any Content-Encoding."""
-    encoding = request.headers.get("content-encoding", "").lower()
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo gzip or deflate, refusing output beyond `limit` bytes before producing it (a small
+    compressed body can expand a thousandfold)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
     try:
-        if encoding == "gzip":
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-        elif encoding not in ("", "identity"):
-            raise InvalidInput(f"Content-Encoding {encoding} not supported; use gzip or deflate")
+        data = inflater.decompress(body, limit + 1)
     except zlib.error as error:
         raise InvalidInput(f"body is not valid {encoding} data: {error}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"body decompresses to more than the limit of {limit} bytes")
+    if not inflater.eof:
+        raise InvalidInput(f"body is not valid {encoding} data: the stream is truncated")
+    return data
+
+
+def decode_body(request: Request, body: bytes, limit: int) -> tuple[dict[str, Any], memoryview]:
+    """(JSON header, binary tail) of an infer request, undoing any Content-Encoding."""
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        body = inflate(body, encoding, limit)
+    elif encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding} not supported; use gzip or deflate"
+        )
     declared = request.headers.get(HEADER_LENGTH)
     if declared is None:
         header_bytes, tail = body, b""
@@ -66,7 +78,7 @@ def decode_body(request: Request, body: bytes) -> tuple[dict[str, Any], memoryvi
         header_bytes, tail = body[: int(declared)], body[int(declared) :]
     try:
         header = json.loads(header_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # NOTE: also too deep, or a 5000-digit int
         raise InvalidInput(f"malformed JSON inference header: {error}") from None
     if not isinstance(header, dict):
         raise InvalidInput("the inference request must be a JSON object")
@@ -98,7 +110,8 @@ def parse_infer(
         parameters = parameter_dict(tensor.get("parameters"), f"input {name}")
         size = parameters.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+            valid = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+            if not valid or offset + size > len(tail):
                 raise InvalidInput(
                     f"input {name}: binary_data_size {size} does not fit the "
                     f"{len(tail) - offset} binary bytes left"
@@ -192,12 +205,18 @@ def build_app(state: StateGetter) -> Starlette:
 
     async def infer(request: Request) -> Response:
         serving = state()
+        deadline = rest.deadline_of(request)
         body = await read_body(request, serving.settings.max_body_bytes)
-        header, tail = decode_body(request, body)
+        header, tail = decode_body(request, body, serving.settings.max_body_bytes)
         parsed = parse_infer(header, tail, request.path_params["name"], version_of(request))
+        parsed.deadline = deadline
         result = await dataplane.infer(serving, parsed)
         binary_default = bool(parsed.parameters.get("binary_data_output", False))
         return render_infer(result, binary_default)
+
+    async def openapi_document(request: Request) -> Response:
+        serving = state()
+        return JSONResponse(openapi.document(openapi.served_models(serving), serving.settings))
 
     def guarded(handler: Callable[[Request], Awaitable[Response]], protocol: str | None = None):
         return rest.guarded(handler, error_response, protocol)
@@ -210,6 +229,7 @@ def build_app(state: StateGetter) -> Starlette:
         Route("/v2", guarded(server_metadata), methods=["GET"]),
         Route("/v2/health/live", guarded(live), methods=["GET"]),
         Route("/v2/health/ready", guarded(ready), methods=["GET"]),
+        Route("/openapi.json", guarded(openapi_document), methods=["GET"]),
     ]
     for prefix in (model, versioned):
         routes += [
@@ -223,6 +243,8 @@ def build_app(state: StateGetter) -> Starlette:
         return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, 404)
 
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"{request.method} not allowed on {request.url.path}"}, 405)
+        message = f"{request.method} not allowed on {request.url.path}"
+        # NOTE: RFC 9110 requires Allow on a 405; Starlette's HTTPException carries it
+        return JSONResponse({"error": message}, 405, headers=getattr(exc, "headers", None))
 
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})

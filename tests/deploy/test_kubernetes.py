@@ -23,7 +23,7 @@ def render(overlay: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-api-key"])
 def test_overlay_passes_strict_schema_validation(overlay: str, tmp_path: Path) -> None:
     docs = render(overlay)
     rendered = tmp_path / f"{overlay}.yaml"
@@ -47,7 +47,7 @@ def test_overlay_passes_strict_schema_validation(overlay: str, tmp_path: Path) -
     }
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-api-key"])
 def test_deployment_is_production_shaped(overlay: str) -> None:
     docs = {d["kind"]: d for d in render(overlay)}
     pod = docs["Deployment"]["spec"]["template"]["spec"]
@@ -79,3 +79,18 @@ def test_deployment_is_production_shaped(overlay: str) -> None:
     else:
         assert "nvidia.com/gpu" not in limits
         assert "DEEPSERVE_DEVICE" not in settings
+
+
+def test_api_key_overlay_mounts_the_secret_read_only() -> None:
+    docs = {d["kind"]: d for d in render("cpu-api-key")}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-keys")
+    assert env["DEEPSERVE_API_KEY_FILE"].startswith(mount["mountPath"] + "/")
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-keys")
+    assert volume["secret"]["secretName"] == "deepserve-api-keys"
+    config = docs["ConfigMap"]["data"]
+    grace = float(config["DEEPSERVE_SHUTDOWN_GRACE_S"])
+    assert grace + 10 < pod["terminationGracePeriodSeconds"]  # preStop sleep + drain fit

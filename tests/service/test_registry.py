@@ -75,3 +75,34 @@ def test_invalid_spec_writes_nothing(scratch_store, tiny_onnx: Path) -> None:
     with pytest.raises(ValueError):
         register(spec, {"model.onnx": tiny_onnx}, {})
     assert stored_versions("tiny") == []
+
+
+@pytest.mark.parametrize("file", ["../model.onnx", "/etc/passwd", "sub/../../x.onnx", "spec.json"])
+def test_graph_files_outside_the_model_folder_or_not_onnx_are_refused(
+    tmp_path: Path, tiny_onnx: Path, file: str
+) -> None:
+    raw = tiny_spec(tiny_onnx)
+    raw["graphs"]["model"]["file"] = file
+    spec = registry.ModelSpec.model_validate({**raw, "version": "v1"})
+    spec.path = tmp_path
+    with pytest.raises(ValueError, match="refusing to load it"):
+        spec.graph_path()
+
+
+def test_unreadable_spec_is_skipped_and_reported(scratch_store, tiny_onnx: Path) -> None:
+    stored = register(tiny_spec(tiny_onnx), {"model.onnx": tiny_onnx}, {})
+    (Path(stored.path) / registry.SPEC_FILE).write_text("{not json")
+    problems: dict[str, str] = {}
+    assert registry.latest_specs(problems) == {}
+    assert "unreadable spec.json" in problems["tiny"]
+
+
+def test_a_changed_onnx_file_fails_its_checksum(scratch_store, tiny_onnx: Path) -> None:
+    from service.runtime import load_graph
+
+    register(tiny_spec(tiny_onnx), {"model.onnx": tiny_onnx}, {})
+    spec = registry.load_spec("tiny")
+    path = spec.graph_path()
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        load_graph(path, spec.graphs["model"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 import wave
@@ -103,6 +104,37 @@ def test_decode_wav_with_overlong_data_size() -> None:
 def test_decode_wav_rejects_other_formats() -> None:
     with pytest.raises(ValueError):
         decode_wav(b"ID3 not a wav file at all")
+
+
+def patched(data: bytes, offset: int, value: bytes) -> bytes:
+    return data[:offset] + value + data[offset + len(value) :]
+
+
+TONE = wav_bytes(np.arange(800, dtype=np.int16), 16000)
+
+
+def float_wav(values: np.ndarray) -> bytes:
+    data = values.astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)  # IEEE float, mono, 32-bit
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data))
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks) + len(data)) + b"WAVE" + chunks + data
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (b"ID3\x04" + bytes(40), "looks like MP3"),
+        (TONE[:30], "fmt chunk is truncated"),
+        (patched(TONE, 34, (0).to_bytes(2, "little")), "0 bits"),  # no ZeroDivisionError
+        (patched(TONE, 24, (1).to_bytes(4, "little")), "sample rate 1 Hz"),
+        (patched(TONE, 24, (400_000).to_bytes(4, "little")), "sample rate 400000 Hz"),
+        (float_wav(np.full(400, np.nan)), "NaN or infinite"),
+        (float_wav(np.full(400, np.inf)), "NaN or infinite"),
+    ],
+)
+def test_decode_wav_says_what_is_wrong(data: bytes, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        decode_wav(data)
 
 
 def test_load_audio_resamples_to_16k() -> None:
