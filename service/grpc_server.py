@@ -47,6 +47,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
             request.model or None,
             request.top_k or None,
             deadline_of(context),
+            request.version or None,
         )
         return pb.ClassifyResponse(
             model=answer["model"],
@@ -57,7 +58,11 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
     @rpc("grpc")
     async def Sentiment(self, request, context):
         spec, results = await tasks.sentiment(
-            self.state(), list(request.texts), request.model or None, deadline=deadline_of(context)
+            self.state(),
+            list(request.texts),
+            request.model or None,
+            deadline=deadline_of(context),
+            version=request.version or None,
         )
         return pb.SentimentResponse(
             model=spec.name,
@@ -68,7 +73,11 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
     @rpc("grpc")
     async def Transcribe(self, request, context):
         answer = await tasks.transcribe(
-            self.state(), request.audio, request.model or None, deadline_of(context)
+            self.state(),
+            request.audio,
+            request.model or None,
+            deadline_of(context),
+            request.version or None,
         )
         return pb.TranscribeResponse(**answer)
 
@@ -80,6 +89,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
             request.model or None,
             request.beam or None,
             deadline_of(context),
+            request.version or None,
         )
         return pb.CaptionResponse(**answer)
 
@@ -96,6 +106,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
                     provider=m.get("provider", ""),
                     ready=bool(m.get("ready")),
                     error=m.get("error") or "",
+                    default_version=bool(m.get("default")),
                 )
                 for m in models
             ]

@@ -168,3 +168,59 @@ def latest_specs(problems: dict[str, str] | None = None) -> dict[str, ModelSpec]
         if current is None or spec.created > current.created:
             latest[spec.name] = spec
     return latest
+
+
+def parse_policy(policy: str | list[str]) -> tuple[str, int | list[str]]:
+    """("latest", N) | ("all", 0) | ("pinned", [versions]); ValueError on anything else."""
+    if isinstance(policy, list):
+        return "pinned", [str(v) for v in policy]
+    text = policy.strip()
+    if text == "all":
+        return "all", 0
+    if text == "latest":
+        return "latest", 1
+    if text.startswith("latest:") and text[7:].isdigit() and int(text[7:]) >= 1:
+        return "latest", int(text[7:])
+    if text and not text.startswith("latest"):
+        return "pinned", [v.strip() for v in text.split(",") if v.strip()]
+    raise ValueError(f"version policy {policy!r}: use latest, latest:N, all or a list of versions")
+
+
+def select_versions(
+    names: list[str],
+    default_policy: str,
+    policies: dict[str, str | list[str]],
+    problems: dict[str, str] | None = None,
+) -> dict[str, list[ModelSpec]]:
+    """The stored versions to serve per model, newest first, by version policy. `names` may hold
+    "*" (every model in the store). Models with nothing to serve are described in `problems`."""
+    problems = {} if problems is None else problems
+    stored: dict[str, list[ModelSpec]] = {}
+    for spec in list_specs(problems):  # newest first per name
+        stored.setdefault(spec.name, []).append(spec)
+    wanted = list(dict.fromkeys(n for name in names for n in (stored if name == "*" else [name])))
+    selected: dict[str, list[ModelSpec]] = {}
+    for name in wanted:
+        versions = sorted(stored.get(name, []), key=lambda s: s.created, reverse=True)
+        if not versions:
+            problems.setdefault(name, "not in the model store (run `deepserve models build`)")
+            continue
+        kind, arg = parse_policy(policies.get(name, default_policy))
+        if kind == "all":
+            chosen = versions
+        elif kind == "latest":
+            chosen = versions[: int(arg)]  # type: ignore[arg-type]
+        else:
+            by_version = {s.version: s for s in versions}
+            absent = [v for v in arg if v not in by_version]  # type: ignore[union-attr]
+            if absent:
+                problems[name] = (
+                    f"pinned version(s) {', '.join(absent)} not in the store; stored: "
+                    + ", ".join(by_version)
+                )
+            chosen = [by_version[v] for v in by_version if v in arg]  # type: ignore[operator]
+        if chosen:
+            selected[name] = chosen
+        else:
+            problems.setdefault(name, "the version policy selects no stored version")
+    return selected

@@ -33,7 +33,7 @@ from service.errors import (
 )
 from service.kernels import KERNELS, Kernel, make_kernel
 from service.metrics import ModelMetrics, batch_totals, note_inferred, record_model
-from service.registry import ModelSpec, latest_specs
+from service.registry import ModelSpec, load_spec, select_versions
 from service.runners import admission_for
 from service.settings import Settings, get_settings
 
@@ -46,12 +46,13 @@ EXPIRED = {"expired": True}
 """A runner service's answer for an item whose deadline passed before it was computed."""
 
 
-def attribute_name(model: str) -> str:
-    return "runner_" + re.sub(r"\W", "_", model)
+def attribute_name(model: str, version: str) -> str:
+    return "runner_" + re.sub(r"\W", "_", f"{model}_{version}")
 
 
-def runner_service(model: str, settings: Settings) -> Any:
-    """Create the BentoML runner service class for one model (import time, deterministic)."""
+def runner_service(model: str, version: str, settings: Settings) -> Any:
+    """Create the BentoML runner service class for one model version (import time,
+    deterministic)."""
     gpu = settings.device == "gpu"
     resources: dict[str, Any] = {"gpu": 1} if gpu else {"cpu": str(settings.workers_per_model)}
     max_batch = settings.gpu_max_batch_size if gpu else settings.max_batch_size
@@ -62,13 +63,10 @@ def runner_service(model: str, settings: Settings) -> Any:
             self.stats = BatchStats()
             self.error: str | None = None
             self.kernel: Kernel | None = None
-            problems: dict[str, str] = {}
-            spec = latest_specs(problems).get(model)
-            self.version = spec.version if spec else ""
+            self.version = version
             started = time.perf_counter()
             try:  # NOTE: a broken model must not crash-loop the process; describe() says why
-                if spec is None:
-                    raise RuntimeError(problems.get(model, f"{model} is not in the model store"))
+                spec = load_spec(f"{model}:{version}")
                 self.kernel = make_kernel(spec, settings.device, settings.intra_op_threads)
                 self.kernel.warmup()
             except Exception as error:
@@ -125,9 +123,9 @@ def runner_service(model: str, settings: Settings) -> Any:
                 "expired": self.stats.expired,
             }
 
-    ModelRunner.__name__ = ModelRunner.__qualname__ = f"Runner_{attribute_name(model)}"
+    ModelRunner.__name__ = ModelRunner.__qualname__ = f"Runner_{attribute_name(model, version)}"
     return bentoml.service(
-        name=f"runner-{model}",
+        name=f"runner-{model}-{version}".lower(),
         # NOTE: BentoML's CORK dispatcher runs one batch at a time per worker process, so on CPU
         # the runner gets a process per parallel inference slot; a GPU gets one worker
         workers=1 if gpu else max(1, settings.workers_per_model),
@@ -138,8 +136,17 @@ def runner_service(model: str, settings: Settings) -> Any:
     )(ModelRunner)
 
 
-def remote_models(settings: Settings) -> list[str]:
-    return [m for m in settings.models if settings.placement_of(m) == "remote"]
+def remote_versions(settings: Settings) -> list[tuple[str, str]]:
+    """(model, version) pairs served by runner services (the version policy's selection)."""
+    if settings.placement != "remote" and "remote" not in settings.placements.values():
+        return []  # NOTE: no store listing at import time when every model is local
+    selected = select_versions(settings.models, settings.version_policy, settings.versions)
+    return [
+        (name, spec.version)
+        for name, specs in selected.items()
+        if settings.placement_of(name) == "remote"
+        for spec in specs
+    ]
 
 
 async def until_deadline(call: Any, deadline: float) -> Any:
@@ -208,7 +215,7 @@ class RemoteRunner:
         return self.kernel_class.bucket(item) if self.settings.length_buckets else 0
 
     async def start(self) -> None:
-        self.client = getattr(self.owner, attribute_name(self.name), None)
+        self.client = getattr(self.owner, attribute_name(self.name, self.spec.version), None)
         if self.client is None:
             self.error = "no runner service dependency declared for this model"
             return
@@ -346,6 +353,6 @@ class RemoteRunner:
 def build_runner_services(settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or get_settings()
     return {
-        attribute_name(m): bentoml.depends(runner_service(m, settings))
-        for m in remote_models(settings)
+        attribute_name(m, v): bentoml.depends(runner_service(m, v, settings))
+        for m, v in remote_versions(settings)
     }

@@ -179,7 +179,8 @@ def build_app(state: StateGetter) -> Starlette:
         model = request.query_params.get("model")
         k = int_param(request, "top_k", 5, 1, 10_000)
         data = await read_media(request, "image", ("image/",), serving.settings.max_body_bytes)
-        return JSONResponse(await tasks.classify(serving, data, model, k, deadline))
+        version = request.query_params.get("version")
+        return JSONResponse(await tasks.classify(serving, data, model, k, deadline, version))
 
     async def sentiment(request: Request) -> JSONResponse:
         serving = state()
@@ -192,7 +193,8 @@ def build_app(state: StateGetter) -> Starlette:
         if not isinstance(texts, list) or not texts:
             raise InvalidInput('"texts" must be a non-empty list of strings')
         model = request.query_params.get("model")
-        spec, results = await tasks.sentiment(serving, texts, model, single, deadline)
+        version = request.query_params.get("version")
+        spec, results = await tasks.sentiment(serving, texts, model, single, deadline, version)
         body: dict[str, Any] = {"model": spec.name, "version": spec.version}
         body.update(results[0] if single else {"results": results})
         return JSONResponse(body)
@@ -202,7 +204,8 @@ def build_app(state: StateGetter) -> Starlette:
         deadline = deadline_of(request)
         data = await read_media(request, "audio", ("audio/",), serving.settings.max_body_bytes)
         model = request.query_params.get("model")
-        return JSONResponse(await tasks.transcribe(serving, data, model, deadline))
+        version = request.query_params.get("version")
+        return JSONResponse(await tasks.transcribe(serving, data, model, deadline, version))
 
     async def caption(request: Request) -> JSONResponse:
         serving = state()
@@ -210,13 +213,15 @@ def build_app(state: StateGetter) -> Starlette:
         beam = int_param(request, "beam", 1, 1, serving.settings.max_beam)
         data = await read_media(request, "image", ("image/",), serving.settings.max_body_bytes)
         model = request.query_params.get("model")
-        return JSONResponse(await tasks.caption(serving, data, model, beam, deadline))
+        version = request.query_params.get("version")
+        return JSONResponse(await tasks.caption(serving, data, model, beam, deadline, version))
 
     async def list_models(request: Request) -> JSONResponse:
         return JSONResponse({"models": await tasks.list_models(state())})
 
     async def show_model(request: Request) -> JSONResponse:
-        return JSONResponse(await tasks.show_model(state(), request.path_params["name"]))
+        name, version = request.path_params["name"], request.query_params.get("version")
+        return JSONResponse(await tasks.show_model(state(), name, version))
 
     routes = [
         Route("/classify", guarded(classify, protocol="rest"), methods=["POST"]),

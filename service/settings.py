@@ -37,8 +37,18 @@ class Settings(BaseSettings):
     grpc_max_concurrent_rpcs: int = 1024
     """RPCs in flight beyond which new ones get RESOURCE_EXHAUSTED at once."""
 
-    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
-    """Models to serve (latest stored version of each)."""
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    """Models to serve, JSON: DEEPSERVE_MODELS='["digits-cnn", "my-model"]'; "*" = every model
+    in the store (built or imported). Which versions: version_policy and versions."""
+
+    version_policy: str = "latest"
+    """Versions served of each model without its own entry in `versions` (Triton's version
+    policy): "latest" (the newest), "latest:N" (the N newest), "all". Requests that name no
+    version get the newest served one."""
+
+    versions: dict[str, str | list[str]] = Field(default_factory=dict)
+    """Per-model version policy, JSON: DEEPSERVE_VERSIONS='{"digits-cnn": "latest:2",
+    "my-model": ["v1-20261122...", "v1-20261123..."], "other": "all"}'; a list pins versions."""
 
     placement: Placement = "local"
     """Default runner placement: "local" = in the gateway process with our adaptive batcher;

@@ -50,9 +50,11 @@ async def classify(
     model: str | None = None,
     k: int | None = None,
     deadline: float | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """Image bytes -> {"model", "version", "predictions": [{"label", "index", "score"}]}."""
-    runner = serving.runner(model or DEFAULT_MODELS["image-classification"], "image-classification")
+    name = model or DEFAULT_MODELS["image-classification"]
+    runner = serving.runner(name, "image-classification", version)
     spec, settings = runner.spec, serving.settings
     labels = spec.labels or []
     k = check_range("top_k", 5 if k is None else k, 1, len(labels))
@@ -110,9 +112,11 @@ async def sentiment(
     model: str | None = None,
     single: bool = False,
     deadline: float | None = None,
+    version: str | None = None,
 ) -> tuple[ModelSpec, list[dict[str, Any]]]:
     """Texts -> one {"label", "score"} per text, in order."""
-    runner = serving.runner(model or DEFAULT_MODELS["text-classification"], "text-classification")
+    name = model or DEFAULT_MODELS["text-classification"]
+    runner = serving.runner(name, "text-classification", version)
     spec = runner.spec
     started = time.perf_counter()
     items = encode_texts(serving, spec, texts, single)
@@ -148,9 +152,11 @@ async def transcribe(
     wav: bytes,
     model: str | None = None,
     deadline: float | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """WAV bytes (any common rate, mono or stereo) -> {"text", "confidence", "duration_s"}."""
-    runner = serving.runner(model or DEFAULT_MODELS["speech-recognition"], "speech-recognition")
+    name = model or DEFAULT_MODELS["speech-recognition"]
+    runner = serving.runner(name, "speech-recognition", version)
 
     def prepare() -> np.ndarray:
         try:
@@ -178,10 +184,12 @@ async def caption(
     model: str | None = None,
     beam: int | None = None,
     deadline: float | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """Image bytes -> {"caption", "score", "beam"}; beam 1 is greedy decoding."""
     settings = serving.settings
-    runner = serving.runner(model or DEFAULT_MODELS["image-captioning"], "image-captioning")
+    name = model or DEFAULT_MODELS["image-captioning"]
+    runner = serving.runner(name, "image-captioning", version)
     beam = check_range("beam", 1 if beam is None else beam, 1, settings.max_beam)
     size = int(runner.spec.preprocessing["image_size"][0])
 
@@ -201,13 +209,20 @@ async def caption(
 
 
 async def list_models(serving: ServingState) -> list[dict[str, Any]]:
-    """Every configured model: spec, placement, provider, batching; missing ones with why."""
-    await asyncio.gather(*(runner.refresh() for runner in serving.runners.values()))
-    models = [serving.describe(name) for name in serving.runners]
+    """Every served model version (newest first per model): spec, placement, provider,
+    batching; configured models that cannot be served, with why."""
+    await asyncio.gather(*(runner.refresh() for runner in serving.all_runners()))
+    models = [
+        serving.describe(name, version)
+        for name in serving.versions
+        for version in serving.versions[name]
+    ]
     missing = [{"name": n, "ready": False, "error": why} for n, why in serving.missing.items()]
     return models + missing
 
 
-async def show_model(serving: ServingState, name: str) -> dict[str, Any]:
-    await serving.runner(name).refresh()
-    return serving.describe(name)
+async def show_model(
+    serving: ServingState, name: str, version: str | None = None
+) -> dict[str, Any]:
+    await serving.runner(name, version=version).refresh()
+    return serving.describe(name, version)

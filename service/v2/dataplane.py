@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from service import tasks
-from service.errors import InvalidInput, ModelNotFound
+from service.errors import InvalidInput
 from service.processing.ranking import top_k
 from service.processing.speech import SAMPLE_RATE
 from service.runners import Runner
@@ -300,12 +300,8 @@ def server_metadata() -> dict[str, Any]:
 
 
 def resolve(serving: ServingState, name: str, model_version: str | None = None) -> Runner:
-    runner = serving.runner(name)
-    if model_version and model_version != runner.spec.version:
-        raise ModelNotFound(
-            f"model {name} has no version {model_version!r}; served: {runner.spec.version}"
-        )
-    return runner
+    """The runner of `name` at `model_version` (none: the newest served version)."""
+    return serving.runner(name, version=model_version or None)
 
 
 def model_ready(serving: ServingState, name: str, model_version: str | None = None) -> bool:
@@ -319,7 +315,7 @@ def model_metadata(
     sig = signature(runner)
     return {
         "name": name,
-        "versions": [runner.spec.version],
+        "versions": list(serving.versions.get(name, {runner.spec.version: runner})),
         "platform": PLATFORM,
         "inputs": [t.metadata() for t in sig.inputs],
         "outputs": [t.metadata() for t in sig.outputs],

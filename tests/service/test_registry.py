@@ -106,3 +106,46 @@ def test_a_changed_onnx_file_fails_its_checksum(scratch_store, tiny_onnx: Path) 
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(RuntimeError, match="SHA-256"):
         load_graph(path, spec.graphs["model"])
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("latest", ("latest", 1)),
+        ("latest:3", ("latest", 3)),
+        ("all", ("all", 0)),
+        (["v1-a", "v1-b"], ("pinned", ["v1-a", "v1-b"])),
+        ("v1-a, v1-b", ("pinned", ["v1-a", "v1-b"])),
+    ],
+)
+def test_version_policies_parse(policy, expected) -> None:
+    assert registry.parse_policy(policy) == expected
+
+
+@pytest.mark.parametrize("policy", ["latest:0", "latest:x", "latest:", ""])
+def test_bad_version_policies_are_refused(policy) -> None:
+    with pytest.raises(ValueError, match="version policy"):
+        registry.parse_policy(policy)
+
+
+def test_version_selection_latest_n_all_pinned(scratch_store, tiny_onnx: Path) -> None:
+    versions = [
+        register(tiny_spec(tiny_onnx), {"model.onnx": tiny_onnx}, {}).version for _ in range(3)
+    ]
+    newest_first = versions[::-1]
+
+    def chosen(default: str, policies: dict | None = None, names=("*",)) -> list[str]:
+        problems: dict[str, str] = {}
+        selected = registry.select_versions(list(names), default, policies or {}, problems)
+        return [s.version for s in selected.get("tiny", [])]
+
+    assert chosen("latest") == newest_first[:1]
+    assert chosen("latest:2") == newest_first[:2]
+    assert chosen("all") == newest_first
+    assert chosen("latest", {"tiny": [versions[0], versions[2]]}) == [versions[2], versions[0]]
+    assert chosen("latest", {"tiny": "all"}, names=["tiny"]) == newest_first
+    problems: dict[str, str] = {}
+    selected = registry.select_versions(["tiny", "absent"], "latest", {"tiny": ["v9"]}, problems)
+    assert selected == {}
+    assert "pinned version(s) v9 not in the store" in problems["tiny"]
+    assert "not in the model store" in problems["absent"]

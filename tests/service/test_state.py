@@ -11,7 +11,14 @@ from service.state import ServingState
 
 
 def runner(ready: bool, error: str | None = None) -> SimpleNamespace:
-    return SimpleNamespace(ready=ready, error=error)
+    return SimpleNamespace(ready=ready, error=error, spec=SimpleNamespace(tag="m:v1"))
+
+
+def serving(runners: dict, settings: Settings | None = None) -> ServingState:
+    state = ServingState(settings or Settings())
+    state.versions = {name: {"v1": r} for name, r in runners.items()}
+    state.runners = dict(runners)
+    return state
 
 
 @pytest.mark.parametrize(
@@ -28,15 +35,15 @@ def runner(ready: bool, error: str | None = None) -> SimpleNamespace:
     ],
 )
 def test_ready(runners, missing, require_all, expected) -> None:
-    state = ServingState(Settings(require_all_models=require_all))
-    state.runners, state.missing, state.started = runners, missing, True
+    state = serving(runners, Settings(require_all_models=require_all))
+    state.missing, state.started = missing, True
     assert state.ready is expected
-    assert set(state.failed()) == set(missing) | {n for n, r in runners.items() if r.error}
+    errors = {r.error for r in runners.values() if r.error}
+    assert set(state.failed().values()) == set(missing.values()) | errors
     state.preprocess_pool.shutdown()
 
 
 def test_not_ready_before_start() -> None:
-    state = ServingState(Settings())
-    state.runners = {"a": runner(True)}
+    state = serving({"a": runner(True)})
     assert state.ready is False
     state.preprocess_pool.shutdown()
