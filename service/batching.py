@@ -223,30 +223,7 @@ class AdaptiveBatcher:
             return key, batch
 
     def _run_isolated(self, key: Hashable, items: list[Any]) -> list[Any]:
-        """Run a batch; if it fails, run its items one by one so one bad item fails alone."""
-        try:
-            results = list(self.run_batch(key, items))
-        except Exception as batch_error:
-            if len(items) == 1:
-                return [batch_error]
-            log.warning(
-                "%s: batch of %d failed (%s); retrying items alone",
-                self.name,
-                len(items),
-                batch_error,
-            )
-            results = []
-            for item in items:
-                try:
-                    results.extend(self.run_batch(key, [item]))
-                except Exception as error:
-                    results.append(error)
-        if len(results) != len(items):  # Ray Serve's invariant: one result per request
-            mismatch = InferenceFailed(
-                f"{self.name}: {len(results)} results for {len(items)} requests"
-            )
-            return [mismatch] * len(items)
-        return results
+        return run_isolated(self.run_batch, key, items, self.name)
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -279,3 +256,30 @@ class AdaptiveBatcher:
                     pending.future.set_exception(InferenceFailed(f"{self.name}: inference failed"))
                 else:
                     pending.future.set_result(result)
+
+
+def run_isolated(
+    run_batch: Callable[[Hashable, list[Any]], Sequence[Any]],
+    key: Hashable,
+    items: list[Any],
+    name: str,
+) -> list[Any]:
+    """One result or exception per item. If the batch fails, its items run one by one, so one
+    bad item fails alone (Triton's one-response-per-request); the count is checked (Ray Serve's
+    invariant)."""
+    try:
+        results = list(run_batch(key, items))
+    except Exception as batch_error:
+        if len(items) == 1:
+            return [batch_error]
+        log.warning("%s: batch of %d failed (%s); retrying alone", name, len(items), batch_error)
+        results = []
+        for item in items:
+            try:
+                results.extend(run_batch(key, [item]))
+            except Exception as error:
+                results.append(error)
+    if len(results) != len(items):
+        mismatch = InferenceFailed(f"{name}: {len(results)} results for {len(items)} requests")
+        return [mismatch] * len(items)
+    return results

@@ -38,6 +38,36 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--markdown", action="store_true", help="a Markdown table (the README's model table)"
     )
+    importing = actions.add_parser(
+        "import",
+        help="store your own ONNX model as a new version (validated, I/O inferred)",
+        description="Validate an ONNX file (parse, onnx.checker full check, an opset the "
+        "installed onnxruntime supports, V2 datatypes), infer its inputs and outputs and store "
+        "it as a new version, with its source path and SHA-256. image-classification graphs "
+        "(float NCHW/NHWC input, logits or probabilities) are wrapped with in-graph "
+        "preprocessing (uint8 NHWC image -> probabilities) and checked for parity; text and "
+        "speech graphs must follow the built-in contract; generic graphs are stored as they are.",
+    )
+    importing.add_argument("path", metavar="PATH.onnx", help="the ONNX file")
+    importing.add_argument(
+        "--name", required=True, help="model name (lowercase letters, digits, . _ -)"
+    )
+    importing.add_argument(
+        "--task",
+        default="generic",
+        help="generic (default), image-classification, text-classification or speech-recognition",
+    )
+    importing.add_argument("--labels", metavar="FILE", help="class labels, one per line")
+    importing.add_argument("--vocab", metavar="FILE", help="vocabulary, one token per line")
+    importing.add_argument(
+        "--preprocess",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="repeatable; image-classification: size, layout (nchw|nhwc), scale, mean, std "
+        "(comma lists), softmax (true|false), resize, channels (3|1), invert (true|false); "
+        "text-classification: max_tokens",
+    )
     show = actions.add_parser("show", help="print one model's spec")
     show.add_argument("name", help="model name, or name:version")
     show.add_argument("--json", action="store_true", help="the full spec as JSON")
@@ -56,9 +86,50 @@ def _format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in metrics.items() if not k.endswith("_size"))
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """`deepserve models import`: exit 2 with the reason when the file is refused."""
+    from service.importer import ImportRefused, import_model
+
+    options = {}
+    try:
+        for item in args.preprocess:
+            key, equals, value = item.partition("=")
+            if not equals or not key.strip():
+                raise ImportRefused(f"--preprocess {item!r}: expected KEY=VALUE")
+            options[key.strip()] = value.strip()
+        spec = import_model(args.path, args.name, args.task, args.labels, args.vocab, options)
+    except ImportRefused as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return 2
+    graph = spec.graphs["model"]
+    print(f"imported {spec.tag} ({spec.task})")
+    print(f"  from {spec.data['source']} (sha256 {spec.data['source_sha256']})")
+    for kind, tensors in (("in ", graph.inputs), ("out", graph.outputs)):
+        for t in tensors:
+            print(f"  {kind} {t.name:<14} {t.datatype:<6} {t.shape}")
+    if spec.extra.get("batchable"):
+        print("  batchable: yes (rows of concurrent requests share adaptive batches)")
+    else:
+        print(f"  batchable: no ({spec.extra.get('batching_reason')})")
+    if "wrapped" in spec.extra:
+        print(f"  wrapped: {spec.extra['wrapped']}")
+    if graph.parity.get("cases"):
+        print(
+            f"  parity with the original graph: max |diff| {graph.parity['max_abs_diff']:.1e} "
+            f"over {len(graph.parity['cases'])} cases"
+        )
+    if spec.labels:
+        print(f"  labels: {len(spec.labels)}")
+    if spec.vocabulary:
+        print(f"  vocabulary: {len(spec.vocabulary)} entries")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from service import registry
 
+    if args.action == "import":
+        return cmd_import(args)
     if args.action == "build":
         from export.pipeline import build_all
 

@@ -9,17 +9,29 @@ similar items share a batch (length buckets, decoding modes).
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+from service.errors import InvalidInput
 from service.processing import captioning
 from service.processing.speech import SAMPLE_RATE, Transcript, ctc_greedy_transcripts, pad_batch
 from service.processing.text import collate_padded
-from service.registry import ModelSpec
+from service.registry import ModelSpec, TensorSpec
 from service.runtime import LoadedGraph, load_graph
+from service.v2.codecs import DATATYPE_OF, NUMPY_OF
+
+log = logging.getLogger("deepserve.kernels")
+
+
+# NOTE: onnxruntime raises InvalidArgument for inputs a graph cannot take (shapes its nodes
+# refuse, out-of-range indices); after the batcher retries a failed batch item by item, that is
+# the one bad request's 400, not a 500
+ORT_INVALID_ARGUMENT = (InvalidArgument,)
 
 
 @dataclass
@@ -65,8 +77,10 @@ class Kernel:
 
     def warmup(self) -> None:
         """Run every bucket once (first runs allocate; keep that out of request latency)."""
+        batchable = self.spec.extra.get("batchable", True) is not False
         for key, items in self.warmup_items():
-            self.run(key, items)
+            for batch in [items] if batchable else [[item] for item in items]:
+                self.run(key, batch)
 
 
 class ImageClassifier(Kernel):
@@ -160,11 +174,94 @@ class Captioner(Kernel):
         return Caption(str(data[0]), float(data[1]))
 
 
+class GenericKernel(Kernel):
+    """Any imported graph. Items are {input name: array}: one row each (batch dim removed) when
+    the spec is batchable, else a whole request's tensors; results are {output name: array}."""
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1):
+        super().__init__(spec, device, intra_op_threads)
+        graph = spec.graphs["model"]
+        self.batchable = spec.extra.get("batchable") is True
+        self.outputs = [t.name for t in graph.outputs]
+
+    @classmethod
+    def bucket(cls, item: dict[str, np.ndarray]) -> Hashable:
+        """Only rows of the same shapes and dtypes can share a batch."""
+        return tuple((name, array.shape, array.dtype.str) for name, array in sorted(item.items()))
+
+    def run(self, key: Hashable, items: Sequence[dict[str, np.ndarray]]) -> list[Any]:
+        try:
+            return self._run(items)
+        except ORT_INVALID_ARGUMENT as error:  # the graph refused these values: the caller's
+            raise InvalidInput(f"model {self.spec.name} refused the input: {error}") from None
+
+    def _run(self, items: Sequence[dict[str, np.ndarray]]) -> list[Any]:
+        session = self.graphs["model"].session
+        if not self.batchable:
+            return [dict(zip(self.outputs, session.run(self.outputs, item))) for item in items]
+        groups: dict[Hashable, list[int]] = {}
+        for index, item in enumerate(items):  # NOTE: one queue may mix shapes (no buckets)
+            groups.setdefault(self.bucket(item), []).append(index)
+        results: list[Any] = [None] * len(items)
+        for rows in groups.values():
+            feed = {name: np.stack([items[i][name] for i in rows]) for name in items[rows[0]]}
+            outputs = session.run(self.outputs, feed)
+            for name, array in zip(self.outputs, outputs):
+                if len(array) != len(rows):
+                    raise RuntimeError(
+                        f"{self.spec.tag}: output {name} has {len(array)} rows for a batch of "
+                        f"{len(rows)}; the graph is not batchable"
+                    )
+            for position, index in enumerate(rows):
+                results[index] = {name: out[position] for name, out in zip(self.outputs, outputs)}
+        return results
+
+    def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
+        def zeros(tensor: TensorSpec, shape: list[int | str]) -> np.ndarray:
+            dims = [d if isinstance(d, int) else 1 for d in shape]
+            if tensor.datatype == "BYTES":
+                return np.full(dims, "", dtype=object)
+            return np.zeros(dims, NUMPY_OF[tensor.datatype])
+
+        inputs = self.spec.graphs["model"].inputs
+        if not self.batchable:
+            return [(0, [{t.name: zeros(t, t.shape) for t in inputs}])]
+        row = {t.name: zeros(t, t.shape[1:]) for t in inputs}
+        return [(self.bucket(row), [row, row])]
+
+    def warmup(self) -> None:
+        try:
+            super().warmup()
+        except Exception as error:  # NOTE: zeros with symbolic dims at 1 may not fit the graph
+            log.warning("%s: warm-up skipped (%s: %s)", self.spec.tag, type(error).__name__, error)
+
+    @staticmethod
+    def to_wire(result: Any) -> Any:
+        return {
+            name: {
+                "datatype": "BYTES" if array.dtype.kind == "O" else DATATYPE_OF[array.dtype],
+                "shape": list(array.shape),
+                "data": array.ravel().tolist(),
+            }
+            for name, array in result.items()
+        }
+
+    @staticmethod
+    def from_wire(data: Any) -> Any:
+        return {
+            name: np.asarray(tensor["data"], dtype=NUMPY_OF[tensor["datatype"]]).reshape(
+                tensor["shape"]
+            )
+            for name, tensor in data.items()
+        }
+
+
 KERNELS: dict[str, type[Kernel]] = {
     "image-classification": ImageClassifier,
     "text-classification": TextClassifier,
     "speech-recognition": SpeechRecognizer,
     "image-captioning": Captioner,
+    "generic": GenericKernel,
 }
 
 

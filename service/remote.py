@@ -23,10 +23,11 @@ from typing import Any
 
 import bentoml
 
-from service.batching import BatchStats
+from service.batching import BatchStats, run_isolated
 from service.errors import (
     DeadlineExceeded,
     InferenceFailed,
+    InvalidInput,
     NotReady,
     Overloaded,
     ServingError,
@@ -44,6 +45,23 @@ PROBE_PERIOD_S, PROBE_TIMEOUT_S, PROBE_FAILURES = 1.0, 2.0, 2
 """Runner service health probing from the gateway (see RemoteRunner._supervise)."""
 EXPIRED = {"expired": True}
 """A runner service's answer for an item whose deadline passed before it was computed."""
+FAILED = "failed"
+"""Key of a runner service's answer for an item that failed alone (see `failure`)."""
+
+
+def failure(error: Exception) -> dict[str, Any]:
+    """One item's failure as a runner-service answer: its neighbours in the batch still get
+    theirs. Only ServingErrors (e.g. input the graph refused) carry their message out."""
+    if isinstance(error, ServingError):
+        return {FAILED: {"status": int(error.http_status), "message": error.message}}
+    log.error("inference failed: %r", error)
+    return {FAILED: {"status": 500, "message": "inference failed"}}
+
+
+def failure_error(answer: dict[str, Any], model: str) -> ServingError:
+    if answer.get("status") == 400:
+        return InvalidInput(str(answer.get("message")))
+    return InferenceFailed(f"{model}: {answer.get('message')}")
 
 
 def attribute_name(model: str, version: str) -> str:
@@ -102,13 +120,12 @@ def runner_service(model: str, version: str, settings: Settings) -> Any:
                     groups.setdefault(key, []).append(index)
             for key, rows in groups.items():  # one executed batch per queue key
                 started = time.perf_counter()
-                outputs = self.kernel.run(key, [items[i][1] for i in rows])
+                outputs = run_isolated(self.kernel.run, key, [items[i][1] for i in rows], model)
                 self.stats.record(len(rows))
                 self.metrics.batch_done(len(rows), [], time.perf_counter() - started)
-                if len(outputs) != len(rows):
-                    raise InferenceFailed(f"{model}: {len(outputs)} results for {len(rows)} items")
-                for row, output in zip(rows, outputs):
-                    results[row] = self.kernel.to_wire(output)
+                for row, output in zip(rows, outputs):  # one bad item fails alone
+                    failed = isinstance(output, Exception)
+                    results[row] = failure(output) if failed else self.kernel.to_wire(output)
             return results
 
         @bentoml.api
@@ -310,6 +327,8 @@ class RemoteRunner:
                     (result,) = await until_deadline(call, deadline)
                 if result == EXPIRED:  # counted by the runner service
                     raise DeadlineExceeded(f"deadline passed while {self.name} queued it")
+                if isinstance(result, dict) and FAILED in result:
+                    raise failure_error(result[FAILED], self.name)
                 note_inferred()
                 return self.kernel_class.from_wire(result)
             except ServingError:

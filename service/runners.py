@@ -99,7 +99,10 @@ class LocalRunner:
         self.batcher = AdaptiveBatcher(
             self.name,
             kernel.run,
-            max_batch_size=self.settings.batch_size_for(kernel.provider),
+            # NOTE: an imported graph with a fixed batch dim runs one item at a time
+            max_batch_size=self.settings.batch_size_for(kernel.provider)
+            if self.spec.extra.get("batchable", True) is not False
+            else 1,
             max_latency_ms=self.settings.max_latency_ms,
             workers=self.settings.workers_per_model,
             max_queue=self.settings.max_queue,

@@ -65,7 +65,9 @@ async def classify(
         if spec.preprocessing.get("channels") == 1:
             invert = spec.preprocessing.get("invert_light_background", True)
             return digit_pixels(decoded, size, invert)
-        return resize_center_crop(decoded, round(size * 256 / 224), size)
+        resize = spec.preprocessing.get("resize")  # an int in imported models' specs
+        resize = resize if isinstance(resize, int) else round(size * 256 / 224)
+        return resize_center_crop(decoded, resize, size)
 
     with runner.admission.admit():  # before decoding: shedding must be cheap
         pixels = await serving.preprocess(prepare)

@@ -87,6 +87,12 @@ class Signature:
     labels: list[str] | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     """Request parameters the model understands, with what they do."""
+    labelled_output: str = "probabilities"
+    """The output Triton's classification extension applies to (when labels are set)."""
+    batchable: bool = True
+    """False: the first dim is no batch dim (model config max_batch_size 0, Triton's way)."""
+    batching: str = ""
+    """Why requests are not batched, when they are not."""
 
 
 def batch_of(request: InferRequest, name: str, datatype: str, ndim: int) -> np.ndarray:
@@ -118,6 +124,8 @@ def image_batch(
     images = batch_of(request, "image", "UINT8", 4)
     if list(images.shape[1:]) != inner:
         how = preprocessing.get("resize", "resize to the model's size")
+        if isinstance(how, int):  # imported models: the shorter side before the centre crop
+            how = f"shorter side to {how}, centre crop {inner[0]}"
         raise InvalidInput(
             f"input image must be [batch, {', '.join(map(str, inner))}] "
             f"(NHWC uint8, preprocessed: {how}), got shape {list(images.shape)}"
@@ -275,11 +283,79 @@ def image_captioning(runner: Runner) -> Signature:
     )
 
 
+def generic_input(request: InferRequest, tensor: Tensor) -> np.ndarray:
+    """An imported graph's input as given: its datatype, rank and fixed dims (BYTES -> str)."""
+    array = request.inputs.get(tensor.name)
+    if array is None:
+        raise InvalidInput(
+            f"model {request.model} needs input {tensor.name!r} ({tensor.datatype} {tensor.shape})"
+        )
+    if datatype_of(array) != tensor.datatype:
+        raise InvalidInput(
+            f"input {tensor.name} must be {tensor.datatype}, got datatype {datatype_of(array)}"
+        )
+    if array.ndim != len(tensor.shape) or any(
+        want not in (-1, got) for want, got in zip(tensor.shape, array.shape)
+    ):
+        raise InvalidInput(
+            f"input {tensor.name} must have shape {tensor.shape} (-1: any size), "
+            f"got {list(array.shape)}"
+        )
+    if tensor.datatype == "BYTES":  # NOTE: onnxruntime string tensors take str, not bytes
+        try:
+            text = [b.decode("utf-8") if isinstance(b, bytes) else str(b) for b in array.flat]
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input {tensor.name} holds bytes that are not UTF-8") from None
+        array = np.array(text, dtype=object).reshape(array.shape)
+    return array
+
+
+def generic_output(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind == "O":  # onnxruntime answers str; V2 BYTES are bytes
+        return np.array([str(s).encode() for s in array.flat], dtype=object).reshape(array.shape)
+    return array
+
+
+def generic(runner: Runner) -> Signature:
+    """An imported graph's own inputs/outputs; rows batched when its spec says batchable."""
+    spec = runner.spec
+    graph = spec.graphs["model"]
+    inputs = [
+        Tensor(t.name, t.datatype, t.v2_shape, description=t.description) for t in graph.inputs
+    ]
+    outputs = [Tensor(t.name, t.datatype, t.v2_shape) for t in graph.outputs]
+    batchable = spec.extra.get("batchable") is True
+    scores = [t.name for t in outputs if t.datatype == "FP32" and len(t.shape) == 2]
+
+    async def infer(serving: ServingState, runner: Runner, request: InferRequest):
+        arrays = {t.name: generic_input(request, t) for t in inputs}
+        if not batchable:
+            result = await runner.submit(arrays, runner.bucket(arrays), request.deadline)
+            return {name: generic_output(array) for name, array in result.items()}
+        count = check_rows(request, serving, *arrays.values())
+        rows = [{name: array[i] for name, array in arrays.items()} for i in range(count)]
+        results = await asyncio.gather(
+            *(runner.submit(row, runner.bucket(row), request.deadline) for row in rows)
+        )
+        return {t.name: generic_output(np.stack([r[t.name] for r in results])) for t in outputs}
+
+    return Signature(
+        inputs=inputs,
+        outputs=outputs,
+        infer=infer,
+        labels=spec.labels if len(scores) == 1 else None,
+        labelled_output=scores[0] if len(scores) == 1 else "",
+        batchable=batchable,
+        batching="" if batchable else spec.extra.get("batching_reason", "one request at a time"),
+    )
+
+
 SIGNATURES: dict[str, Callable[[Runner], Signature]] = {
     "image-classification": image_classification,
     "text-classification": text_classification,
     "speech-recognition": speech_recognition,
     "image-captioning": image_captioning,
+    "generic": generic,
 }
 
 _signatures: dict[str, Signature] = {}  # by model tag
@@ -313,6 +389,12 @@ def model_metadata(
 ) -> dict[str, Any]:
     runner = resolve(serving, name, model_version)
     sig = signature(runner)
+    largest = runner.describe().get("batching", {}).get("max_batch_size")
+    batching = (
+        sig.batching
+        or runner.spec.extra.get("batching_reason")
+        or f"adaptive, up to {largest or serving.settings.max_batch_size} rows"
+    )
     return {
         "name": name,
         "versions": list(serving.versions.get(name, {runner.spec.version: runner})),
@@ -326,6 +408,7 @@ def model_metadata(
             "inputs": {t.name: t.description for t in sig.inputs if t.description},
             "optional_inputs": [t.name for t in sig.inputs if t.optional],
             "request_parameters": sig.parameters,
+            "batching": batching,
         },
     }
 
@@ -338,16 +421,17 @@ def model_config(
     sig = signature(runner)
     settings = serving.settings
     batching = runner.describe().get("batching", {})
-    return {
+    skip = 1 if sig.batchable else 0  # Triton: dims exclude the batch dim only when batching
+    config = {
         "name": name,
         "platform": PLATFORM,
         "backend": "onnxruntime",
-        "max_batch_size": settings.max_batch_items,
+        "max_batch_size": settings.max_batch_items if sig.batchable else 0,
         "input": [
             {
                 "name": t.name,
                 "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
-                "dims": t.shape[1:],
+                "dims": t.shape[skip:],
                 "optional": t.optional,
             }
             for t in sig.inputs
@@ -356,7 +440,7 @@ def model_config(
             {
                 "name": t.name,
                 "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
-                "dims": t.shape[1:],
+                "dims": t.shape[skip:],
             }
             for t in sig.outputs
         ],
@@ -365,6 +449,9 @@ def model_config(
             "max_queue_delay_microseconds": int(float(batching.get("max_latency_ms") or 0) * 1000),
         },
     }
+    if not sig.batchable:
+        del config["dynamic_batching"]
+    return config
 
 
 def classification(probabilities: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
@@ -389,7 +476,7 @@ async def infer(serving: ServingState, request: InferRequest) -> InferResponse:
                 f"model {request.model} has no output {wanted.name!r}; "
                 f"outputs: {', '.join(sorted(known))}"
             )
-        if wanted.classification and (sig.labels is None or wanted.name != "probabilities"):
+        if wanted.classification and (sig.labels is None or wanted.name != sig.labelled_output):
             raise InvalidInput(f"output {wanted.name} does not support classification")
     with runner.admission.admit():
         results = await sig.infer(serving, runner, request)

@@ -301,7 +301,9 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                     )
                     for t in config["output"]
                 ],
-                dynamic_batching=pb.ModelDynamicBatching(**config["dynamic_batching"]),
+                dynamic_batching=pb.ModelDynamicBatching(**config["dynamic_batching"])
+                if "dynamic_batching" in config  # absent when the model is not batchable
+                else None,
             )
         )
 
