@@ -224,6 +224,11 @@ def test_batchable_model_is_batched_fixed_batch_model_is_not(served, store) -> N
     generic = client.get_model_config("my-generic")
     fixed = client.get_model_config("my-fixed")
     assert generic["max_batch_size"] > 0 and fixed["max_batch_size"] == 0
+    over_grpc = grpcclient.InferenceServerClient(served.grpc_target)
+    config = over_grpc.get_model_config("my-fixed").config
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [1, 4]
+    assert not config.HasField("dynamic_batching")
+    over_grpc.close()
     fixed_meta = requests.get(f"{served.url}/v2/models/my-fixed", timeout=10).json()
     assert "batch" in json.dumps(fixed_meta["parameters"]).lower()
     row = np.ones((1, 4), np.float32)
