@@ -305,6 +305,8 @@ def test_models_listing_shows_every_served_version(served, store) -> None:
     assert [m["default"] for m in generic if m["version"] == store["generic_versions"][1]] == [True]
     imported = {m["name"]: m for m in listed}
     assert imported["my-classifier"]["data"]["source_sha256"]
+    document = requests.get(f"{served.url}/openapi.json", timeout=10)
+    assert document.status_code == 200 and "my-classifier" in document.text
     older = store["generic_versions"][0]
     shown = requests.get(f"{served.url}/v1/models/my-generic?version={older}", timeout=10)
     assert shown.json()["version"] == older and shown.json()["default"] is False
