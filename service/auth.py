@@ -90,9 +90,9 @@ def open_paths(settings: Settings) -> tuple[str, ...]:
 class ApiKeyMiddleware:
     """Refuses HTTP requests without a valid key, except on the open paths."""
 
-    def __init__(self, app: Any, settings: Settings):
+    def __init__(self, app: Any, settings: Settings, keys: ApiKeys):
         self.app = app
-        self.keys = ApiKeys.from_settings(settings)
+        self.keys = keys
         self.open = open_paths(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -126,8 +126,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Refuses gRPC calls without `authorization: Bearer <key>` metadata (UNAUTHENTICATED);
     the health methods (GRPC_HEALTH) stay open when health is."""
 
-    def __init__(self, settings: Settings):
-        self.keys = ApiKeys.from_settings(settings)
+    def __init__(self, settings: Settings, keys: ApiKeys):
+        self.keys = keys
         self.open_health = settings.open_health
 
     async def intercept_service(

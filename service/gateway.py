@@ -103,5 +103,6 @@ Gateway = bentoml.asgi_app(v2_rest.build_app(current_state), path="/")(
         )(type("Gateway", (GatewayBase,), _body))
     )
 )
-if ApiKeys.from_settings(settings).enabled:
-    Gateway.add_asgi_middleware(ApiKeyMiddleware, settings=settings)
+api_keys = ApiKeys.from_settings(settings)  # read once: a bad key file fails the import
+if api_keys.enabled:
+    Gateway.add_asgi_middleware(ApiKeyMiddleware, settings=settings, keys=api_keys)

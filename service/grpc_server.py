@@ -127,6 +127,7 @@ class GrpcServer:
         self._serving: bool | None = None
 
     async def start(self) -> None:
+        keys = ApiKeys.from_settings(self.settings)
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1),
@@ -134,11 +135,7 @@ class GrpcServer:
                 ("grpc.max_send_message_length", self.settings.max_body_bytes),
             ],
             maximum_concurrent_rpcs=self.settings.grpc_max_concurrent_rpcs,
-            interceptors=(
-                [ApiKeyInterceptor(self.settings)]
-                if ApiKeys.from_settings(self.settings).enabled
-                else []
-            )
+            interceptors=([ApiKeyInterceptor(self.settings, keys)] if keys.enabled else [])
             + [MalformedRequestInterceptor()],  # after auth: refused calls are not parsed
         )
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

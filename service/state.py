@@ -10,7 +10,7 @@ from typing import Any
 
 from service.errors import ModelNotFound, NotReady
 from service.metrics import note_model, observe_preprocess
-from service.registry import ModelSpec, select_versions
+from service.registry import select_versions
 from service.runners import Runner, make_runner
 from service.settings import Settings
 
@@ -98,9 +98,6 @@ class ServingState:
             raise ModelNotFound(f"model {name!r} is a {runner.spec.task} model, not {task}")
         note_model(runner.spec.name, runner.spec.version)
         return runner
-
-    def spec(self, name: str, version: str | None = None) -> ModelSpec:
-        return self.runner(name, version=version).spec
 
     async def preprocess(self, func: Any, *args: Any) -> Any:
         started = time.perf_counter()

@@ -21,11 +21,12 @@ import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+from loadtests.open_loop import Shot, send_open_loop
 from loadtests.payloads import payloads, rest_request
 from loadtests.server import start_server, stop_server
 from service.proto.gen import deepserve_pb2 as pb
 from service.proto.gen import deepserve_pb2_grpc
-from tests.integration.traffic import Shot, closed_loop, ok_rate, open_loop, p99
+from tests.integration.traffic import closed_loop, ok_rate, p99
 
 pytestmark = pytest.mark.models
 
@@ -53,7 +54,7 @@ def test_overload_sheds_fast_keeps_admitted_latency_bounded_and_recovers(tmp_pat
         capacity = ok_rate(warm, warm[0].start + 2, max(s.end for s in warm))
         assert capacity > 10, f"saturation throughput only {capacity:.1f} req/s"
 
-        spike = asyncio.run(open_loop(url, body, headers, 3 * capacity, 30, timeout=15))
+        spike = asyncio.run(send_open_loop(url, [body], headers, 3 * capacity, 30, timeout=15))
         spike_end = max(s.end for s in spike)
         after = asyncio.run(closed_loop(url, body, headers, clients=16, seconds=10))
     finally:
