@@ -232,15 +232,21 @@ def test_batchable_model_is_batched_fixed_batch_model_is_not(served, store) -> N
     fixed_meta = requests.get(f"{served.url}/v2/models/my-fixed", timeout=10).json()
     assert "batch" in json.dumps(fixed_meta["parameters"]).lower()
     row = np.ones((1, 4), np.float32)
-    pending = [
-        client.async_infer("my-generic", [make_input("a", row), make_input("b", row)])
-        for _ in range(64)
-    ]
-    for request in pending:
-        assert request.get_result().as_numpy("total").shape == (1, 4)
-    described = requests.get(f"{served.url}/v1/models/my-generic", timeout=10).json()
-    batching = described["batching"]
-    assert batching["samples"] >= 64 and batching["largest_batch"] > 1, batching
+    # NOTE: whether a burst forms batches is timing (BentoML's dispatcher in the remote
+    # placement batches only when it predicts a gain): up to 5 bursts of 64 concurrent rows
+    for burst in range(1, 6):
+        pending = [
+            client.async_infer("my-generic", [make_input("a", row), make_input("b", row)])
+            for _ in range(64)
+        ]
+        for request in pending:
+            assert request.get_result().as_numpy("total").shape == (1, 4)
+        described = requests.get(f"{served.url}/v1/models/my-generic", timeout=10).json()
+        batching = described["batching"]
+        assert batching["samples"] >= 64 * burst, batching
+        if batching["largest_batch"] > 1:
+            break
+    assert batching["largest_batch"] > 1, batching
     result = client.infer("my-fixed", [make_input("x", -row)])
     np.testing.assert_array_equal(result.as_numpy("y"), np.zeros((1, 4), np.float32))
     with pytest.raises(InferenceServerException, match=r"shape|dims"):
