@@ -325,6 +325,68 @@ def plot(rows: list[Row], out: Path) -> None:
         plt.close(fig)
 
 
+ABUSE_KEY = "bench-abuse-key-0d3c5a"  # a throwaway key for the bench's own server
+
+
+def abuse_experiment(tmp: Path, works: list[Workload], rows: list[Row], seconds: float) -> dict:
+    """Normal REST traffic at half the model's saturation (open loop), calm and then under a
+    mix of cheap abuse (loadtests/abuse.py), on a server with API keys and slow-client timeouts
+    on: p50 / p99 of both, side by side."""
+    from loadtests.abuse import latency_calm_and_under_abuse
+
+    work = next((w for w in works if w.model == "sentiment-lstm"), works[0])
+    saturated = max(
+        (
+            r.rps
+            for r in rows
+            if r.model == work.model and r.mode == "local" and r.protocol == "rest"
+        ),
+        default=40.0,
+    )
+    rest = [rest_request(p) for p in work.payloads]
+    env = {
+        "DEEPSERVE_MODELS": json.dumps([work.model, "imagenet-cnn"]),
+        "DEEPSERVE_API_KEY": ABUSE_KEY,
+        "DEEPSERVE_HTTP_IDLE_TIMEOUT_S": "2",
+        "DEEPSERVE_HTTP_HEADER_TIMEOUT_S": "2",
+        "DEEPSERVE_HTTP_BODY_TIMEOUT_S": "2",
+    }
+    server = start_server(tmp, env)
+    try:
+        measure_seconds = max(seconds * 2, 10.0)
+        result = latency_calm_and_under_abuse(
+            server.url, server.grpc_target, ABUSE_KEY, rest[0][0], [b for _, b, _ in rest],
+            rest[0][2], 0.5 * saturated, measure_seconds,
+        )  # fmt: skip
+    finally:
+        stop_server(server)
+    result["model"] = work.model
+    calm, abused = result["calm"], result["abuse"]
+    print(
+        f"abuse: {work.model} at {calm['rate']:.1f} req/s: calm p50 {calm['p50_ms']:.1f} "
+        f"p99 {calm['p99_ms']:.1f} ms, errors {calm['errors']}; under abuse p50 "
+        f"{abused['p50_ms']:.1f} p99 {abused['p99_ms']:.1f} ms, errors {abused['errors']}",
+        flush=True,
+    )
+    return result
+
+
+def abuse_markdown(result: dict) -> list[str]:
+    lines = [
+        "",
+        f"| {result['model']}, REST, open loop at {result['calm']['rate']:.1f} req/s "
+        "| p50 ms | p99 ms | errors / sent |",
+        "|---|---|---|---|",
+    ]
+    for name in ("calm", "abuse"):
+        r = result[name]
+        label = "calm" if name == "calm" else "under abuse (loadtests/abuse.py mix)"
+        lines.append(
+            f"| {label} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} / {r['sent']} |"
+        )
+    return lines
+
+
 def markdown(
     rows: list[Row],
     limits: dict[str, Any],
@@ -397,6 +459,7 @@ def main() -> int:
     parser.add_argument("--modes", help="default local,local-nobatch,remote (quick local,remote)")
     parser.add_argument("--protocols", help="for the local mode; default all four")
     parser.add_argument("--no-experiments", action="store_true", help="skip buckets, 70 %% load")
+    parser.add_argument("--abuse", action="store_true", help="only: latency calm vs under abuse")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -411,6 +474,13 @@ def main() -> int:
     experiments = not (quick or args.no_experiments)
     args.out.mkdir(parents=True, exist_ok=True)
     works = workloads(models.split(","))
+    if args.abuse:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            result = abuse_experiment(Path(tmp_name), works, [], seconds)
+        (args.out / "abuse.md").write_text("\n".join(abuse_markdown(result)) + "\n")
+        (args.out / "abuse.json").write_text(json.dumps(result, indent=2))
+        print("\n".join(abuse_markdown(result)) + f"\nwrote {args.out}/abuse.md, abuse.json")
+        return 0
 
     limits: dict[str, Any] = {}
     for work in works:
@@ -493,6 +563,8 @@ def main() -> int:
             for entry in buckets:
                 entry["gain"] = entry["buckets_rps"] / entry["single_rps"]
 
+        abuse = abuse_experiment(tmp, works, rows, seconds) if experiments else None
+
     # the machine drifts over a long run: measure the limits again and keep the higher, so every
     # ratio is against the best this machine showed (conservative)
     for work in works:
@@ -506,6 +578,8 @@ def main() -> int:
                     row.ratio = row.rps / again
         print(f"in-process limit {work.model} again: {again:.1f} req/s", flush=True)
     table = markdown(rows, limits, buckets, saturation)
+    if abuse is not None:
+        table += "\n" + "\n".join(abuse_markdown(abuse))
     print("\n" + table)
     (args.out / "bench.md").write_text(table + "\n")
     (args.out / "bench.json").write_text(
@@ -515,6 +589,7 @@ def main() -> int:
                 "rows": [asdict(r) for r in rows],
                 "length_buckets": buckets,
                 "open_loop_70pct": saturation,
+                "abuse": abuse,
                 "seconds_per_point": seconds,
             },
             indent=2,

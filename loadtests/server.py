@@ -5,6 +5,7 @@ Shared by the integration tests and the benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -36,6 +37,17 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and every process it started (MiB)."""
+        import psutil
+
+        root = psutil.Process(self.process.pid)
+        total = 0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total / 2**20
 
 
 def start_server(tmp: Path, env_overrides: dict[str, str], timeout: float = 180.0) -> Server:

@@ -42,11 +42,22 @@ class PayloadTooLarge(ServingError):
     grpc_code = grpc.StatusCode.OUT_OF_RANGE
     code = "payload_too_large"
 
+    def __init__(self, message: str) -> None:
+        # NOTE: the rest of an oversized body is not read: the connection closes after the
+        # answer (HTTP servers otherwise drain it to keep the connection alive)
+        super().__init__(message, headers={"Connection": "close"})
+
 
 class ModelNotFound(ServingError):
     http_status = HTTPStatus.NOT_FOUND
     grpc_code = grpc.StatusCode.NOT_FOUND
     code = "model_not_found"
+
+
+class RouteNotFound(ServingError):
+    http_status = HTTPStatus.NOT_FOUND
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    code = "not_found"
 
 
 class Unauthenticated(ServingError):
@@ -73,10 +84,29 @@ class Overloaded(ServingError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class TooManyRequests(ServingError):
+    """This client has sent too many requests of some kind (refused API keys); retry later."""
+
+    http_status = HTTPStatus.TOO_MANY_REQUESTS
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class DeadlineExceeded(ServingError):
     http_status = HTTPStatus.GATEWAY_TIMEOUT
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
     code = "deadline_exceeded"
+
+
+class RequestTimeout(ServingError):
+    """The client stopped sending its request body (HTTP only: service/http_server.py)."""
+
+    http_status = HTTPStatus.REQUEST_TIMEOUT
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = "request_timeout"
 
 
 class InferenceFailed(ServingError):

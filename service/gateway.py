@@ -18,9 +18,10 @@ from typing import Any
 
 import bentoml
 
-from service import rest
+from service import http_metrics, http_server, rest
 from service.auth import ApiKeyMiddleware, ApiKeys
 from service.grpc_server import GrpcServer
+from service.http_limits import BodyLimitMiddleware
 from service.remote import build_runner_services
 from service.settings import get_settings
 from service.state import ServingState
@@ -28,6 +29,7 @@ from service.v2 import rest as v2_rest
 
 settings = get_settings()
 settings.apply_store()
+http_server.install(settings)  # before BentoML's worker builds uvicorn's Config
 log = logging.getLogger("deepserve.gateway")
 
 
@@ -91,18 +93,25 @@ def on_sigterm(callback: Callable[[], Any]) -> None:
 
 # NOTE: dependencies must be class attributes when the class is decorated, and which models are
 # remote is a setting, so the class body is assembled here.
+# BentoML's HTTP metrics label series with raw paths (unbounded): off, with its /metrics route;
+# service/http_metrics.py counts HTTP requests by route template and serves /metrics instead.
 _body: dict[str, Any] = {"__module__": __name__, **build_runner_services(settings)}
-Gateway = bentoml.asgi_app(v2_rest.build_app(current_state), path="/")(
-    bentoml.asgi_app(rest.build_app(current_state), path="/v1")(
-        bentoml.service(
-            name="deepserve",
-            workers=1,
-            traffic={"timeout": 60},
-            http={"host": settings.host, "port": settings.port},
-            **settings.observability_config(["/v1", "/v2"]),
-        )(type("Gateway", (GatewayBase,), _body))
+Gateway = bentoml.asgi_app(http_metrics.build_app(), path="/")(
+    bentoml.asgi_app(v2_rest.build_app(current_state), path="/")(
+        bentoml.asgi_app(rest.build_app(current_state), path="/v1")(
+            bentoml.service(
+                name="deepserve",
+                workers=1,
+                traffic={"timeout": 60},
+                http={"host": settings.host, "port": settings.port},
+                metrics={"enabled": False},
+                **settings.observability_config(["/v1", "/v2"]),
+            )(type("Gateway", (GatewayBase,), _body))
+        )
     )
 )
+Gateway.add_asgi_middleware(http_metrics.HttpMetricsMiddleware)  # first: outermost of ours
+Gateway.add_asgi_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 api_keys = ApiKeys.from_settings(settings)  # read once: a bad key file fails the import
 if api_keys.enabled:
     Gateway.add_asgi_middleware(ApiKeyMiddleware, settings=settings, keys=api_keys)

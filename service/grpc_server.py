@@ -14,12 +14,18 @@ import logging
 from collections.abc import Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
 from service import tasks
-from service.auth import ApiKeyInterceptor, ApiKeys
+from service.auth import GRPC_HEALTH, ApiKeyInterceptor, ApiKeys
+from service.grpc_streams import (
+    HEALTH_SERVICE,
+    CallQuotaInterceptor,
+    HealthServicer,
+    connection_options,
+)
 from service.proto.gen import deepserve_pb2 as pb
 from service.proto.gen import deepserve_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.settings import Settings
@@ -120,7 +126,7 @@ class GrpcServer:
         self.state = state
         self.settings = settings
         self.server: grpc.aio.Server | None = None
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.port = 0
         self._watch: asyncio.Task[None] | None = None
         self._draining: asyncio.Task[None] | None = None
@@ -128,15 +134,20 @@ class GrpcServer:
 
     async def start(self) -> None:
         keys = ApiKeys.from_settings(self.settings)
+        quotas = CallQuotaInterceptor(self.settings, GRPC_HEALTH)
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", self.settings.max_body_bytes),
                 ("grpc.max_send_message_length", self.settings.max_body_bytes),
+                *connection_options(self.settings),
             ],
-            maximum_concurrent_rpcs=self.settings.grpc_max_concurrent_rpcs,
+            # NOTE: above the quotas together, so that it never refuses a call whose class has
+            # room (it counts every call before its method is known; see grpc_streams.py)
+            maximum_concurrent_rpcs=quotas.server_limit,
+            # after auth: refused calls take no quota and are not parsed
             interceptors=([ApiKeyInterceptor(self.settings, keys)] if keys.enabled else [])
-            + [MalformedRequestInterceptor()],  # after auth: refused calls are not parsed
+            + [quotas, MalformedRequestInterceptor()],
         )
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             V2Servicer(self.state), server
@@ -144,7 +155,7 @@ class GrpcServer:
         deepserve_pb2_grpc.add_InferenceServicer_to_server(TaskServicer(self.state), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [V2_SERVICE, TASK_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [V2_SERVICE, TASK_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
         )
         address = f"{self.settings.host}:{self.settings.grpc_port}"
         self.port = server.add_insecure_port(address)
@@ -156,14 +167,14 @@ class GrpcServer:
         self._watch = asyncio.create_task(self._follow_readiness(), name="grpc-health")
         log.info("gRPC listening on %s:%d", self.settings.host, self.port)
 
-    async def _set_health(self, ready: bool) -> None:
+    def _set_health(self, ready: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if ready
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", V2_SERVICE, TASK_SERVICE):
-            await self.health.set(name, status)
+            self.health.set(name, status)
 
     async def _follow_readiness(self) -> None:
         while True:
@@ -175,7 +186,7 @@ class GrpcServer:
         ready = self.state().ready
         if ready != self._serving:
             self._serving = ready
-            await self._set_health(ready)
+            self._set_health(ready)
 
     def drain(self) -> None:
         """Refuse new RPCs now and let those in flight finish (on SIGTERM)."""
@@ -188,7 +199,7 @@ class GrpcServer:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        await self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
         if self.server is not None:
             server, self.server = self.server, None
             await server.stop(grace)

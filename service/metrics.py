@@ -31,6 +31,10 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
 PROTOCOLS = ("rest", "v2-rest", "grpc", "v2-grpc")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+UNMATCHED = "unmatched"
+"""The `route` of every HTTP request that reached no route (404s, and requests refused before
+routing: authentication, body limits): label values never come from what a client sent."""
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
 REJECT_REASONS = ("queue_full", "queue_wait", "deadline", "abandoned", "runner_overloaded")
 
@@ -99,11 +103,24 @@ class Metrics:
         )
         self.auth_failures = Counter(
             "deepserve_auth_failures",
-            "Requests refused for a missing or invalid API key, by protocol.",
+            "Requests refused for a missing, malformed, invalid or repeated API key, or for too "
+            "many refused keys from one client address, by protocol.",
             ["protocol"],
         )
         for protocol in PROTOCOLS:
             self.auth_failures.labels(protocol)
+        self.http_requests = Counter(
+            "deepserve_http_requests",
+            "HTTP requests answered, by route template (unmatched: no route), method and status "
+            "code. Every label comes from a bounded set.",
+            ["route", "method", "code"],
+        )
+        self.http_seconds = Histogram(
+            "deepserve_http_request_duration_seconds",
+            "HTTP request latency from the first byte of the request to the last of the answer.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+        )
         self.load_seconds = Gauge(
             "deepserve_model_load_seconds",
             "Time to load and warm the model up.",

@@ -16,17 +16,20 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route
+from starlette.types import Receive, Scope, Send
 
 from service import tasks
 from service.errors import (
     InvalidInput,
     PayloadTooLarge,
+    RouteNotFound,
     ServingError,
     UnsupportedMediaType,
 )
+from service.http_limits import plain_int
 from service.metrics import track_request
 from service.state import ServingState
 
@@ -37,8 +40,8 @@ StateGetter = Callable[[], ServingState]
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than `limit` bytes before reading them all."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = plain_int(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -68,15 +71,19 @@ def b64decode(value: Any, field: str) -> bytes:
         raise InvalidInput(f'"{field}" is not valid base64') from None
 
 
-async def read_media(request: Request, field: str, kinds: tuple[str, ...], limit: int) -> bytes:
+async def read_media(
+    request: Request, field: str, kinds: tuple[str, ...], limit: int, json_limit: int = 0
+) -> bytes:
     """File bytes from multipart (`field`), a raw body of an accepted type, or JSON base64."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        declared = plain_int(request.headers.get("content-length", ""))
+        if declared is not None and declared > limit:
             raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit} bytes")
         try:
             form = await request.form(max_files=4, max_fields=16)
+        except (ClientDisconnect, ServingError):
+            raise  # not a malformed body: a disconnect, or the body limit (http_limits.py)
         except Exception as error:
             raise InvalidInput(f"malformed multipart body: {error}") from None
         upload = form.get(field)
@@ -87,7 +94,7 @@ async def read_media(request: Request, field: str, kinds: tuple[str, ...], limit
             raise PayloadTooLarge(f"{field} is {len(data)} bytes; the limit is {limit} bytes")
         return data
     if content_type == "application/json":
-        payload = await read_json(request, limit)
+        payload = await read_json(request, min(limit, json_limit or limit))
         key = f"{field}_b64"
         if not isinstance(payload, dict) or key not in payload:
             raise InvalidInput(f'JSON body must be {{"{key}": "<base64>"}}')
@@ -99,6 +106,11 @@ async def read_media(request: Request, field: str, kinds: tuple[str, ...], limit
         f"content type {content_type or '(none)'} not accepted; send multipart/form-data with a "
         f'"{field}" file, a raw body ({accepted}), or JSON {{"{field}_b64": ...}}'
     )
+
+
+def media_limits(serving: ServingState) -> tuple[int, int]:
+    """(body limit, JSON limit) of a media upload."""
+    return serving.settings.max_body_bytes, serving.settings.max_json_bytes
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -164,10 +176,49 @@ def guarded(
                 if error.http_status >= 500:
                     log.warning("%s %s: %s", request.method, request.url.path, error.message)
                 response = render(error)
+            except ClientDisconnect:
+                # NOTE: the client left mid-body (or stalled past http_body_timeout_s and was
+                # answered 408): no one reads this answer; 499 is nginx's "client closed request"
+                log.debug(
+                    "%s %s: client gone before its body arrived", request.method, request.url.path
+                )
+                response = Response(status_code=499)
+            except Exception:
+                # NOTE: a bug, not the client's fault: logged whole, answered in the protocol's
+                # error shape without details (Starlette would answer plain text)
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = render(ServingError("internal error (logged)"))
             record.status = response.status_code
             return response
 
     return endpoint
+
+
+class Fallback(BaseRoute):
+    """The last route of an app: answers every request no other route takes with `render`ed
+    404. It matches only partially, so a route that knows the path but not the method still
+    wins (405 + Allow); and BentoML's mounts, which enter a sub-app only when one of its routes
+    matches, now enter it for every path under the app's prefix."""
+
+    def __init__(self, render: Callable[[ServingError], Response], prefix: str = "") -> None:
+        self.render = render
+        self.prefix = prefix
+        """Only paths at or under this prefix (relative to the app's mount point)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        full, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+        path = full[len(root) :] if full.startswith(root) else full  # relative to the mount
+        under = not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
+        return (Match.PARTIAL if scope["type"] == "http" and under else Match.NONE), {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))  # the full path: Starlette keeps root_path in it
+        shown = path if len(path) <= 200 else path[:200] + "..."
+        error = RouteNotFound(f"no route {scope.get('method', '')} {shown}")
+        await self.render(error)(scope, receive, send)
 
 
 def build_app(state: StateGetter) -> Starlette:
@@ -178,14 +229,14 @@ def build_app(state: StateGetter) -> Starlette:
         deadline = deadline_of(request)
         model = request.query_params.get("model")
         k = int_param(request, "top_k", 5, 1, 10_000)
-        data = await read_media(request, "image", ("image/",), serving.settings.max_body_bytes)
+        data = await read_media(request, "image", ("image/",), *media_limits(serving))
         version = request.query_params.get("version")
         return JSONResponse(await tasks.classify(serving, data, model, k, deadline, version))
 
     async def sentiment(request: Request) -> JSONResponse:
         serving = state()
         deadline = deadline_of(request)
-        payload = await read_json(request, serving.settings.max_body_bytes)
+        payload = await read_json(request, serving.settings.max_json_bytes)
         if not isinstance(payload, dict) or ("text" in payload) == ("texts" in payload):
             raise InvalidInput('JSON body must be {"text": "..."} or {"texts": ["...", ...]}')
         single = "text" in payload
@@ -202,7 +253,7 @@ def build_app(state: StateGetter) -> Starlette:
     async def transcribe(request: Request) -> JSONResponse:
         serving = state()
         deadline = deadline_of(request)
-        data = await read_media(request, "audio", ("audio/",), serving.settings.max_body_bytes)
+        data = await read_media(request, "audio", ("audio/",), *media_limits(serving))
         model = request.query_params.get("model")
         version = request.query_params.get("version")
         return JSONResponse(await tasks.transcribe(serving, data, model, deadline, version))
@@ -211,7 +262,7 @@ def build_app(state: StateGetter) -> Starlette:
         serving = state()
         deadline = deadline_of(request)
         beam = int_param(request, "beam", 1, 1, serving.settings.max_beam)
-        data = await read_media(request, "image", ("image/",), serving.settings.max_body_bytes)
+        data = await read_media(request, "image", ("image/",), *media_limits(serving))
         model = request.query_params.get("model")
         version = request.query_params.get("version")
         return JSONResponse(await tasks.caption(serving, data, model, beam, deadline, version))
@@ -223,7 +274,7 @@ def build_app(state: StateGetter) -> Starlette:
         name, version = request.path_params["name"], request.query_params.get("version")
         return JSONResponse(await tasks.show_model(state(), name, version))
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/classify", guarded(classify, protocol="rest"), methods=["POST"]),
         Route("/sentiment", guarded(sentiment, protocol="rest"), methods=["POST"]),
         Route("/transcribe", guarded(transcribe, protocol="rest"), methods=["POST"]),
@@ -232,16 +283,7 @@ def build_app(state: StateGetter) -> Starlette:
         Route("/models/{name}", guarded(show_model), methods=["GET"]),
     ]
 
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "not_found",
-                    "message": f"no route {request.method} {request.url.path}",
-                }
-            },
-            404,
-        )
+    routes.append(Fallback(error_json))
 
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(
@@ -255,4 +297,4 @@ def build_app(state: StateGetter) -> Starlette:
             headers=getattr(exc, "headers", None),  # Allow: the methods that are
         )
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    return Starlette(routes=routes, exception_handlers={405: method_not_allowed})

@@ -34,8 +34,30 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     """gRPC port of the gateway (every gateway worker binds it with SO_REUSEPORT)."""
 
-    grpc_max_concurrent_rpcs: int = 1024
-    """RPCs in flight beyond which new ones get RESOURCE_EXHAUSTED at once."""
+    grpc_max_concurrent_rpcs: int = Field(default=1024, gt=0)
+    """Unary RPCs in flight beyond which new ones get RESOURCE_EXHAUSTED at once. Health RPCs
+    and streams have quotas of their own (grpc_max_health_rpcs, grpc_max_streams), so they never
+    take this room; grpc.aio's own limit is set above the three together."""
+
+    grpc_max_health_rpcs: int = Field(default=256, ge=0)
+    """Health RPCs at once (grpc.health.v1 Check and Watch, V2 ServerLive/ServerReady: the ones
+    open without a key). A new one beyond this closes the oldest with UNAVAILABLE (a watching
+    client reconnects), so never-ending Watch streams cannot fill the server."""
+
+    grpc_max_streams: int = Field(default=128, ge=0)
+    """Other streaming RPCs at once (server reflection, ...). A new one beyond this closes the
+    oldest with UNAVAILABLE."""
+
+    grpc_max_connection_idle_s: float = Field(default=300.0, ge=0)
+    """A gRPC connection with no RPC for this long is closed (GOAWAY); 0 = never."""
+
+    grpc_max_connection_age_s: float = Field(default=0.0, ge=0)
+    """A gRPC connection older than this is closed (GOAWAY; clients reconnect, which also
+    spreads them again over gateway workers and replicas); 0 = never."""
+
+    grpc_max_connection_age_grace_s: float = Field(default=30.0, ge=0)
+    """After grpc_max_connection_age_s, how long the RPCs of the closing connection (Watch
+    streams included) get to finish before it is cut."""
 
     models: list[str] = Field(default_factory=lambda: ["*"])
     """Models to serve, JSON: DEEPSERVE_MODELS='["digits-cnn", "my-model"]'; "*" = every model
@@ -110,6 +132,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = 20 * 1024 * 1024
     """Largest request body accepted (413 beyond)."""
 
+    http_idle_timeout_s: float = Field(default=5.0, gt=0)
+    """An HTTP connection, new or kept alive, that starts no request for this long is closed
+    (also the keep-alive timeout); see service/http_server.py."""
+
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    """A request whose headers are not complete this long after its first byte: connection
+    closed (slow-header clients cannot hold sockets)."""
+
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    """A request body that sends no bytes for this long while the server waits for it is
+    answered 408 and its connection closed."""
+
     max_image_pixels: int = 40_000_000
     """Largest decoded image (width x height); bigger declared sizes are refused (image bombs)."""
 
@@ -121,6 +155,19 @@ class Settings(BaseSettings):
 
     max_batch_items: int = 64
     """Most items in one request (texts in {"texts": [...]})."""
+
+    max_json_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    """Largest JSON document parsed from a request (a /v1 JSON body, a V2 inference header).
+    Python's JSON parser holds the event loop (about 30 ms per MB); send bigger tensors as V2
+    binary data or /v1 raw/multipart bodies."""
+
+    max_json_elements: int = Field(default=1 << 20, gt=0)
+    """Most elements in one V2 tensor sent as JSON data or gRPC typed contents (decoded one by
+    one), checked against its declared shape before decoding."""
+
+    max_bytes_elements: int = Field(default=1 << 16, gt=0)
+    """Most elements in one V2 BYTES tensor, checked against its declared shape before
+    decoding."""
 
     max_beam: int = 8
     """Largest beam width /v1/caption accepts."""
@@ -145,6 +192,21 @@ class Settings(BaseSettings):
 
     open_metrics: bool = True
     """/metrics answers without an API key (Prometheus scrapes it)."""
+
+    auth_failure_limit: int = Field(default=50, ge=0)
+    """Refused API keys (wrong, malformed or repeated Authorization; a missing one does not
+    count) from one client address within auth_failure_window_s, HTTP and gRPC together, beyond
+    which that address gets 429 + Retry-After (gRPC RESOURCE_EXHAUSTED) without its key being
+    checked, a right one included, until the window ends; 0 = no limit. Behind a proxy every
+    client has the proxy's address."""
+
+    auth_failure_window_s: float = Field(default=60.0, gt=0)
+    """Window of auth_failure_limit, from an address's first refused key."""
+
+    auth_failure_max_clients: int = Field(default=10_000, gt=0)
+    """Client addresses whose refused keys are tracked (IPv6 by /64); beyond this the one that
+    failed least recently is forgotten, so the table stays bounded whatever addresses are
+    used."""
 
     require_all_models: bool = False
     """Readiness needs every configured model. Off: a model that is missing or fails to load is

@@ -7,7 +7,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidInput, PayloadTooLarge
 
@@ -72,7 +72,25 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise InvalidInput(f"corrupt or truncated {what}: {error}") from None
     if width < 1 or height < 1:
         raise InvalidInput("image has no pixels")
-    return image
+    return upright(image)
+
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: EXIF Orientation applied (a camera stores a portrait
+    photo as landscape pixels plus this tag). Images without the tag are returned as they are."""
+    try:
+        orientation = image.getexif().get(ORIENTATION, 1)
+    except Exception:  # NOTE: a damaged EXIF block is ignored, as viewers ignore it
+        return image
+    if orientation in (None, 1):
+        return image
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as error:
+        raise InvalidInput(f"EXIF orientation {orientation!r} cannot be applied: {error}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -89,17 +107,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_center_crop(image: Image.Image, resize: int, crop: int) -> np.ndarray:
-    """Shorter side to `resize` (bilinear), centre crop `crop` x `crop`: uint8 HWC RGB."""
+    """Shorter side to `resize` (bilinear), centre crop `crop` x `crop`: uint8 HWC RGB.
+
+    Only the source region that becomes the crop is resampled, straight to `crop` x `crop`
+    (the same geometry as resizing the whole image and cropping it), so memory is bounded by
+    the output whatever the aspect ratio: resizing first made a 10000x1 PNG 2,560,000x256.
+    """
     image = to_rgb(image)
     width, height = image.size
     scale = resize / min(width, height)
-    image = image.resize(
-        (max(crop, round(width * scale)), max(crop, round(height * scale))),
-        Image.Resampling.BILINEAR,
-    )
-    width, height = image.size
-    left, top = (width - crop) // 2, (height - crop) // 2
-    return np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+    # the whole image's size after the resize, and the crop's corner in it (never allocated)
+    full_width, full_height = max(crop, round(width * scale)), max(crop, round(height * scale))
+    left, top = (full_width - crop) // 2, (full_height - crop) // 2
+    x, y = width / full_width, height / full_height  # source pixels per resized pixel
+    box = (left * x, top * y, (left + crop) * x, (top + crop) * y)
+    resized = image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def resize_exact(image: Image.Image, size: int) -> np.ndarray:

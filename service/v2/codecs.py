@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, PayloadTooLarge
+from service.settings import Settings
 
 NUMPY_OF: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -34,9 +36,45 @@ DATATYPE_OF: dict[np.dtype[Any], str] = {
     dtype: name for name, dtype in NUMPY_OF.items() if name != "BYTES"
 }
 _LENGTH = struct.Struct("<I")
+BOOLS = frozenset({bool, np.bool_})
 _MAX_DIMS = 64  # numpy's limit on ndarray dimensions
 # NOTE: numpy refuses a shape whose non-zero dimensions multiply past this, even with a zero dim.
 _MAX_ELEMENTS = np.iinfo(np.intp).max // 16
+
+
+@dataclass(frozen=True)
+class TensorLimits:
+    """Bounds on the tensors a request may declare, checked against the declared shape before
+    any element is decoded. Raw numeric data costs nothing to decode (numpy views the bytes) and
+    is bounded by the body size; JSON data and BYTES elements are decoded one by one in Python,
+    on the event loop, so their counts are bounded."""
+
+    json_elements: int = 1 << 20
+    """Most elements in one tensor sent as JSON data (or gRPC typed contents)."""
+    bytes_elements: int = 1 << 16
+    """Most elements in one BYTES tensor."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> TensorLimits:
+        return cls(settings.max_json_elements, settings.max_bytes_elements)
+
+    def check(self, name: str, datatype: str, dims: list[int], encoding: str) -> int:
+        count = element_count(dims)
+        if datatype == "BYTES" and count > self.bytes_elements:
+            raise PayloadTooLarge(
+                f"input {name}: shape {dims} has {count} BYTES elements; the limit is "
+                f"{self.bytes_elements} (setting max_bytes_elements)"
+            )
+        if encoding == "json" and count > self.json_elements:
+            raise PayloadTooLarge(
+                f"input {name}: shape {dims} has {count} elements sent as JSON data; the limit is "
+                f"{self.json_elements} (setting max_json_elements): send larger tensors as "
+                "binary data"
+            )
+        return count
+
+
+DEFAULT_LIMITS = TensorLimits()
 
 
 def numpy_dtype(datatype: str, name: str) -> np.dtype[Any]:
@@ -80,14 +118,17 @@ def _flatten(data: Any) -> list[Any]:
     return data
 
 
-def from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
+def from_json(
+    name: str, datatype: str, shape: Any, data: Any, limits: TensorLimits = DEFAULT_LIMITS
+) -> np.ndarray:
     """A JSON tensor ("data" flat or nested, row-major) -> numpy array of `shape`."""
     dims = check_shape(shape, name)
     dtype = numpy_dtype(datatype, name)
+    count = limits.check(name, datatype, dims, "json")
     flat = _flatten(data)
-    if len(flat) != element_count(dims):
+    if len(flat) != count:
         raise InvalidInput(
-            f"input {name}: shape {dims} needs {element_count(dims)} elements, data has {len(flat)}"
+            f"input {name}: shape {dims} needs {count} elements, data has {len(flat)}"
         )
     if datatype == "BYTES":
         values = np.empty(len(flat), dtype=object)
@@ -109,10 +150,9 @@ def from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
         raise InvalidInput(f"input {name}: data is not all {datatype} values")
     if datatype == "BOOL" and values.size and values.dtype.kind != "b":
         raise InvalidInput(f"input {name}: BOOL data must be true or false")
-    # NOTE: numpy turns [True, 2] into integers, so look for booleans element by element.
-    if datatype != "BOOL" and (
-        values.dtype.kind == "b" or any(isinstance(v, bool | np.bool_) for v in flat)
-    ):
+    # NOTE: numpy turns [True, 2] into integers, so look for booleans among the element types
+    # (map(type) runs in C: ten times faster than an isinstance loop).
+    if datatype != "BOOL" and (values.dtype.kind == "b" or not BOOLS.isdisjoint(map(type, flat))):
         raise InvalidInput(f"input {name}: data holds booleans, datatype is {datatype}")
     if dtype.kind in "iu" and values.size:
         # NOTE: numpy turns ints below and above 2**63 into float64, which rounds the large ones.
@@ -136,11 +176,13 @@ def from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
     return array.reshape(dims)
 
 
-def from_raw(name: str, datatype: str, shape: Any, raw: bytes) -> np.ndarray:
+def from_raw(
+    name: str, datatype: str, shape: Any, raw: bytes, limits: TensorLimits = DEFAULT_LIMITS
+) -> np.ndarray:
     """Raw little-endian bytes (gRPC raw_input_contents, REST binary data) -> numpy array."""
     dims = check_shape(shape, name)
     dtype = numpy_dtype(datatype, name)
-    count = element_count(dims)
+    count = limits.check(name, datatype, dims, "raw")
     if datatype == "BYTES":
         return deserialize_bytes(name, raw, count).reshape(dims)
     expected = count * dtype.itemsize

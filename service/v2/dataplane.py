@@ -95,6 +95,24 @@ class Signature:
     """Why requests are not batched, when they are not."""
 
 
+def flag_parameter(value: Any, where: str) -> bool | None:
+    """A boolean request parameter: JSON true/false only (bool("false") is true), None if absent."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidInput(f"{where} must be true or false (a JSON boolean), got {value!r:.40}")
+
+
+def classification_parameter(value: Any, output: str) -> int:
+    """Triton's `classification` output parameter: top-k as an integer >= 0 (0 = off)."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(
+            f"output {output}: classification must be an integer >= 0 (top-k), got {value!r:.40}"
+        )
+    return value
+
+
 def batch_of(request: InferRequest, name: str, datatype: str, ndim: int) -> np.ndarray:
     array = request.inputs.get(name)
     if array is None:

@@ -17,10 +17,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from service import openapi, rest
 from service.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
+from service.http_limits import plain_int
 from service.rest import read_body
 from service.state import ServingState
 from service.v2 import codecs, dataplane
@@ -55,10 +56,17 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
         raise PayloadTooLarge(f"body decompresses to more than the limit of {limit} bytes")
     if not inflater.eof:
         raise InvalidInput(f"body is not valid {encoding} data: the stream is truncated")
+    if inflater.unused_data:  # NOTE: a second gzip member or garbage: refused, not ignored
+        raise InvalidInput(
+            f"body has {len(inflater.unused_data)} bytes after the end of its {encoding} stream; "
+            "send exactly one compressed stream"
+        )
     return data
 
 
-def decode_body(request: Request, body: bytes, limit: int) -> tuple[dict[str, Any], memoryview]:
+def decode_body(
+    request: Request, body: bytes, limit: int, json_limit: int
+) -> tuple[dict[str, Any], memoryview]:
     """(JSON header, binary tail) of an infer request, undoing any Content-Encoding."""
     encoding = request.headers.get("content-encoding", "").lower()
     if encoding in ("gzip", "deflate"):
@@ -67,15 +75,22 @@ def decode_body(request: Request, body: bytes, limit: int) -> tuple[dict[str, An
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding} not supported; use gzip or deflate"
         )
-    declared = request.headers.get(HEADER_LENGTH)
-    if declared is None:
+    declared = request.headers.getlist(HEADER_LENGTH)
+    if not declared:
         header_bytes, tail = body, b""
     else:
-        if not declared.isdigit() or int(declared) > len(body):
+        length = plain_int(declared[0]) if len(declared) == 1 else None
+        if length is None or length > len(body):
+            shown = declared[0][:40] if len(declared) == 1 else f"{len(declared)} headers"
             raise InvalidInput(
-                f"{HEADER_LENGTH}: {declared} is not a length within the {len(body)}-byte body"
+                f"{HEADER_LENGTH}: {shown!r} is not one length within the {len(body)}-byte body"
             )
-        header_bytes, tail = body[: int(declared)], body[int(declared) :]
+        header_bytes, tail = body[:length], body[length:]
+    if len(header_bytes) > json_limit:
+        raise PayloadTooLarge(
+            f"JSON inference header is {len(header_bytes)} bytes; the limit is {json_limit} "
+            "(setting max_json_bytes): send tensors as binary data"
+        )
     try:
         header = json.loads(header_bytes)
     except (ValueError, RecursionError) as error:  # NOTE: also too deep, or a 5000-digit int
@@ -86,7 +101,11 @@ def decode_body(request: Request, body: bytes, limit: int) -> tuple[dict[str, An
 
 
 def parse_infer(
-    header: dict[str, Any], tail: memoryview, model: str, model_version: str | None
+    header: dict[str, Any],
+    tail: memoryview,
+    model: str,
+    model_version: str | None,
+    limits: codecs.TensorLimits = codecs.DEFAULT_LIMITS,
 ) -> dataplane.InferRequest:
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -118,11 +137,11 @@ def parse_infer(
                 )
             raw = bytes(tail[offset : offset + size])
             offset += size
-            request.inputs[name] = codecs.from_raw(name, datatype, shape, raw)
+            request.inputs[name] = codecs.from_raw(name, datatype, shape, raw, limits)
         else:
             if "data" not in tensor:
                 raise InvalidInput(f"input {name} has neither data nor binary_data_size")
-            request.inputs[name] = codecs.from_json(name, datatype, shape, tensor["data"])
+            request.inputs[name] = codecs.from_json(name, datatype, shape, tensor["data"], limits)
     if offset != len(tail):
         raise InvalidInput(f"{len(tail) - offset} binary bytes after the last binary input")
     outputs = header.get("outputs") or []
@@ -131,14 +150,13 @@ def parse_infer(
     for position, wanted in enumerate(outputs):
         if not isinstance(wanted, dict) or not isinstance(wanted.get("name"), str):
             raise InvalidInput(f"outputs[{position}] must be an object with a string name")
-        parameters = parameter_dict(wanted.get("parameters"), f"output {wanted['name']}")
-        k = parameters.get("classification", 0)
-        if not isinstance(k, int) or k < 0:
-            raise InvalidInput(f"output {wanted['name']}: classification must be an integer >= 0")
-        binary = parameters.get("binary_data")
-        request.outputs.append(
-            dataplane.RequestedOutput(wanted["name"], k, None if binary is None else bool(binary))
+        name = wanted["name"]
+        parameters = parameter_dict(wanted.get("parameters"), f"output {name}")
+        k = dataplane.classification_parameter(parameters.get("classification"), name)
+        binary = dataplane.flag_parameter(
+            parameters.get("binary_data"), f"output {name} parameter binary_data"
         )
+        request.outputs.append(dataplane.RequestedOutput(name, k, binary))
     return request
 
 
@@ -207,12 +225,17 @@ def build_app(state: StateGetter) -> Starlette:
         serving = state()
         deadline = rest.deadline_of(request)
         body = await read_body(request, serving.settings.max_body_bytes)
-        header, tail = decode_body(request, body, serving.settings.max_body_bytes)
-        parsed = parse_infer(header, tail, request.path_params["name"], version_of(request))
+        settings = serving.settings
+        header, tail = decode_body(request, body, settings.max_body_bytes, settings.max_json_bytes)
+        limits = codecs.TensorLimits.of(serving.settings)
+        name = request.path_params["name"]
+        parsed = parse_infer(header, tail, name, version_of(request), limits)
         parsed.deadline = deadline
         result = await dataplane.infer(serving, parsed)
-        binary_default = bool(parsed.parameters.get("binary_data_output", False))
-        return render_infer(result, binary_default)
+        binary_default = dataplane.flag_parameter(
+            parsed.parameters.get("binary_data_output"), "parameter binary_data_output"
+        )
+        return render_infer(result, bool(binary_default))
 
     async def openapi_document(request: Request) -> Response:
         serving = state()
@@ -225,7 +248,7 @@ def build_app(state: StateGetter) -> Starlette:
     # a route; a mount at /v2 would redirect it to /v2/, which clients do not follow.
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v2", guarded(server_metadata), methods=["GET"]),
         Route("/v2/health/live", guarded(live), methods=["GET"]),
         Route("/v2/health/ready", guarded(ready), methods=["GET"]),
@@ -239,12 +262,11 @@ def build_app(state: StateGetter) -> Starlette:
             Route(prefix + "/infer", guarded(infer, "v2-rest"), methods=["POST"]),
         ]
 
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, 404)
+    routes.append(rest.Fallback(error_response, prefix="/v2"))  # mounted at "/": /v2 only
 
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
         message = f"{request.method} not allowed on {request.url.path}"
         # NOTE: RFC 9110 requires Allow on a 405; Starlette's HTTPException carries it
         return JSONResponse({"error": message}, 405, headers=getattr(exc, "headers", None))
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    return Starlette(routes=routes, exception_handlers={405: method_not_allowed})

@@ -237,6 +237,25 @@ def infer_request(
     return request
 
 
+def gzip_of(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def classification_as_bool() -> v2pb.ModelInferRequest:
+    request = infer_request("digits-cnn", [V2_DIGIT])
+    request.outputs.add(name="probabilities").parameters["classification"].bool_param = True
+    return request
+
+
+def typed_tokens(count: int) -> v2pb.ModelInferRequest:
+    """Token ids in the typed int64_contents field (no raw contents)."""
+    request = v2pb.ModelInferRequest(model_name="sentiment-lstm")
+    tensor = request.inputs.add(name="tokens", datatype="INT64", shape=[1, count])
+    tensor.contents.int64_contents.extend([1] * count)
+    return request
+
+
 def raw_tensor(name: str, array: np.ndarray) -> tuple[str, str, list[int], bytes]:
     datatype = "BYTES" if array.dtype == object else codecs.datatype_of(array)
     return name, datatype, list(array.shape), codecs.to_raw(array)
@@ -348,6 +367,19 @@ def digit_variant(kind: str) -> bytes:
         frames = [image.convert("P"), Image.new("P", image.size, 0)]
         return encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
     raise ValueError(kind)
+
+
+def exif_rotated_png(pixels: np.ndarray) -> bytes:
+    """The picture stored turned 90 degrees counter-clockwise with EXIF Orientation 6 (turn 90
+    degrees clockwise to view), as a camera held upright writes it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(Image.fromarray(pixels).rotate(90, expand=True), "PNG", exif=exif)
+
+
+def extreme(width: int, height: int) -> bytes:
+    """A few hundred bytes of PNG with an extreme aspect ratio (10000x1 used to cost 2.6 GB)."""
+    return encode(Image.new("RGB", (width, height), (180, 40, 40)), "PNG")
 
 
 @cache
@@ -524,6 +556,12 @@ def captioned_like(reference: Callable[[], bytes]) -> Check:
         assert reply.body["caption"] == response.json()["caption"]
 
     return check
+
+
+def well_formed_grpc_classification(client: Client, reply: Reply) -> None:
+    predictions = reply.body["predictions"]
+    labels = specs()["imagenet-cnn"].labels
+    assert len(predictions) == 5 and all(p["label"] in labels for p in predictions)
 
 
 def well_formed_caption(client: Client, reply: Reply) -> None:
@@ -784,6 +822,36 @@ def image_cases() -> list[Case]:
             well_formed_classification("imagenet-cnn", 5),
         ),
         ok(
+            "rest-classify-extreme-aspect-10000x1-ok",
+            rest("/v1/classify", extreme(10_000, 1), png),
+            well_formed_classification("imagenet-cnn", 5),
+        ),
+        ok(
+            "rest-classify-extreme-aspect-1x40000-ok",
+            rest("/v1/classify", extreme(1, 40_000), png),
+            well_formed_classification("imagenet-cnn", 5),
+        ),
+        ok(
+            "rest-classify-digit-extreme-aspect-ok",
+            rest(digits, extreme(20_000, 1), png),
+            well_formed_classification("digits-cnn", 5),
+        ),
+        ok(
+            "rest-caption-extreme-aspect-ok",
+            rest("/v1/caption", extreme(1, 30_000), png),
+            well_formed_caption,
+        ),
+        ok(
+            "rest-classify-exif-rotated-ok",
+            rest(digits, exif_rotated_png(big_digit()), png),
+            classified_like("digits-cnn", digit_png, exact=True),
+        ),
+        ok(
+            "rest-caption-exif-rotated-ok",
+            rest("/v1/caption", exif_rotated_png(scene()), png),
+            captioned_like(lambda: encode(Image.fromarray(scene()), "PNG")),
+        ),
+        ok(
             "rest-caption-rgba-ok",
             rest(
                 "/v1/caption",
@@ -993,6 +1061,7 @@ def v2_rest_cases() -> list[Case]:
     gzip_bomb = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     bomb = gzip_bomb.compress(bytes(64 * MB)) + gzip_bomb.flush()
     json_headers = {"Content-Type": JSON_TYPE}
+    text_json = json.dumps({"inputs": [tensor_json("text", text)]}).encode()
     return [
         bad(
             "v2rest-malformed-json",
@@ -1207,6 +1276,115 @@ def v2_rest_cases() -> list[Case]:
             ),
         ),
         bad(
+            "v2rest-gzip-trailing-garbage",
+            400,
+            "after the end",
+            rest(
+                v2_path("sentiment-lstm"),
+                gzip_of(text_json) + b"garbage",
+                headers={**json_headers, "Content-Encoding": "gzip"},
+            ),
+        ),
+        bad(
+            "v2rest-gzip-second-member",
+            400,
+            "after the end",
+            rest(
+                v2_path("sentiment-lstm"),
+                gzip_of(text_json) + gzip_of(b" "),
+                headers={**json_headers, "Content-Encoding": "gzip"},
+            ),
+        ),
+        ok(
+            "v2rest-gzip-one-member-ok",
+            rest(
+                v2_path("sentiment-lstm"),
+                gzip_of(text_json),
+                headers={**json_headers, "Content-Encoding": "gzip"},
+            ),
+            v2_output_shapes(probabilities=(1, 2)),
+        ),
+        *(
+            bad(
+                f"v2rest-header-length-{label}",
+                400,
+                "Inference-Header-Content-Length",
+                rest(
+                    v2_path("digits-cnn"),
+                    b"{}",
+                    BINARY_TYPE,
+                    headers={"Inference-Header-Content-Length": value},
+                ),
+            )
+            for label, value in [
+                ("superscript-two", "\u00b2"),
+                ("superscript-twelve", "\u00b9\u00b2"),
+                ("digits-then-superscript", "105\u00b2"),
+                ("5003-digits", "9" * 5003),
+                ("negative", "-1"),
+            ]
+        ),
+        bad(
+            "v2rest-classification-true",
+            400,
+            "classification",
+            v2_json(
+                "digits-cnn",
+                [tensor_json("image", DIGIT_TENSOR)],
+                outputs=[{"name": "probabilities", "parameters": {"classification": True}}],
+            ),
+        ),
+        bad(
+            "v2rest-binary-data-output-string",
+            400,
+            "binary_data_output",
+            v2_json(
+                "digits-cnn",
+                [tensor_json("image", DIGIT_TENSOR)],
+                parameters={"binary_data_output": "false"},
+            ),
+        ),
+        bad(
+            "v2rest-binary-data-string",
+            400,
+            "binary_data",
+            v2_json(
+                "digits-cnn",
+                [tensor_json("image", DIGIT_TENSOR)],
+                outputs=[{"name": "probabilities", "parameters": {"binary_data": "no"}}],
+            ),
+        ),
+        bad(
+            "v2rest-five-million-empty-bytes",
+            413,
+            "max_bytes_elements",
+            v2_binary("sentiment-lstm", [("text", "BYTES", [5_000_000], bytes(20_000_000))]),
+        ),
+        bad(
+            "v2rest-json-tokens-over-the-element-limit",
+            413,
+            "max_json_elements",
+            rest(
+                v2_path("sentiment-lstm"),
+                b'{"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 1500000], '
+                b'"data": [' + b",".join([b"1"] * 1_500_000) + b"]}]}",
+                JSON_TYPE,
+            ),
+        ),
+        bad(
+            "v2rest-json-over-the-json-limit",
+            413,
+            "max_json_bytes",
+            rest(
+                v2_path("sentiment-lstm"),
+                b'{"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 10000000], '
+                b'"data": [' + b",".join([b"0"] * 10_000_000) + b"]}]}",
+                JSON_TYPE,
+            ),
+        ),
+        bad("v2rest-unknown-route", 404, "no route", rest("/v2/models/digits-cnn/nope", b"{}")),
+        bad("rest-unknown-route", 404, "no route", rest("/v1/nope", b"{}", JSON_TYPE)),
+        bad(
             "v2rest-unsupported-encoding",
             415,
             "Content-Encoding",
@@ -1242,6 +1420,11 @@ def grpc_cases() -> list[Case]:
                 "Classify",
                 pb.ClassifyRequest(image=truncated(digit_png(), 0.5), model="digits-cnn"),
             ),
+        ),
+        ok(
+            "grpc-classify-extreme-aspect-ok",
+            rpc("Classify", pb.ClassifyRequest(image=extreme(10_000, 1))),
+            well_formed_grpc_classification,
         ),
         bad(
             "grpc-classify-png-bomb",
@@ -1506,6 +1689,29 @@ def v2_grpc_cases() -> list[Case]:
                 ),
             ),
             v2_transcripts(1),
+        ),
+        bad(
+            "v2grpc-classification-bool",
+            "INVALID_ARGUMENT",
+            "classification",
+            rpc("ModelInfer", classification_as_bool()),
+        ),
+        bad(
+            "v2grpc-five-million-empty-bytes",
+            "OUT_OF_RANGE",
+            "max_bytes_elements",
+            rpc(
+                "ModelInfer",
+                infer_request(
+                    "sentiment-lstm", [("text", "BYTES", [5_000_000], bytes(20_000_000))]
+                ),
+            ),
+        ),
+        bad(
+            "v2grpc-typed-contents-over-the-element-limit",
+            "OUT_OF_RANGE",
+            "max_json_elements",
+            rpc("ModelInfer", typed_tokens(2_000_000)),
         ),
         bad(
             "v2grpc-malformed-protobuf",

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, PayloadTooLarge
 from service.v2 import codecs
 
 DATATYPES = sorted(codecs.NUMPY_OF)
@@ -94,9 +94,10 @@ def assert_same_tensor(back: np.ndarray, array: np.ndarray, datatype: str, bitwi
             assert (np.signbit(back[numbers]) == np.signbit(array[numbers])).all()  # -0.0 stays
 
 
-def refused(call: Callable[[], Any], name: str) -> InvalidInput:
-    """The call raises InvalidInput (no other type) with a message that names the input."""
-    with pytest.raises(InvalidInput) as caught:
+def refused(call: Callable[[], Any], name: str) -> InvalidInput | PayloadTooLarge:
+    """The call raises InvalidInput, or PayloadTooLarge for a shape over the element limits (no
+    other type), with a message that names the input."""
+    with pytest.raises((InvalidInput, PayloadTooLarge)) as caught:
         call()
     assert caught.value.message and f"input {name}" in caught.value.message
     return caught.value
@@ -179,7 +180,7 @@ def test_from_raw_refuses_or_inverts_to_raw(
     raw = data.draw(st.one_of(candidates))
     try:
         array = codecs.from_raw(name, datatype, shape, raw)
-    except InvalidInput as error:
+    except (InvalidInput, PayloadTooLarge) as error:  # too large: over the element limits
         assert error.message and f"input {name}" in error.message
         return
     assert array.shape == tuple(shape)
@@ -301,7 +302,7 @@ def test_from_json_refuses_or_returns_the_shape(
     """Any JSON `data` and shape: an array of that shape and datatype, or InvalidInput."""
     try:
         array = codecs.from_json(name, datatype, shape, value)
-    except InvalidInput as error:
+    except (InvalidInput, PayloadTooLarge) as error:
         assert error.message and f"input {name}" in error.message
         return
     assert array.shape == tuple(shape)

@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, PayloadTooLarge
 from service.v2 import codecs
 
 
@@ -71,3 +71,37 @@ def test_json_nested_or_flat_data() -> None:
 def test_bad_json_tensors_say_what_is_wrong(datatype, shape, data, message) -> None:
     with pytest.raises(InvalidInput, match=message):
         codecs.from_json("x", datatype, shape, data)
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        # 5,000,000 zero-length BYTES (20 MB of lengths): refused from the shape, not decoded
+        (lambda: codecs.from_raw("t", "BYTES", [5_000_000], b"\0" * 4), "max_bytes_elements"),
+        (lambda: codecs.from_json("t", "BYTES", [70_000], []), "max_bytes_elements"),
+        # a [1, 10000000] JSON tensor: refused before the data is looked at
+        (lambda: codecs.from_json("t", "INT64", [1, 10_000_000], None), "max_json_elements"),
+    ],
+)
+def test_declared_shapes_over_the_element_limits_are_refused_before_decoding(call, needle):
+    with pytest.raises(PayloadTooLarge, match=needle) as refused:
+        call()
+    assert "input t" in refused.value.message
+
+
+def test_element_limits_come_from_settings() -> None:
+    from service.settings import Settings
+
+    limits = codecs.TensorLimits.of(Settings(max_json_elements=4, max_bytes_elements=2))
+    assert codecs.from_json("x", "INT64", [4], [1, 2, 3, 4], limits).tolist() == [1, 2, 3, 4]
+    with pytest.raises(PayloadTooLarge):
+        codecs.from_json("x", "INT64", [5], [1, 2, 3, 4, 5], limits)
+    with pytest.raises(PayloadTooLarge):
+        codecs.from_raw(
+            "t", "BYTES", [3], codecs.to_raw(np.array([b"a"] * 3, dtype=object)), limits
+        )
+
+
+def test_booleans_among_numbers_are_still_found() -> None:
+    with pytest.raises(InvalidInput, match="booleans"):
+        codecs.from_json("x", "INT64", [3], [1, True, 2])

@@ -66,3 +66,66 @@ def test_every_mode_becomes_the_same_rgb(image: Image.Image) -> None:
     # the centre crop used by 3-channel classifiers converts the same way (16-bit was white)
     crop = resize_center_crop(decode_image(encode(image, "TIFF"), 10**6), 48, 32)
     np.testing.assert_allclose(crop, resize_center_crop(Image.fromarray(GRAY), 48, 32), atol=1)
+
+
+def resize_whole_then_crop(image: Image.Image, resize: int, crop: int) -> np.ndarray:
+    """The reference: the whole image resized (shorter side to `resize`), then centre-cropped."""
+    width, height = image.size
+    scale = resize / min(width, height)
+    whole = image.convert("RGB").resize(
+        (max(crop, round(width * scale)), max(crop, round(height * scale))),
+        Image.Resampling.BILINEAR,
+    )
+    left, top = (whole.width - crop) // 2, (whole.height - crop) // 2
+    return np.asarray(whole.crop((left, top, left + crop, top + crop)))
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (300, 300), (100, 60), (1024, 683)])
+def test_cropping_before_resizing_gives_the_same_pixels(size: tuple[int, int]) -> None:
+    """Same geometry as resizing the whole image first: trained models see the same input."""
+    rng = np.random.default_rng(size[0])
+    noise = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    got = resize_center_crop(noise, 256, 224).astype(int)
+    want = resize_whole_then_crop(noise, 256, 224).astype(int)
+    assert got.shape == want.shape == (224, 224, 3)
+    assert np.abs(got - want).max() <= 1  # rounding only, even on noise
+
+
+@pytest.mark.parametrize("size", [(10_000, 1), (1, 10_000), (40_000, 1), (2000, 1)])
+def test_extreme_aspect_ratios_cost_no_more_than_the_output(size: tuple[int, int]) -> None:
+    """A 10000x1 PNG (110 bytes) used to be resized to 2,560,000x256 first (+2.6 GB)."""
+    import resource
+
+    data = encode(Image.new("RGB", size, (200, 30, 30)))
+    assert len(data) < 400
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    pixels = resize_center_crop(decode_image(data, 40_000_000), 256, 224)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert pixels.shape == (224, 224, 3) and (pixels == [200, 30, 30]).all()
+    assert grown_mib < 200, f"peak memory grew {grown_mib:.0f} MiB"
+
+
+def exif_rotated(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    """A camera stores a portrait photo as landscape pixels plus an Orientation tag."""
+    upright = Image.new("RGB", (40, 60), (0, 0, 0))
+    upright.paste((255, 255, 255), (0, 0, 40, 20))  # white band at the top
+    stored = {3: upright.rotate(180), 6: upright.rotate(90, expand=True)}.get(orientation)
+    stored = stored or upright.rotate(-90, expand=True)
+    decoded = decode_image(exif_rotated(stored, orientation), 10**6)
+    assert decoded.size == (40, 60)
+    gray = np.asarray(decoded.convert("L"), dtype=float)
+    assert gray[:15].mean() > 200 and gray[25:].mean() < 50
+
+
+def test_damaged_exif_is_ignored() -> None:
+    data = exif_rotated(Image.new("RGB", (8, 6)), 6).replace(b"Exif\x00\x00", b"Exif\x00\x00\xff")
+    assert decode_image(data, 10**6).size in ((8, 6), (6, 8))
