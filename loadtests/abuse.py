@@ -255,16 +255,53 @@ def latency_calm_and_under_abuse(
     seconds: float,
 ) -> dict[str, Any]:
     """Open-loop latency of normal traffic (`rate` req/s of `bodies` to `path`), first calm,
-    then while an AbuseMix runs against the same server: {"calm", "abuse", "abuse_counts"}."""
+    then while an AbuseMix runs against the same server from a process of its own (so that it
+    does not share this interpreter with the load generator): {"calm", "abuse",
+    "abuse_counts"}."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
     from loadtests.open_loop import open_loop
 
     auth = {"Authorization": f"Bearer {key}"} if key else {}
     url = server_url + path
     calm = open_loop(url, bodies, {**headers, **auth}, rate, seconds)
-    mix = AbuseMix(server_url, grpc_target, key).start(seconds + 30)
-    time.sleep(3)  # the sockets and streams pile up first
+    command = [sys.executable, "-m", "loadtests.abuse", server_url, grpc_target]
+    command += ["--seconds", str(seconds + 30), *(["--key", key] if key else [])]
+    mix = subprocess.Popen(
+        command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True
+    )
     try:
+        time.sleep(3)  # the sockets and streams pile up first
         abused = open_loop(url, bodies, {**headers, **auth}, rate, seconds)
     finally:
-        counts = mix.stop()
-    return {"calm": calm, "abuse": abused, "abuse_counts": dict(counts)}
+        mix.send_signal(2)  # SIGINT: stop now and print the counts
+        output, _ = mix.communicate(timeout=90)
+    counts = json.loads(output.strip().splitlines()[-1]) if output.strip() else {}
+    return {"calm": calm, "abuse": abused, "abuse_counts": counts}
+
+
+def main() -> None:
+    """Run the mix against a server until --seconds pass or SIGINT; print the counts as JSON."""
+    import argparse
+    import json
+    import signal
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url", help="http://127.0.0.1:PORT")
+    parser.add_argument("grpc_target", help="127.0.0.1:PORT")
+    parser.add_argument("--key", help="API key for the kinds that abuse authenticated routes")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    if not args.url.startswith(("http://127.0.0.1:", "http://localhost:")):
+        parser.error("loopback only")
+    mix = AbuseMix(args.url, args.grpc_target, args.key)
+    signal.signal(signal.SIGINT, lambda *_: mix._stop.set())
+    mix.run(args.seconds)
+    print(json.dumps(dict(mix.counts)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -261,13 +261,20 @@ def run_grpc(
 
 
 def measure(
-    server: Server, work: Workload, protocol: str, clients: int, seconds: float, tmp: Path
+    server: Server,
+    work: Workload,
+    protocol: str,
+    clients: int,
+    seconds: float,
+    tmp: Path,
+    extra_headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     if protocol in ("rest", "v2-rest"):
         encode = rest_request if protocol == "rest" else v2_rest_request
         requests_ = [encode(p) for p in work.payloads]
         path, _, headers = requests_[0]
         bodies = [body for _, body, _ in requests_]
+        headers = {**headers, **(extra_headers or {})}
         return run_wrk(server.url + path, bodies, headers, clients, seconds, tmp)
     encode_rpc = task_rpc if protocol == "grpc" else v2_grpc_request
     calls = [encode_rpc(p) for p in work.payloads]
@@ -326,12 +333,14 @@ def plot(rows: list[Row], out: Path) -> None:
 
 
 ABUSE_KEY = "bench-abuse-key-0d3c5a"  # a throwaway key for the bench's own server
+OPEN_LOOP_MAX_RATE = 150.0
+"""The most req/s the one-process open-loop generator sends without being the bottleneck."""
 
 
 def abuse_experiment(tmp: Path, works: list[Workload], rows: list[Row], seconds: float) -> dict:
-    """Normal REST traffic at half the model's saturation (open loop), calm and then under a
-    mix of cheap abuse (loadtests/abuse.py), on a server with API keys and slow-client timeouts
-    on: p50 / p99 of both, side by side."""
+    """Normal REST traffic at half the model's saturation (at most OPEN_LOOP_MAX_RATE; open
+    loop), calm and then under a mix of cheap abuse (loadtests/abuse.py, its own process), on a
+    server with API keys and slow-client timeouts on: p50 / p99 of both, side by side."""
     from loadtests.abuse import latency_calm_and_under_abuse
 
     work = next((w for w in works if w.model == "sentiment-lstm"), works[0])
@@ -341,7 +350,7 @@ def abuse_experiment(tmp: Path, works: list[Workload], rows: list[Row], seconds:
             for r in rows
             if r.model == work.model and r.mode == "local" and r.protocol == "rest"
         ),
-        default=40.0,
+        default=0.0,
     )
     rest = [rest_request(p) for p in work.payloads]
     env = {
@@ -353,10 +362,14 @@ def abuse_experiment(tmp: Path, works: list[Workload], rows: list[Row], seconds:
     }
     server = start_server(tmp, env)
     try:
+        auth = {"Authorization": f"Bearer {ABUSE_KEY}"}
+        if not saturated:  # run alone (--abuse): find the saturation first, 32 clients over REST
+            measure(server, work, "rest", 4, 1.0, tmp, auth)
+            saturated = measure(server, work, "rest", 32, seconds, tmp, auth)["rps"]
         measure_seconds = max(seconds * 2, 10.0)
         result = latency_calm_and_under_abuse(
             server.url, server.grpc_target, ABUSE_KEY, rest[0][0], [b for _, b, _ in rest],
-            rest[0][2], 0.5 * saturated, measure_seconds,
+            rest[0][2], min(0.5 * saturated, OPEN_LOOP_MAX_RATE), measure_seconds,
         )  # fmt: skip
     finally:
         stop_server(server)
