@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from service.errors import ServingError, TooManyRequests, Unauthenticated
+from service.errors import ServingError, TooManyRequests, Unauthenticated, abort_grpc
 from service.grpc_streams import behaviour_of, complete, same_kind
 from service.http_limits import send_error
 from service.metrics import metrics
@@ -169,15 +169,13 @@ class FailedAuthLimiter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FailedAuthLimiter:
-        """The process's limiter for these settings: HTTP and gRPC count together."""
-        shape = (
+        """A limiter with these settings; the gateway makes one and hands it to the HTTP
+        middleware and the gRPC interceptor, so both protocols count together."""
+        return cls(
             settings.auth_failure_limit,
             settings.auth_failure_window_s,
             settings.auth_failure_max_clients,
         )
-        if shape not in _LIMITERS:
-            _LIMITERS[shape] = cls(*shape)
-        return _LIMITERS[shape]
 
     def __len__(self) -> int:
         return len(self._failures)
@@ -225,9 +223,6 @@ class FailedAuthLimiter:
             )
 
 
-_LIMITERS: dict[tuple[int, float, int], FailedAuthLimiter] = {}
-
-
 def authorize(
     keys: ApiKeys, failures: FailedAuthLimiter, client: str, authorizations: Sequence[str]
 ) -> None:
@@ -264,12 +259,12 @@ class ApiKeyMiddleware:
         app: Any,
         settings: Settings,
         keys: ApiKeys,
-        failures: FailedAuthLimiter | None = None,
+        failures: FailedAuthLimiter,
     ):
         self.app = app
         self.keys = keys
         self.open = open_paths(settings)
-        self.failures = FailedAuthLimiter.from_settings(settings) if failures is None else failures
+        self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys.enabled or scope["path"] in self.open:
@@ -301,12 +296,10 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     every call from a limited client address (RESOURCE_EXHAUSTED); the health methods
     (GRPC_HEALTH) stay open when health is."""
 
-    def __init__(
-        self, settings: Settings, keys: ApiKeys, failures: FailedAuthLimiter | None = None
-    ):
+    def __init__(self, settings: Settings, keys: ApiKeys, failures: FailedAuthLimiter):
         self.keys = keys
         self.open_health = settings.open_health
-        self.failures = FailedAuthLimiter.from_settings(settings) if failures is None else failures
+        self.failures = failures
         self._guarded: dict[Any, grpc.RpcMethodHandler] = {}  # by the handler it guards
 
     async def intercept_service(
@@ -340,12 +333,6 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         return guarded
 
 
-async def abort_with(context: grpc.aio.ServicerContext, error: ServingError) -> None:
-    if "Retry-After" in error.headers:
-        context.set_trailing_metadata((("retry-after", error.headers["Retry-After"]),))
-    await context.abort(error.grpc_code, error.message)
-
-
 def refusal(
     failures: FailedAuthLimiter, error: Unauthenticated, counted: bool, protocol: str
 ) -> grpc.RpcMethodHandler:
@@ -359,10 +346,10 @@ def refusal(
         try:
             failures.check(client)
         except TooManyRequests as limited:
-            await abort_with(context, limited)
+            await abort_grpc(context, limited)
         if counted:
             failures.failed(client)
-        await abort_with(context, error)
+        await abort_grpc(context, error)
 
     return grpc.stream_stream_rpc_method_handler(refuse)
 
@@ -379,7 +366,7 @@ def limited(
                 failures.check(client_key(peer_address(context.peer())))
             except TooManyRequests as error:
                 metrics().auth_failures.labels(protocol).inc()
-                await abort_with(context, error)
+                await abort_grpc(context, error)
         return await complete(behaviour(request, context), context)
 
     return same_kind(handler, guarded)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import grpc
 
@@ -42,10 +42,10 @@ class PayloadTooLarge(ServingError):
     grpc_code = grpc.StatusCode.OUT_OF_RANGE
     code = "payload_too_large"
 
-    def __init__(self, message: str) -> None:
-        # NOTE: the rest of an oversized body is not read: the connection closes after the
-        # answer (HTTP servers otherwise drain it to keep the connection alive)
-        super().__init__(message, headers={"Connection": "close"})
+    def __init__(self, message: str, *, unread_body: bool = False) -> None:
+        # NOTE: when the rest of the body is not read, the connection closes after the answer
+        # (uvicorn would otherwise read and drop all of it to keep the connection alive)
+        super().__init__(message, headers={"Connection": "close"} if unread_body else None)
 
 
 class ModelNotFound(ServingError):
@@ -111,3 +111,12 @@ class RequestTimeout(ServingError):
 
 class InferenceFailed(ServingError):
     code = "inference_failed"
+
+
+async def abort_grpc(context: Any, error: ServingError) -> NoReturn:
+    """End a gRPC call (grpc.aio.ServicerContext) with `error`'s status and message; a
+    Retry-After travels as the `retry-after` trailer."""
+    if "Retry-After" in error.headers:
+        context.set_trailing_metadata((("retry-after", error.headers["Retry-After"]),))
+    await context.abort(error.grpc_code, error.message)
+    raise AssertionError("unreachable: abort raises")

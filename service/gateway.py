@@ -19,7 +19,7 @@ from typing import Any
 import bentoml
 
 from service import http_metrics, http_server, rest
-from service.auth import ApiKeyMiddleware, ApiKeys
+from service.auth import ApiKeyMiddleware, ApiKeys, FailedAuthLimiter
 from service.grpc_server import GrpcServer
 from service.http_limits import BodyLimitMiddleware
 from service.remote import build_runner_services
@@ -31,6 +31,8 @@ settings = get_settings()
 settings.apply_store()
 http_server.install(settings)  # before BentoML's worker builds uvicorn's Config
 log = logging.getLogger("deepserve.gateway")
+api_keys = ApiKeys.from_settings(settings)  # read once: a bad key file fails the import
+failed_auth = FailedAuthLimiter.from_settings(settings)  # one table for HTTP and gRPC
 
 
 def current_state() -> ServingState:
@@ -40,7 +42,8 @@ def current_state() -> ServingState:
 class GatewayBase:
     def __init__(self) -> None:
         self.state = ServingState(settings, owner=self)
-        self.grpc = GrpcServer(lambda: self.state, settings) if settings.grpc else None
+        grpc = GrpcServer(lambda: self.state, settings, api_keys, failed_auth)
+        self.grpc = grpc if settings.grpc else None
 
     @bentoml.on_startup
     async def start_runners(self) -> None:
@@ -112,6 +115,7 @@ Gateway = bentoml.asgi_app(http_metrics.build_app(), path="/")(
 )
 Gateway.add_asgi_middleware(http_metrics.HttpMetricsMiddleware)  # first: outermost of ours
 Gateway.add_asgi_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-api_keys = ApiKeys.from_settings(settings)  # read once: a bad key file fails the import
 if api_keys.enabled:
-    Gateway.add_asgi_middleware(ApiKeyMiddleware, settings=settings, keys=api_keys)
+    Gateway.add_asgi_middleware(
+        ApiKeyMiddleware, settings=settings, keys=api_keys, failures=failed_auth
+    )

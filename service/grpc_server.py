@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
 from service import tasks
-from service.auth import GRPC_HEALTH, ApiKeyInterceptor, ApiKeys
+from service.auth import GRPC_HEALTH, ApiKeyInterceptor, ApiKeys, FailedAuthLimiter
 from service.grpc_streams import (
     HEALTH_SERVICE,
     CallQuotaInterceptor,
@@ -122,9 +122,14 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
 class GrpcServer:
     """Owns the grpc.aio server and keeps health statuses in step with readiness."""
 
-    def __init__(self, state: StateGetter, settings: Settings):
+    def __init__(
+        self, state: StateGetter, settings: Settings, keys: ApiKeys, failures: FailedAuthLimiter
+    ):
         self.state = state
         self.settings = settings
+        self.keys = keys
+        self.failures = failures
+        """Shared with the HTTP middleware: refused keys count together on both protocols."""
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self.port = 0
@@ -133,7 +138,7 @@ class GrpcServer:
         self._serving: bool | None = None
 
     async def start(self) -> None:
-        keys = ApiKeys.from_settings(self.settings)
+        keys = self.keys
         quotas = CallQuotaInterceptor(self.settings, GRPC_HEALTH)
         server = grpc.aio.server(
             options=[
@@ -146,7 +151,9 @@ class GrpcServer:
             # room (it counts every call before its method is known; see grpc_streams.py)
             maximum_concurrent_rpcs=quotas.server_limit,
             # after auth: refused calls take no quota and are not parsed
-            interceptors=([ApiKeyInterceptor(self.settings, keys)] if keys.enabled else [])
+            interceptors=(
+                [ApiKeyInterceptor(self.settings, keys, self.failures)] if keys.enabled else []
+            )
             + [quotas, MalformedRequestInterceptor()],
         )
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.errors import Overloaded
+from service.errors import Overloaded, RequestTimeout, abort_grpc
 from service.settings import Settings
 
 log = logging.getLogger("deepserve.grpc")
@@ -104,6 +104,7 @@ class CallQuotaInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, settings: Settings, health_methods: tuple[str, ...]) -> None:
         self.health_methods = health_methods
+        self.read_timeout_s = settings.grpc_request_timeout_s
         self.health = Quota(
             "health", settings.grpc_max_health_rpcs, "grpc_max_health_rpcs", closes_oldest=True
         )
@@ -140,13 +141,15 @@ class CallQuotaInterceptor(grpc.aio.ServerInterceptor):
         key = (handler, quota.kind)
         wrapped = self._wrapped.get(key)
         if wrapped is None:
-            wrapped = admitted(handler, quota)
+            wrapped = admitted(handler, quota, self.read_timeout_s)
             if len(self._wrapped) < _MAX_CACHED_HANDLERS:  # bounded if handlers are per call
                 self._wrapped[key] = wrapped
         return wrapped
 
 
-def admitted(handler: grpc.RpcMethodHandler, quota: Quota) -> grpc.RpcMethodHandler:
+def admitted(
+    handler: grpc.RpcMethodHandler, quota: Quota, read_timeout_s: float
+) -> grpc.RpcMethodHandler:
     """`handler` admitted against `quota` when its call starts. The handler returned always
     streams its requests, so that grpc.aio runs it at once instead of after the request message
     arrives; for a unary request it reads the one message itself."""
@@ -156,7 +159,23 @@ def admitted(handler: grpc.RpcMethodHandler, quota: Quota) -> grpc.RpcMethodHand
     async def run(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         if streams_requests:
             return await complete(behaviour(requests, context), context)
-        request = await context.read()
+        try:
+            # NOTE: bounded, or a call that never sends its message would hold its slot forever
+            request = await asyncio.wait_for(context.read(), read_timeout_s)
+        except TimeoutError:
+            await abort_grpc(
+                context,
+                RequestTimeout(
+                    f"no request message within {read_timeout_s:g} s of the call's start "
+                    "(setting grpc_request_timeout_s)"
+                ),
+            )
+        except grpc.aio.AbortError:
+            raise
+        except Exception as failure:  # NOTE: bytes that are not the method's message
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"malformed request message: {failure}"
+            )
         if request is grpc.aio.EOF:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message was sent")
         return await complete(behaviour(request, context), context)
@@ -164,10 +183,7 @@ def admitted(handler: grpc.RpcMethodHandler, quota: Quota) -> grpc.RpcMethodHand
     async def call(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         ticket = quota.admit()
         if ticket is None:
-            error = Overloaded(quota.full_message)
-            context.set_trailing_metadata((("retry-after", error.headers["Retry-After"]),))
-            await context.abort(error.grpc_code, error.message)
-        assert ticket is not None  # abort raised otherwise
+            await abort_grpc(context, Overloaded(quota.full_message))
         try:
             if not quota.closes_oldest:
                 return await run(requests, context)

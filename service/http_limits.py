@@ -74,7 +74,11 @@ class BodyLimitMiddleware:
         declared = declared_length(scope)
         if declared is not None and declared > limit:  # NOTE: before reading a byte of it
             await send_error(
-                scope, send, PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+                scope,
+                send,
+                PayloadTooLarge(
+                    f"body is {declared} bytes; the limit is {limit}", unread_body=True
+                ),
             )
             return
         received = 0
@@ -83,12 +87,14 @@ class BodyLimitMiddleware:
         async def limited_receive() -> Message:
             nonlocal received
             if received > limit:
-                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", unread_body=True)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+                    raise PayloadTooLarge(
+                        f"body exceeds the limit of {limit} bytes", unread_body=True
+                    )
             return message
 
         async def sending(message: Message) -> None:

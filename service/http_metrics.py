@@ -38,8 +38,8 @@ def route_label(scope: Scope, root_path: str) -> str:
     if not isinstance(route, Route | Mount):  # none, or a fallback that answers 404
         return UNMATCHED
     mounted = str(scope.get("root_path", ""))[len(root_path) :]
-    if isinstance(route, Mount):
-        return f"{mounted}{route.path}/{{path}}"
+    if isinstance(route, Mount):  # its own path is already in root_path
+        return f"{mounted}/{{path}}"
     return f"{mounted}{route.path}"
 
 

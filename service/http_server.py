@@ -147,9 +147,14 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         """loop.time() when the connection is cut unless that arrives."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._local = False
+        """A Unix-socket peer (the gateway calling its runner services on this host): one of
+        our processes, not a client, so no timers (its pooled connections idle at will)."""
 
     def _wait_for(self, what: str, seconds: float) -> None:
         """Cut the connection unless `what` arrives within `seconds` (replaces any other wait)."""
+        if self._local:
+            return
         self._waiting_for = (what, seconds)
         self._deadline = self.loop.time() + seconds
         if self._timer is None or self._timer_at > self._deadline:
@@ -183,6 +188,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._local = not isinstance(transport.get_extra_info("peername"), tuple)
         self._wait_for("a request", self.idle_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -202,7 +208,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.timeout_keep_alive_task is not None:  # uvicorn's keep-alive: our idle wait
+        if self.timeout_keep_alive_task is not None and not self._local:  # ours replaces it
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
             if self._waiting_for is None:  # a next request already begun keeps its deadline
@@ -218,7 +224,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:
             async def receive_timed() -> Message:
                 if (
-                    not cycle.more_body
+                    self._local
+                    or not cycle.more_body
                     or cycle.body
                     or cycle.disconnected
                     or cycle.response_complete

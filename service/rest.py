@@ -42,12 +42,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than `limit` bytes before reading them all."""
     declared = plain_int(request.headers.get("content-length", ""))
     if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit} bytes")
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}", unread_body=True)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", unread_body=True)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -77,9 +77,7 @@ async def read_media(
     """File bytes from multipart (`field`), a raw body of an accepted type, or JSON base64."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        declared = plain_int(request.headers.get("content-length", ""))
-        if declared is not None and declared > limit:
-            raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit} bytes")
+        # NOTE: the body's size is bounded as it streams in (http_limits.BodyLimitMiddleware)
         try:
             form = await request.form(max_files=4, max_fields=16)
         except (ClientDisconnect, ServingError):

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     """Other streaming RPCs at once (server reflection, ...). A new one beyond this closes the
     oldest with UNAVAILABLE."""
 
+    grpc_request_timeout_s: float = Field(default=10.0, gt=0)
+    """A unary call whose request message has not arrived this long after the call started is
+    ended (DEADLINE_EXCEEDED), so that calls which send nothing cannot hold their quota."""
+
     grpc_max_connection_idle_s: float = Field(default=300.0, ge=0)
     """A gRPC connection with no RPC for this long is closed (GOAWAY); 0 = never."""
 

@@ -73,6 +73,29 @@ class TensorLimits:
             )
         return count
 
+    def check_request(self, declared: list[tuple[Any, Any, Any, str]]) -> None:
+        """The whole request's (name, datatype, shape, "json" | "raw") tensors against the same
+        limits summed over its tensors, from the declared shapes, before any is decoded (many
+        tensors each under the limit must not add up past it). Shapes and datatypes that are
+        not valid are left for the tensor's own decoding to refuse."""
+        json_total = bytes_total = 0
+        for name, datatype, shape, encoding in declared:
+            try:
+                count = self.check(name, datatype, check_shape(shape, name), encoding)
+            except InvalidInput:
+                continue
+            json_total += count if encoding == "json" else 0
+            bytes_total += count if datatype == "BYTES" else 0
+        for total, limit, what, setting in (
+            (json_total, self.json_elements, "elements sent as JSON data", "max_json_elements"),
+            (bytes_total, self.bytes_elements, "BYTES elements", "max_bytes_elements"),
+        ):
+            if total > limit:
+                raise PayloadTooLarge(
+                    f"the request's tensors hold {total} {what} in all; the limit is {limit} "
+                    f"per request (setting {setting})"
+                )
+
 
 DEFAULT_LIMITS = TensorLimits()
 

@@ -19,7 +19,7 @@ import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-from service.errors import InvalidInput, ServingError
+from service.errors import InvalidInput, ServingError, abort_grpc
 from service.metrics import track_request
 from service.proto.gen import inference_pb2 as pb
 from service.proto.gen import inference_pb2_grpc
@@ -187,11 +187,7 @@ def rpc(protocol: str | None = None) -> Callable[[Handler], Handler]:
                     reply = await method(self, request, context)
                 except ServingError as error:
                     record.status = error.http_status
-                    if "Retry-After" in error.headers:
-                        retry = error.headers["Retry-After"]
-                        context.set_trailing_metadata((("retry-after", retry),))
-                    await context.abort(error.grpc_code, error.message)
-                    raise  # unreachable: abort raises
+                    await abort_grpc(context, error)
                 except asyncio.CancelledError:  # deadline passed or the client cancelled
                     remaining = context.time_remaining()
                     record.status = 504 if remaining is not None and remaining <= 0 else 499
@@ -231,6 +227,9 @@ def read_inputs(
         raise InvalidInput(
             f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input"
         )
+    limits.check_request(
+        [(t.name, t.datatype, list(t.shape), "raw" if raw else "json") for t in request.inputs]
+    )
     arrays: dict[str, np.ndarray] = {}
     for position, tensor in enumerate(request.inputs):
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
@@ -244,13 +243,14 @@ def read_inputs(
             codecs.numpy_dtype(datatype, name)  # unknown datatype: says which are known
             raise InvalidInput(f"input {name}: {datatype} travels only in raw_input_contents")
         dims = codecs.check_shape(shape, name)
-        count = limits.check(name, datatype, dims, "json")  # before copying the contents
-        values = list(getattr(tensor.contents, field))
+        count = limits.check(name, datatype, dims, "json")
+        contents = getattr(tensor.contents, field)
+        if len(contents) != count:  # NOTE: before copying them: a [1] may carry 20 M values
+            raise InvalidInput(
+                f"input {name}: shape {shape} needs {count} elements, got {len(contents)}"
+            )
+        values = list(contents)
         if datatype == "BYTES":
-            if len(values) != count:
-                raise InvalidInput(
-                    f"input {name}: shape {shape} needs {count} elements, got {len(values)}"
-                )
             array = np.empty(count, dtype=object)
             array[:] = values
             arrays[name] = array.reshape(shape)

@@ -100,6 +100,13 @@ def decode_body(
     return header, memoryview(tail)
 
 
+def wire_of(tensor: dict[str, Any]) -> str:
+    """How an input tensor's data travels: "raw" (binary data extension) or "json"."""
+    parameters = tensor.get("parameters")
+    binary = isinstance(parameters, dict) and parameters.get("binary_data_size") is not None
+    return "raw" if binary else "json"
+
+
 def parse_infer(
     header: dict[str, Any],
     tail: memoryview,
@@ -115,6 +122,13 @@ def parse_infer(
         version=model_version or "",
         id=str(header.get("id", "")),
         parameters=parameter_dict(header.get("parameters"), "request"),
+    )
+    limits.check_request(
+        [
+            (t.get("name"), t.get("datatype"), t.get("shape"), wire_of(t))
+            for t in inputs
+            if isinstance(t, dict)
+        ]
     )
     offset = 0
     for position, tensor in enumerate(inputs):

@@ -248,11 +248,20 @@ def classification_as_bool() -> v2pb.ModelInferRequest:
     return request
 
 
-def typed_tokens(count: int) -> v2pb.ModelInferRequest:
+def typed_tokens(count: int, shape: list[int] | None = None) -> v2pb.ModelInferRequest:
     """Token ids in the typed int64_contents field (no raw contents)."""
     request = v2pb.ModelInferRequest(model_name="sentiment-lstm")
-    tensor = request.inputs.add(name="tokens", datatype="INT64", shape=[1, count])
+    tensor = request.inputs.add(name="tokens", datatype="INT64", shape=shape or [1, count])
     tensor.contents.int64_contents.extend([1] * count)
+    return request
+
+
+def many_typed_tensors(tensors: int, each: int) -> v2pb.ModelInferRequest:
+    """Several typed-contents tensors, each under the element limit, together over it."""
+    request = v2pb.ModelInferRequest(model_name="sentiment-lstm")
+    for i in range(tensors):
+        tensor = request.inputs.add(name=f"t{i}", datatype="BOOL", shape=[1, each])
+        tensor.contents.bool_contents.extend([True] * each)
     return request
 
 
@@ -1706,6 +1715,18 @@ def v2_grpc_cases() -> list[Case]:
                     "sentiment-lstm", [("text", "BYTES", [5_000_000], bytes(20_000_000))]
                 ),
             ),
+        ),
+        bad(
+            "v2grpc-typed-contents-far-more-than-the-shape",
+            "INVALID_ARGUMENT",
+            "needs 4 elements, got 3000000",
+            rpc("ModelInfer", typed_tokens(3_000_000, shape=[1, 4])),
+        ),
+        bad(
+            "v2grpc-many-tensors-over-the-element-limit-together",
+            "OUT_OF_RANGE",
+            "in all",
+            rpc("ModelInfer", many_typed_tensors(4, 400_000)),
         ),
         bad(
             "v2grpc-typed-contents-over-the-element-limit",

@@ -232,18 +232,21 @@ def test_batchable_model_is_batched_fixed_batch_model_is_not(served, store) -> N
     fixed_meta = requests.get(f"{served.url}/v2/models/my-fixed", timeout=10).json()
     assert "batch" in json.dumps(fixed_meta["parameters"]).lower()
     row = np.ones((1, 4), np.float32)
-    # NOTE: whether a burst forms batches is timing (BentoML's dispatcher in the remote
-    # placement batches only when it predicts a gain): up to 5 bursts of 64 concurrent rows
+    rows = np.ones((4, 4), np.float32)
+    # NOTE: whether requests arriving one by one meet in a batch is timing (a tiny model's
+    # compute ends before the next request is parsed; BentoML's remote dispatcher batches only
+    # when it predicts a gain), so each request carries 4 rows, which reach the batcher in the
+    # same instant: up to 5 bursts of 64 concurrent requests
     for burst in range(1, 6):
         pending = [
-            client.async_infer("my-generic", [make_input("a", row), make_input("b", row)])
+            client.async_infer("my-generic", [make_input("a", rows), make_input("b", rows)])
             for _ in range(64)
         ]
         for request in pending:
-            assert request.get_result().as_numpy("total").shape == (1, 4)
+            assert request.get_result().as_numpy("total").shape == (4, 4)
         described = requests.get(f"{served.url}/v1/models/my-generic", timeout=10).json()
         batching = described["batching"]
-        assert batching["samples"] >= 64 * burst, batching
+        assert batching["samples"] >= 4 * 64 * burst, batching
         if batching["largest_batch"] > 1:
             break
     assert batching["largest_batch"] > 1, batching

@@ -10,6 +10,7 @@ been answered the way it should (refused, cut or closed). Latency under abuse is
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -57,6 +58,11 @@ def series(url: str) -> set[str]:
     """The series of /metrics: name and labels, without values."""
     text = requests.get(f"{url}/metrics", timeout=30).text
     return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and line[0] != "#"}
+
+
+def shapes(names: set[str]) -> set[str]:
+    """The series without their status-code and bucket labels."""
+    return {re.sub(r'(code|status|le)="[^"]*",?', "", name) for name in names}
 
 
 def normal_traffic(server: Server, until: float, outcomes: Counter[str]) -> None:
@@ -151,7 +157,10 @@ def test_normal_traffic_is_untouched_by_a_mix_of_abuse(soaked) -> None:
     errors = {k: n for k, n in outcomes.items() if not k.endswith(":200")}
     assert not errors, f"normal traffic failed under abuse: {errors}"
     assert sum(outcomes.values()) >= 40  # it really ran
-    assert series_after == series_before, f"new series: {sorted(series_after - series_before)}"
+    # NOTE: a status code first seen under load (a 503 shed, a 504) may add its series; a
+    # route, method, model or path may not (those are what an attacker could invent)
+    assert shapes(series_after) == shapes(series_before), sorted(series_after - series_before)
+    assert len(series_after - series_before) <= 10, sorted(series_after - series_before)
     assert rss_peak - rss_before < RSS_GROWTH_MB
     # the abuse ran and was answered as it should be
     assert counts["random_paths:401"] > 100

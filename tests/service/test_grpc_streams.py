@@ -230,6 +230,44 @@ def test_calls_that_never_send_a_request_count_and_are_closed() -> None:
     run(scenario)
 
 
+def test_unary_calls_that_never_send_their_message_give_their_place_back() -> None:
+    """With keys off, silent calls could otherwise fill the unary quota for good."""
+
+    async def scenario() -> None:
+        health, toy = HealthServicer(), Toy()
+        limits = {"grpc_max_concurrent_rpcs": 2, "grpc_request_timeout_s": 1}
+        async with serving(health, toy, **limits) as (channel, quotas):  # type: ignore[arg-type]
+            silent = channel.stream_unary("/test.Toy/Echo")  # bytes, so nothing need be sent
+            never = asyncio.Event()
+
+            async def nothing() -> AsyncIterator[bytes]:
+                await never.wait()
+                yield b""
+
+            stuck = [silent(nothing()) for _ in range(2)]
+            for call in stuck:
+                code, details = await ends(call)
+                assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "grpc_request_timeout_s" in details
+            assert len(quotas.unary) == 0
+            echo = channel.unary_unary("/test.Toy/Echo")
+            assert await asyncio.wait_for(echo(b"hi"), TIMEOUT) == b"hi"
+
+    run(scenario)
+
+
+def test_a_malformed_health_request_is_invalid_argument_not_unknown() -> None:
+    async def scenario() -> None:
+        async with serving(HealthServicer(), Toy()) as (channel, _):
+            watch = channel.unary_stream(WATCH)  # raw bytes out
+            call = watch(b"\x0a\x05ab")  # field 1 says 5 bytes, 2 follow
+            code, details = await ends(call)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+            assert "malformed request message" in details
+
+    run(scenario)
+
+
 def test_streams_have_their_own_quota_and_reflection_still_works() -> None:
     async def scenario() -> None:
         health, toy = HealthServicer(), Toy()

@@ -59,7 +59,12 @@ async def respond(send: Any, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+SLEEPING = threading.Event()
+"""Set when a sleepy request has started (the server runs in a thread of this process)."""
+
+
 async def sleepy(scope: Any, receive: Any, send: Any) -> None:
+    SLEEPING.set()
     await asyncio.sleep(2.5 * TIMEOUT_S)
     await respond(send, 200, {"slept": True})
 
@@ -268,9 +273,10 @@ def test_bentoml_timeout_and_concurrency_errors_take_the_transport_shape(port) -
     status, _, body = get(port, "GET", "/v2/bento-timeout")
     assert status == 504 and isinstance(body["error"], str)
 
+    SLEEPING.clear()
     first = connect(port, b"GET /v1/bento-busy HTTP/1.1\r\nHost: test\r\n\r\n")
     try:
-        time.sleep(0.3)  # the first holds BentoML's only slot
+        assert SLEEPING.wait(30)  # the first holds BentoML's only slot
         status, headers, body = get(port, "GET", "/v1/bento-busy")
     finally:
         first.close()

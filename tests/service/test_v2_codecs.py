@@ -105,3 +105,15 @@ def test_element_limits_come_from_settings() -> None:
 def test_booleans_among_numbers_are_still_found() -> None:
     with pytest.raises(InvalidInput, match="booleans"):
         codecs.from_json("x", "INT64", [3], [1, True, 2])
+
+
+def test_the_element_limits_hold_for_the_request_as_a_whole() -> None:
+    limits = codecs.TensorLimits(json_elements=10, bytes_elements=4)
+    limits.check_request([("a", "INT64", [5], "json"), ("b", "INT64", [5], "json")])
+    with pytest.raises(PayloadTooLarge, match="11 elements sent as JSON data in all"):
+        limits.check_request([("a", "INT64", [5], "json"), ("b", "INT64", [6], "json")])
+    limits.check_request([("a", "INT64", [500], "raw")])  # raw numeric data: the body bounds it
+    with pytest.raises(PayloadTooLarge, match="max_bytes_elements"):
+        limits.check_request([("a", "BYTES", [3], "raw"), ("b", "BYTES", [2], "json")])
+    # what is not a tensor is left for its own decoding to refuse
+    limits.check_request([(None, "INT64", "nope", "json"), ("c", 7, [1], "json")])
