@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,16 @@ def start_server(tmp: Path, env_overrides: dict[str, str], timeout: float = 180.
         stop_server(server)
         raise
     return server
+
+
+@contextlib.contextmanager
+def running_server(tmp: Path, env_overrides: dict[str, str]) -> Iterator[Server]:
+    """start_server ... stop_server around a block (a test fixture's body)."""
+    server = start_server(tmp, env_overrides)
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:

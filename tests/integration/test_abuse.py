@@ -14,7 +14,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.server import Server, start_server, stop_server
+from loadtests.server import Server, running_server
 
 pytestmark = pytest.mark.models
 
@@ -25,16 +25,15 @@ BODY_LIMIT = 4 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory) -> Iterator[Server]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("abuse"),
         {
             "DEEPSERVE_MODELS": '["imagenet-cnn", "sentiment-lstm"]',
             "DEEPSERVE_API_KEY": KEY,
             "DEEPSERVE_MAX_BODY_BYTES": str(BODY_LIMIT),
         },
-    )
-    yield running
-    stop_server(running)
+    ) as running:
+        yield running
 
 
 def series(url: str) -> tuple[int, int]:

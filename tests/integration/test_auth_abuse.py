@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-from loadtests.server import Server, start_server, stop_server
+from loadtests.server import Server, running_server, start_server, stop_server
 from service.proto.gen import deepserve_pb2 as pb
 from service.proto.gen import deepserve_pb2_grpc
 
@@ -34,7 +34,7 @@ PATHS = [("/v1/sentiment", SENTIMENT), ("/v2/models/sentiment-lstm/infer", V2_SE
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory) -> Iterator[Server]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("auth-abuse"),
         {
             "DEEPSERVE_MODELS": MODELS,
@@ -42,9 +42,8 @@ def guarded(tmp_path_factory) -> Iterator[Server]:
             "DEEPSERVE_AUTH_FAILURE_LIMIT": str(LIMIT),
             "DEEPSERVE_AUTH_FAILURE_WINDOW_S": str(WINDOW_S),
         },
-    )
-    yield running
-    stop_server(running)
+    ) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)

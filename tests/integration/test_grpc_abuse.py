@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-from loadtests.server import Server, start_server, stop_server
+from loadtests.server import Server, running_server
 from service.proto.gen import deepserve_pb2 as pb
 from service.proto.gen import deepserve_pb2_grpc
 
@@ -32,7 +32,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory) -> Iterator[Server]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("grpc-abuse"),
         {
             "DEEPSERVE_MODELS": '["digits-cnn", "sentiment-lstm"]',
@@ -41,9 +41,8 @@ def limited(tmp_path_factory) -> Iterator[Server]:
             "DEEPSERVE_GRPC_MAX_HEALTH_RPCS": str(HEALTH_LIMIT),
             "DEEPSERVE_SHUTDOWN_GRACE_S": "5",
         },
-    )
-    yield running
-    stop_server(running)
+    ) as running:
+        yield running
 
 
 async def open_watchers(channels: list[grpc.aio.Channel], count: int) -> list[Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from loadtests.server import Server, start_server, stop_server
+from loadtests.server import Server, running_server
 
 pytestmark = pytest.mark.models
 
@@ -41,7 +41,7 @@ AUTH = f"Authorization: Bearer {KEY}\r\n"
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory) -> Iterator[Server]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("slow-clients"),
         {
             "DEEPSERVE_MODELS": '["digits-cnn", "sentiment-lstm"]',
@@ -50,9 +50,8 @@ def slow_server(tmp_path_factory) -> Iterator[Server]:
             "DEEPSERVE_HTTP_HEADER_TIMEOUT_S": str(TIMEOUT_S),
             "DEEPSERVE_HTTP_BODY_TIMEOUT_S": str(TIMEOUT_S),
         },
-    )
-    yield running
-    stop_server(running)
+    ) as running:
+        yield running
 
 
 @dataclass

@@ -22,7 +22,7 @@ import requests
 
 import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
 from loadtests.abuse import AbuseMix
-from loadtests.server import Server, start_server, stop_server
+from loadtests.server import Server, running_server
 from service.proto.gen import deepserve_pb2 as pb
 from service.proto.gen import deepserve_pb2_grpc
 from service.registry import latest_specs
@@ -39,7 +39,7 @@ TIMEOUT_S = 2.0  # the slow-client timeouts of this server
 
 @pytest.fixture(scope="module")
 def soaked(tmp_path_factory) -> Iterator[Server]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("soak"),
         {
             "DEEPSERVE_MODELS": '["imagenet-cnn", "sentiment-lstm"]',
@@ -49,9 +49,8 @@ def soaked(tmp_path_factory) -> Iterator[Server]:
             "DEEPSERVE_HTTP_BODY_TIMEOUT_S": str(TIMEOUT_S),
             "DEEPSERVE_GRPC_MAX_HEALTH_RPCS": "32",
         },
-    )
-    yield running
-    stop_server(running)
+    ) as running:
+        yield running
 
 
 def series(url: str) -> set[str]:
