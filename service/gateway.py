@@ -1,7 +1,7 @@
 """The BentoML gateway service: REST task API (/v1), V2 REST (/v2), gRPC, probes, runners.
 
 Serve with `deepserve serve` or `bentoml serve service.gateway:Gateway`. Models placed "remote"
-get a BentoML runner service each (service/remote.py), declared here as dependencies so
+get a BentoML runner service each (service/runners/remote.py), declared here as dependencies so
 `bentoml serve` starts them as their own processes.
 """
 
@@ -18,14 +18,16 @@ from typing import Any
 
 import bentoml
 
-from service import http_metrics, http_server, rest
-from service.auth import ApiKeyMiddleware, ApiKeys, FailedAuthLimiter
-from service.grpc_server import GrpcServer
-from service.http_limits import BodyLimitMiddleware
-from service.remote import build_runner_services
-from service.settings import get_settings
-from service.state import ServingState
-from service.v2 import rest as v2_rest
+from service.core.settings import get_settings
+from service.protocols.auth import ApiKeyMiddleware, ApiKeys, FailedAuthLimiter
+from service.protocols.grpc.server import GrpcServer
+from service.protocols.http import metrics as http_metrics
+from service.protocols.http import rest
+from service.protocols.http import server as http_server
+from service.protocols.http import v2 as v2_rest
+from service.protocols.http.limits import BodyLimitMiddleware
+from service.runners.remote import build_runner_services
+from service.runners.repository import ServingState
 
 settings = get_settings()
 settings.apply_store()
@@ -97,7 +99,8 @@ def on_sigterm(callback: Callable[[], Any]) -> None:
 # NOTE: dependencies must be class attributes when the class is decorated, and which models are
 # remote is a setting, so the class body is assembled here.
 # BentoML's HTTP metrics label series with raw paths (unbounded): off, with its /metrics route;
-# service/http_metrics.py counts HTTP requests by route template and serves /metrics instead.
+# service/protocols/http/metrics.py counts HTTP requests by route template and serves /metrics
+# instead.
 _body: dict[str, Any] = {"__module__": __name__, **build_runner_services(settings)}
 Gateway = bentoml.asgi_app(http_metrics.build_app(), path="/")(
     bentoml.asgi_app(v2_rest.build_app(current_state), path="/")(

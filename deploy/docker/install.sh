@@ -12,4 +12,4 @@ if [ "$flavour" = "gpu" ]; then
     python -m pip uninstall -y onnxruntime
     python -m pip install --no-cache-dir "onnxruntime-gpu==1.31.1"
 fi
-python -m service.proto.build
+python -m service.protocols.proto.build

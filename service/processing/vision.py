@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import InvalidInput, PayloadTooLarge
+from service.core.errors import InvalidInput, PayloadTooLarge
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 # leading bytes of each format, to tell a damaged PNG or JPEG from something that is no image

@@ -16,7 +16,7 @@ import requests
 
 from loadtests.payloads import png
 from loadtests.server import free_port, wait_ready
-from service.registry import latest_specs
+from service.store.specs import latest_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -7,7 +7,7 @@ and channel counts; silence), a normal answer checked against the answer to the 
 the same input, asked for separately.
 
 NOTE: the V2 gRPC messages come from tritonclient.grpc, so this module must never share a process
-with service.proto.gen.inference_pb2 (see service/proto/stubs.py).
+with service.protocols.proto.gen.inference_pb2 (see service/protocols/proto/stubs.py).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from google.protobuf.message import Message
 from PIL import Image
 from tritonclient.grpc import service_pb2 as v2pb
 
-import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
 from service.processing.speech import resample
 from service.processing.vision import decode_image, digit_pixels
-from service.proto.gen import deepserve_pb2 as pb
-from service.registry import latest_specs
-from service.v2 import codecs
+from service.protocols.proto.gen import deepserve_pb2 as pb
+from service.protocols.v2 import codecs
+from service.store.specs import latest_specs
 
 # --- talking to the server -------------------------------------------------------------------
 

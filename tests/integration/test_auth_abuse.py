@@ -15,10 +15,10 @@ import grpc
 import pytest
 import requests
 
-import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
 from loadtests.server import Server, running_server, start_server, stop_server
-from service.proto.gen import deepserve_pb2 as pb
-from service.proto.gen import deepserve_pb2_grpc
+from service.protocols.proto.gen import deepserve_pb2 as pb
+from service.protocols.proto.gen import deepserve_pb2_grpc
 
 pytestmark = pytest.mark.models
 

@@ -21,8 +21,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-from service.proto.gen import deepserve_pb2 as pb
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
+from service.protocols.proto.gen import deepserve_pb2 as pb
 from tests.integration.bad_inputs import (
     Case,
     Client,

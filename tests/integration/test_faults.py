@@ -20,12 +20,12 @@ import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
 from loadtests.open_loop import Shot, send_open_loop
 from loadtests.payloads import payloads, rest_request
 from loadtests.server import start_server, stop_server
-from service.proto.gen import deepserve_pb2 as pb
-from service.proto.gen import deepserve_pb2_grpc
+from service.protocols.proto.gen import deepserve_pb2 as pb
+from service.protocols.proto.gen import deepserve_pb2_grpc
 from tests.integration.traffic import closed_loop, ok_rate, p99
 
 pytestmark = pytest.mark.models

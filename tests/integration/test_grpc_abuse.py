@@ -15,10 +15,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
 from loadtests.server import Server, running_server
-from service.proto.gen import deepserve_pb2 as pb
-from service.proto.gen import deepserve_pb2_grpc
+from service.protocols.proto.gen import deepserve_pb2 as pb
+from service.protocols.proto.gen import deepserve_pb2_grpc
 
 pytestmark = pytest.mark.models
 

@@ -15,10 +15,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from PIL import Image
 
-import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-from service.proto.gen import deepserve_pb2 as pb
-from service.proto.gen import deepserve_pb2_grpc
-from service.registry import latest_specs
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
+from service.protocols.proto.gen import deepserve_pb2 as pb
+from service.protocols.proto.gen import deepserve_pb2_grpc
+from service.store.specs import latest_specs
 from tests.integration.media import png, wav
 
 pytestmark = pytest.mark.models

@@ -1,4 +1,5 @@
-"""The OpenAPI document (service/openapi.py): valid, in step with the routes, and true of the live
+"""The OpenAPI document (service/protocols/http/openapi.py): valid, in step with the routes, and
+true of the live
 service, which schemathesis fuzzes from its own GET /openapi.json."""
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from schemathesis.core.result import Err
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from service import http_metrics, openapi, rest
-from service.settings import MODEL_NAMES, Settings
-from service.v2 import rest as v2_rest
+from service.core.settings import MODEL_NAMES, Settings
+from service.protocols.http import metrics as http_metrics
+from service.protocols.http import openapi, rest
+from service.protocols.http import v2 as v2_rest
 
 MODELS = [
     openapi.ServedModel("digits-cnn", "image-classification", "v1"),
@@ -92,7 +94,7 @@ def test_document_lists_every_route_and_nothing_else() -> None:
     served |= routes(v2_rest.build_app(lambda: None))
     served |= routes(http_metrics.build_app())
     in_document = documented(document)
-    assert served - in_document == set(), "routes missing from service/openapi.py"
+    assert served - in_document == set(), "routes missing from service/protocols/http/openapi.py"
     probes = {("GET", "/livez"), ("GET", "/readyz")}  # BentoML's own
     assert in_document - served == probes
 

@@ -13,10 +13,10 @@ import pytest
 import requests
 import tritonclient.grpc
 
-import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
-from service.proto.gen import deepserve_pb2 as pb
-from service.proto.gen import deepserve_pb2_grpc
-from service.registry import latest_specs
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
+from service.protocols.proto.gen import deepserve_pb2 as pb
+from service.protocols.proto.gen import deepserve_pb2_grpc
+from service.store.specs import latest_specs
 from tests.integration.media import png
 from tests.integration.prometheus import (
     as_bool_comparison,

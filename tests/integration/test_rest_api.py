@@ -16,7 +16,7 @@ from service.processing import captioning
 from service.processing.speech import ctc_greedy_decode, load_audio
 from service.processing.text import encode, tokenize
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop, resize_exact
-from service.registry import ModelSpec, latest_specs
+from service.store.specs import ModelSpec, latest_specs
 from tests.integration.media import png, wav
 
 pytestmark = pytest.mark.models

@@ -17,11 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
 from loadtests.server import Server, start_server, stop_server
-from service.proto.gen import deepserve_pb2 as pb
-from service.proto.gen import deepserve_pb2_grpc
-from service.registry import latest_specs
+from service.protocols.proto.gen import deepserve_pb2 as pb
+from service.protocols.proto.gen import deepserve_pb2_grpc
+from service.store.specs import latest_specs
 from tests.integration.media import png
 
 pytestmark = pytest.mark.models

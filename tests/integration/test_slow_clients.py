@@ -1,5 +1,6 @@
 """Slow and vanishing clients against a real `bentoml serve`: idle sockets, unfinished headers and
-stalled bodies are cut after their timeouts (service/http_server.py) while normal requests go on;
+stalled bodies are cut after their timeouts (service/protocols/http/server.py) while normal
+requests go on;
 a client that closes mid-body is counted as 4xx (499) and leaves no traceback in the log."""
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ import grpc
 import pytest
 import requests
 
-import service.proto.stubs  # noqa: F401  (generates service.proto.gen first)
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
 from loadtests.abuse import AbuseMix
 from loadtests.server import Server, running_server
-from service.proto.gen import deepserve_pb2 as pb
-from service.proto.gen import deepserve_pb2_grpc
-from service.registry import latest_specs
+from service.protocols.proto.gen import deepserve_pb2 as pb
+from service.protocols.proto.gen import deepserve_pb2_grpc
+from service.store.specs import latest_specs
 from tests.integration.media import png
 
 pytestmark = pytest.mark.models

@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.processing.speech import load_audio
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop
-from service.registry import ModelSpec, latest_specs
+from service.store.specs import ModelSpec, latest_specs
 from tests.integration.media import png, wav
 
 pytestmark = pytest.mark.models

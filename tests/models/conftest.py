@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.registry import ModelSpec, latest_specs
+from service.store.specs import ModelSpec, latest_specs
 
 pytestmark = pytest.mark.models
 

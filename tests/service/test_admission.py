@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from service.admission import Admission
-from service.errors import Overloaded
+from service.batching.admission import Admission
+from service.core.errors import Overloaded
 
 
 def test_count_bound_refuses_beyond_max_and_frees_places() -> None:

@@ -11,7 +11,9 @@ from typing import Any
 import grpc
 import pytest
 
-from service.auth import (
+from service.core.errors import TooManyRequests, Unauthenticated
+from service.core.settings import Settings
+from service.protocols.auth import (
     GRPC_HEALTH,
     ApiKeyInterceptor,
     ApiKeyMiddleware,
@@ -22,9 +24,7 @@ from service.auth import (
     open_paths,
     peer_address,
 )
-from service.errors import TooManyRequests, Unauthenticated
-from service.grpc_streams import CallQuotaInterceptor
-from service.settings import Settings
+from service.protocols.grpc.streams import CallQuotaInterceptor
 
 
 def test_no_keys_means_auth_off() -> None:

@@ -9,8 +9,8 @@ from collections.abc import Hashable
 
 import pytest
 
-from service.batching import AdaptiveBatcher
-from service.errors import DeadlineExceeded, InvalidInput, Overloaded
+from service.batching.batcher import AdaptiveBatcher
+from service.core.errors import DeadlineExceeded, InvalidInput, Overloaded
 
 
 class Recorder:

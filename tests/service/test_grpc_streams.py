@@ -14,8 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from service.auth import GRPC_HEALTH
-from service.grpc_streams import (
+from service.core.settings import Settings
+from service.protocols.auth import GRPC_HEALTH
+from service.protocols.grpc.streams import (
     HEADROOM,
     HEALTH_SERVICE,
     NOT_SERVING,
@@ -26,7 +27,6 @@ from service.grpc_streams import (
     Quota,
     connection_options,
 )
-from service.settings import Settings
 
 WATCH = "/grpc.health.v1.Health/Watch"
 TIMEOUT = 20.0  # generous: the machine is shared

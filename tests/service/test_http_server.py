@@ -25,10 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import http_server, rest
-from service.http_server import TimedHttpToolsProtocol
-from service.metrics import metrics
-from service.settings import Settings
+from service.core.metrics import metrics
+from service.core.settings import Settings
+from service.protocols.http import rest
+from service.protocols.http import server as http_server
+from service.protocols.http.server import TimedHttpToolsProtocol
 
 TIMEOUT_S = 1.0
 MARGIN_S = 10.0  # a noisy machine may close late; never sooner than the timeout

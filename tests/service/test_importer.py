@@ -19,15 +19,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service import registry
-from service.errors import InvalidInput
-from service.importer import ImportRefused, import_model
-from service.kernels import GenericKernel, make_kernel
+from service.core.errors import InvalidInput
+from service.core.settings import Settings
 from service.processing.speech import ctc_greedy_transcripts
-from service.runners import LocalRunner
-from service.settings import Settings
-from service.v2 import dataplane
-from service.v2.dataplane import InferRequest, RequestedOutput
+from service.protocols.v2 import dataplane
+from service.protocols.v2.dataplane import InferRequest, RequestedOutput
+from service.runners.base import LocalRunner
+from service.runtime.kernels import GenericKernel, make_kernel
+from service.store import specs as registry
+from service.store.importing.importer import ImportRefused, import_model
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 
@@ -756,7 +756,7 @@ def test_generic_v2_unbatchable_model_gets_one_submit_and_triton_config(
     metadata = dataplane.model_metadata(serving, "fixed")  # type: ignore[arg-type]
     assert "fixed first dim 2" in metadata["parameters"]["batching"]
     # NOTE: the gRPC ModelConfig of such a model is checked end to end (test_own_model.py):
-    # service.v2.grpc's inference_pb2 cannot share a process with tritonclient.grpc
+    # service.protocols.grpc.v2's inference_pb2 cannot share a process with tritonclient.grpc
 
 
 def test_generic_model_with_labels_allows_classification_on_its_scores(

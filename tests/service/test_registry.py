@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from export.store import register, sha256, stored_versions
-from service import registry
+from service.store import specs as registry
 
 
 def tiny_spec(path: Path, spec_version: str = "1") -> dict:
@@ -98,7 +98,7 @@ def test_unreadable_spec_is_skipped_and_reported(scratch_store, tiny_onnx: Path)
 
 
 def test_a_changed_onnx_file_fails_its_checksum(scratch_store, tiny_onnx: Path) -> None:
-    from service.runtime import load_graph
+    from service.runtime.sessions import load_graph
 
     register(tiny_spec(tiny_onnx), {"model.onnx": tiny_onnx}, {})
     spec = registry.load_spec("tiny")

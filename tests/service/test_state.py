@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.settings import Settings
-from service.state import ServingState
+from service.core.settings import Settings
+from service.runners.repository import ServingState
 
 
 def runner(ready: bool, error: str | None = None) -> SimpleNamespace:

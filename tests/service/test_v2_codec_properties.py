@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.errors import InvalidInput, PayloadTooLarge
-from service.v2 import codecs
+from service.core.errors import InvalidInput, PayloadTooLarge
+from service.protocols.v2 import codecs
 
 DATATYPES = sorted(codecs.NUMPY_OF)
 NUMERIC = [d for d in DATATYPES if d != "BYTES"]

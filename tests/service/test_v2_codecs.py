@@ -3,8 +3,8 @@ import struct
 import numpy as np
 import pytest
 
-from service.errors import InvalidInput, PayloadTooLarge
-from service.v2 import codecs
+from service.core.errors import InvalidInput, PayloadTooLarge
+from service.protocols.v2 import codecs
 
 
 @pytest.mark.parametrize("datatype", [d for d in codecs.NUMPY_OF if d != "BYTES"])
@@ -90,7 +90,7 @@ def test_declared_shapes_over_the_element_limits_are_refused_before_decoding(cal
 
 
 def test_element_limits_come_from_settings() -> None:
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     limits = codecs.TensorLimits.of(Settings(max_json_elements=4, max_bytes_elements=2))
     assert codecs.from_json("x", "INT64", [4], [1, 2, 3, 4], limits).tolist() == [1, 2, 3, 4]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import InvalidInput, PayloadTooLarge
+from service.core.errors import InvalidInput, PayloadTooLarge
 from service.processing.vision import decode_image, resize_center_crop, to_rgb
 from tests.conftest import ROOT
 

@@ -1,0 +1,94 @@
+"""Admission control per model: refuse at once what would only queue until it times out.
+
+A request is admitted before it is decoded (so a shed request costs almost nothing) and leaves
+when it is answered. Three bounds; any one sheds with 503 + Retry-After / RESOURCE_EXHAUSTED:
+- `max_requests` admitted at once (decoding, queued or computing): memory stays bounded;
+- Little's law: at most (requests answered per second, over the last WINDOW_S) x `max_wait_s`
+  inside at once, never fewer than `floor` (so a burst after idle time is not refused): an
+  admitted request then waits about `max_wait_s` at most;
+- `max_wait_s` itself: while the oldest admitted request has been inside longer than that, the
+  model is not keeping up (or is stuck), so new requests are refused (the CoDel idea).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from service.core.errors import Overloaded
+
+WINDOW_S = 2.0
+
+
+class Admission:
+    def __init__(
+        self,
+        name: str,
+        max_requests: int,
+        max_wait_s: float,
+        on_reject: Callable[[str], None] | None = None,
+        floor: int = 64,
+    ):
+        self.name = name
+        self.max_requests = max_requests
+        self.max_wait_s = max_wait_s
+        self.on_reject = on_reject
+        self.floor = floor
+        self._inside: dict[int, float] = {}  # ticket -> admitted at; insertion order = age order
+        self._tickets = itertools.count()
+        self._answered: deque[float] = deque()  # when recent requests left, oldest first
+
+    def limit(self, now: float) -> int:
+        """Requests that may be inside at once (Little's law on the recent answer rate)."""
+        while self._answered and self._answered[0] < now - WINDOW_S:
+            self._answered.popleft()
+        rate = len(self._answered) / WINDOW_S
+        return min(self.max_requests, max(self.floor, int(rate * self.max_wait_s)))
+
+    @property
+    def inside(self) -> int:
+        return len(self._inside)
+
+    def oldest_wait(self, now: float | None = None) -> float:
+        """Seconds the oldest admitted request has been inside (0 when none)."""
+        if not self._inside:
+            return 0.0
+        return (now or time.monotonic()) - next(iter(self._inside.values()))
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold a place for one request, or raise Overloaded."""
+        now = time.monotonic()
+        if len(self._inside) >= self.max_requests:
+            self._refuse(
+                "queue_full",
+                f"model {self.name} has {len(self._inside)} requests in progress "
+                f"(limit {self.max_requests}); retry later",
+            )
+        if self.max_wait_s > 0 and len(self._inside) >= self.limit(now):
+            self._refuse(
+                "queue_wait",
+                f"model {self.name} is overloaded: {len(self._inside)} requests in progress "
+                f"would wait over {self.max_wait_s:g} s; retry later",
+            )
+        if self.max_wait_s > 0 and self.oldest_wait(now) > self.max_wait_s:
+            self._refuse(
+                "queue_wait",
+                f"model {self.name} is overloaded: its oldest request has waited "
+                f"{self.oldest_wait(now):.2f} s (limit {self.max_wait_s:g} s); retry later",
+            )
+        ticket = next(self._tickets)
+        self._inside[ticket] = now
+        try:
+            yield
+        finally:
+            del self._inside[ticket]
+        self._answered.append(time.monotonic())  # answered, not failed: the rate is capacity
+
+    def _refuse(self, reason: str, message: str) -> None:
+        if self.on_reject is not None:
+            self.on_reject(reason)
+        raise Overloaded(message)

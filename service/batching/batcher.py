@@ -1,0 +1,291 @@
+"""An in-process adaptive batcher (the "local" runner placement).
+
+Requests are validated and preprocessed before they get here; each `submit` carries one item and
+gets exactly its own result back. Workers (one per parallel inference slot) take batches from
+per-key queues (length buckets, decoding modes), so a short item never pads to a long one.
+
+When to wait: a free worker takes everything already queued (up to max_batch_size) at once. It
+waits for more only while waiting pays - when every other worker is busy (no idle capacity would
+be wasted) and requests are arriving faster than the latency budget - and never longer than
+max_latency_ms after the oldest request arrived. At low load a request runs alone and at once;
+under load batches grow because work queues while the workers compute. BentoML's CORK dispatcher
+is the reference for this idea; this one needs no model of compute time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from service.core.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    NotReady,
+    Overloaded,
+    ServingError,
+)
+
+log = logging.getLogger("deepserve.batching")
+
+RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
+"""(queue key, items) -> one result per item, in order. Runs in a worker thread."""
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports as it works (service/core/metrics.py ModelMetrics implements it)."""
+
+    def batch_done(self, size: int, queue_waits: list[float], compute_seconds: float) -> None: ...
+
+    def pending(self, count: int) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+
+@dataclass
+class _Pending:
+    item: Any
+    future: asyncio.Future[Any]
+    enqueued: float
+    deadline: float | None
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    samples: int = 0
+    largest: int = 0
+    expired: int = 0
+    """Requests dropped unrun because their deadline passed while they queued."""
+    abandoned: int = 0
+    """Requests dropped unrun because their caller went away (disconnect, gRPC cancel)."""
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.samples += size
+        self.largest = max(self.largest, size)
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+
+
+class AdaptiveBatcher:
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int,
+        max_latency_ms: float,
+        workers: int,
+        max_queue: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.run_batch = run_batch
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_latency = max_latency_ms / 1000.0
+        self.workers = max(1, workers)
+        self.max_queue = max_queue
+        self.observer = observer
+        self.stats = BatchStats()
+        self._queues: dict[Hashable, deque[_Pending]] = {}
+        self._pending = 0
+        self._busy = 0
+        self._arrival_gap = float("inf")  # EMA of seconds between submissions
+        self._last_arrival = 0.0
+        self._wakeup: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a batch (not counting those being computed)."""
+        return self._pending
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=f"batch-{self.name}")
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}")
+            for i in range(self.workers)
+        ]
+
+    async def stop(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for queue in self._queues.values():
+            while queue:
+                pending = queue.popleft()
+                if not pending.future.done():
+                    pending.future.set_exception(NotReady(f"{self.name} is shutting down"))
+        self._pending = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, item: Any, key: Hashable = 0, deadline: float | None = None) -> Any:
+        """Queue one item and wait for its own result. `deadline` is a time.monotonic() value."""
+        if self._closed or self._wakeup is None:
+            raise NotReady(f"model {self.name} is not serving")
+        if self._pending >= self.max_queue:
+            self._reject("queue_full")
+            raise Overloaded(
+                f"model {self.name} has {self._pending} requests queued (limit {self.max_queue}); "
+                "retry later"
+            )
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            self._reject("deadline")
+            raise DeadlineExceeded(f"deadline passed before {self.name} was queued")
+        if self._last_arrival:
+            gap = now - self._last_arrival
+            self._arrival_gap = (
+                gap if self._arrival_gap == float("inf") else (0.8 * self._arrival_gap + 0.2 * gap)
+            )
+        self._last_arrival = now
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, deque()).append(_Pending(item, future, now, deadline))
+        self._pending += 1
+        if self.observer is not None:
+            self.observer.pending(self._pending)
+        self._wakeup.set()
+        return await future
+
+    def _reject(self, reason: str) -> None:
+        if reason == "deadline":
+            self.stats.expired += 1
+        elif reason == "abandoned":
+            self.stats.abandoned += 1
+        if self.observer is not None:
+            self.observer.rejected(reason)
+
+    def _oldest_key(self) -> Hashable | None:
+        best_key, best_time = None, float("inf")
+        for key, queue in self._queues.items():
+            if queue and queue[0].enqueued < best_time:
+                best_key, best_time = key, queue[0].enqueued
+        return best_key
+
+    def _pull(self, key: Hashable, batch: list[_Pending]) -> None:
+        queue = self._queues[key]
+        now = time.monotonic()
+        while queue and len(batch) < self.max_batch_size:
+            pending = queue.popleft()
+            self._pending -= 1
+            if pending.future.done():  # the client went away
+                self._reject("abandoned")
+                continue
+            if pending.deadline is not None and now >= pending.deadline:
+                self._reject("deadline")
+                pending.future.set_exception(
+                    DeadlineExceeded(
+                        f"deadline passed after {now - pending.enqueued:.3f} s in queue"
+                    )
+                )
+                continue
+            batch.append(pending)
+
+    def _waiting_pays(self, batch: list[_Pending]) -> bool:
+        return (
+            len(batch) < self.max_batch_size
+            and self._busy >= self.workers - 1  # the others are computing
+            and self._arrival_gap < self.max_latency
+        )
+
+    async def _take(self) -> tuple[Hashable, list[_Pending]]:
+        assert self._wakeup is not None
+        while True:
+            key = self._oldest_key()
+            if key is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch: list[_Pending] = []
+            self._pull(key, batch)
+            if not batch:
+                continue
+            until = batch[0].enqueued + self.max_latency
+            while self._waiting_pays(batch):
+                remaining = min(until - time.monotonic(), 2 * self._arrival_gap)
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+                self._pull(key, batch)
+            if self._pending:
+                self._wakeup.set()  # let another free worker see what is left
+            if self.observer is not None:
+                self.observer.pending(self._pending)
+            return key, batch
+
+    def _run_isolated(self, key: Hashable, items: list[Any]) -> list[Any]:
+        return run_isolated(self.run_batch, key, items, self.name)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            key, batch = await self._take()
+            self._busy += 1
+            started = time.monotonic()
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._run_isolated, key, [p.item for p in batch]
+                )
+            except Exception as error:  # executor shut down, etc.
+                results = [error] * len(batch)
+            finally:
+                self._busy -= 1
+            finished = time.monotonic()
+            self.stats.record(len(batch))
+            if self.observer is not None:
+                self.observer.batch_done(
+                    len(batch), [started - p.enqueued for p in batch], finished - started
+                )
+                self.observer.pending(self._pending)
+            for pending, result in zip(batch, results):
+                if pending.future.done():
+                    continue
+                if isinstance(result, ServingError):
+                    pending.future.set_exception(result)
+                elif isinstance(result, Exception):
+                    log.error("%s: inference failed: %r", self.name, result)
+                    pending.future.set_exception(InferenceFailed(f"{self.name}: inference failed"))
+                else:
+                    pending.future.set_result(result)
+
+
+def run_isolated(
+    run_batch: Callable[[Hashable, list[Any]], Sequence[Any]],
+    key: Hashable,
+    items: list[Any],
+    name: str,
+) -> list[Any]:
+    """One result or exception per item. If the batch fails, its items run one by one, so one
+    bad item fails alone (Triton's one-response-per-request); the count is checked (Ray Serve's
+    invariant)."""
+    try:
+        results = list(run_batch(key, items))
+    except Exception as batch_error:
+        if len(items) == 1:
+            return [batch_error]
+        log.warning("%s: batch of %d failed (%s); retrying alone", name, len(items), batch_error)
+        results = []
+        for item in items:
+            try:
+                results.extend(run_batch(key, [item]))
+            except Exception as error:
+                results.append(error)
+    if len(results) != len(items):
+        mismatch = InferenceFailed(f"{name}: {len(results)} results for {len(items)} requests")
+        return [mismatch] * len(items)
+    return results

@@ -1,0 +1,347 @@
+"""Open Inference Protocol over gRPC: inference.GRPCInferenceService (KServe V2 + ModelConfig).
+
+Inputs are read from raw_input_contents when the client sends them (tritonclient does), else from
+the typed `contents` fields; outputs always go back in raw_output_contents, which is all that
+tritonclient's as_numpy() reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
+from service.core.errors import InvalidInput, ServingError, abort_grpc
+from service.core.metrics import track_request
+from service.protocols.proto.gen import inference_pb2 as pb
+from service.protocols.proto.gen import inference_pb2_grpc
+from service.protocols.v2 import codecs, dataplane
+from service.runners.repository import ServingState
+
+log = logging.getLogger("deepserve.grpc")
+StateGetter = Callable[[], ServingState]
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+# datatype -> the InferTensorContents field that carries it when raw contents are not used
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline as a time.monotonic() value (requests past it are not computed)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+# --- request bytes that are not the method's message --------------------------------------------
+
+
+class MalformedRequest:
+    """Stands in for a request message that did not parse, so that the RPC answers
+    INVALID_ARGUMENT naming the problem (grpc.aio itself answers UNKNOWN "Unexpected
+    DecodeError")."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos
+    raise ValueError("the message is truncated or not protobuf (a varint runs past its end)")
+
+
+def wire_problem(descriptor: Descriptor, data: bytes, depth: int = 0) -> str | None:
+    """What makes `data` unparseable as a `descriptor` message, from a walk of its wire format
+    (the parser itself only says that parsing failed); None when the walk finds nothing."""
+    pos = 0
+    while pos < len(data):
+        start = pos
+        key, pos = _varint(data, pos)
+        field = descriptor.fields_by_number.get(key >> 3)
+        wire_type = key & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos : pos + length], pos + length
+            if pos > len(data):
+                break
+            if field is not None and field.type == FieldDescriptor.TYPE_STRING:
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"string field {field.full_name} is not valid UTF-8"
+            if field is not None and field.type == FieldDescriptor.TYPE_MESSAGE and depth < 8:
+                inner = wire_problem(field.message_type, value, depth + 1)
+                if inner is not None:
+                    return inner
+        else:
+            return f"invalid wire type {wire_type} at byte {start}: not protobuf"
+    if pos > len(data):
+        return "the message is truncated"
+    return None
+
+
+def tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that answers a MalformedRequest instead of raising."""
+    descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+
+    def parse_or_mark(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as error:
+            name = descriptor.full_name if descriptor is not None else "request"
+            problem = None
+            if descriptor is not None:
+                try:
+                    problem = wire_problem(descriptor, data)
+                except ValueError as truncated:
+                    problem = str(truncated)
+            return MalformedRequest(f"malformed {name} protobuf message: {problem or error}")
+
+    return parse_or_mark
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Unary requests whose bytes are not the method's protobuf message get INVALID_ARGUMENT with
+    what is wrong (RPCs decorated with `rpc` answer it themselves, so it is counted)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[Any, grpc.RpcMethodHandler] = {}  # by the handler it wraps
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if (
+            handler is None
+            or handler.unary_unary is None
+            or handler.request_streaming
+            or handler.request_deserializer is None
+        ):
+            return handler
+        if handler not in self._wrapped:
+            self._wrapped[handler] = self._wrap(handler)
+        return self._wrapped[handler]
+
+    @staticmethod
+    def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        behaviour = handler.unary_unary
+        if getattr(behaviour, "answers_malformed", False):
+            guarded = behaviour
+        else:
+
+            async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, MalformedRequest):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                return await behaviour(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+
+def rpc(protocol: str | None = None) -> Callable[[Handler], Handler]:
+    """Decorate an RPC: a ServingError becomes the gRPC status its class names (one table for all
+    protocols); with a `protocol`, the RPC is an inference request counted in the metrics."""
+
+    def decorate(method: Handler) -> Handler:
+        @functools.wraps(method)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with track_request(protocol) as record:
+                try:
+                    if isinstance(request, MalformedRequest):
+                        raise InvalidInput(request.message)
+                    reply = await method(self, request, context)
+                except ServingError as error:
+                    record.status = error.http_status
+                    await abort_grpc(context, error)
+                except asyncio.CancelledError:  # deadline passed or the client cancelled
+                    remaining = context.time_remaining()
+                    record.status = 504 if remaining is not None and remaining <= 0 else 499
+                    raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    # NOTE: a bug, not the client's fault: logged whole, answered without
+                    # details (grpc.aio would answer UNKNOWN with the exception's type and text)
+                    log.exception("%s failed", method.__name__)
+                    record.status = 500
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged)")
+                    raise
+                record.status = 200
+                return reply
+
+        wrapper.answers_malformed = True  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def parameter_value(parameter: pb.InferParameter) -> Any:
+    choice = parameter.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(parameter, choice)
+
+
+def parameters_of(mapping: Any) -> dict[str, Any]:
+    return {key: parameter_value(value) for key, value in mapping.items()}
+
+
+def read_inputs(
+    request: pb.ModelInferRequest, limits: codecs.TensorLimits = codecs.DEFAULT_LIMITS
+) -> dict[str, np.ndarray]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input"
+        )
+    limits.check_request(
+        [(t.name, t.datatype, list(t.shape), "raw" if raw else "json") for t in request.inputs]
+    )
+    arrays: dict[str, np.ndarray] = {}
+    for position, tensor in enumerate(request.inputs):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        if name in arrays:
+            raise InvalidInput(f"input {name} appears twice")
+        if raw:
+            arrays[name] = codecs.from_raw(name, datatype, shape, raw[position], limits)
+            continue
+        field = CONTENTS_FIELD.get(datatype)
+        if field is None:
+            codecs.numpy_dtype(datatype, name)  # unknown datatype: says which are known
+            raise InvalidInput(f"input {name}: {datatype} travels only in raw_input_contents")
+        dims = codecs.check_shape(shape, name)
+        count = limits.check(name, datatype, dims, "json")
+        contents = getattr(tensor.contents, field)
+        if len(contents) != count:  # NOTE: before copying them: a [1] may carry 20 M values
+            raise InvalidInput(
+                f"input {name}: shape {shape} needs {count} elements, got {len(contents)}"
+            )
+        values = list(contents)
+        if datatype == "BYTES":
+            array = np.empty(count, dtype=object)
+            array[:] = values
+            arrays[name] = array.reshape(shape)
+        else:
+            arrays[name] = codecs.from_json(name, datatype, shape, values, limits)
+    return arrays
+
+
+class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: StateGetter):
+        self.state = state
+
+    @rpc()
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @rpc()
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.state().ready)
+
+    @rpc()
+    async def ModelReady(self, request, context):
+        ready = dataplane.model_ready(self.state(), request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
+
+    @rpc()
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(**dataplane.server_metadata())
+
+    @rpc()
+    async def ModelMetadata(self, request, context):
+        meta = dataplane.model_metadata(self.state(), request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+        )
+
+    @rpc()
+    async def ModelConfig(self, request, context):
+        config = dataplane.model_config(self.state(), request.name, request.version)
+        return pb.ModelConfigResponse(
+            config=pb.ModelConfig(
+                name=config["name"],
+                platform=config["platform"],
+                backend=config["backend"],
+                max_batch_size=config["max_batch_size"],
+                input=[
+                    pb.ModelInput(
+                        name=t["name"],
+                        data_type=pb.DataType.Value(t["data_type"]),
+                        dims=t["dims"],
+                        optional=t["optional"],
+                    )
+                    for t in config["input"]
+                ],
+                output=[
+                    pb.ModelOutput(
+                        name=t["name"], data_type=pb.DataType.Value(t["data_type"]), dims=t["dims"]
+                    )
+                    for t in config["output"]
+                ],
+                dynamic_batching=pb.ModelDynamicBatching(**config["dynamic_batching"])
+                if "dynamic_batching" in config  # absent when the model is not batchable
+                else None,
+            )
+        )
+
+    @rpc("v2-grpc")
+    async def ModelInfer(self, request, context):
+        parsed = dataplane.InferRequest(
+            model=request.model_name,
+            version=request.model_version,
+            id=request.id,
+            parameters=parameters_of(request.parameters),
+            inputs=read_inputs(request, codecs.TensorLimits.of(self.state().settings)),
+            deadline=deadline_of(context),
+        )
+        for wanted in request.outputs:
+            k = parameters_of(wanted.parameters).get("classification")
+            k = dataplane.classification_parameter(k, wanted.name)
+            parsed.outputs.append(dataplane.RequestedOutput(wanted.name, k))
+        result = await dataplane.infer(self.state(), parsed)
+        response = pb.ModelInferResponse(
+            model_name=result.model, model_version=result.version, id=result.id
+        )
+        for wanted, array in result.outputs:
+            response.outputs.add(
+                name=wanted.name, datatype=codecs.datatype_of(array), shape=list(array.shape)
+            )
+            response.raw_output_contents.append(codecs.to_raw(array))
+        return response

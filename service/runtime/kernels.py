@@ -1,0 +1,273 @@
+"""Per-task compute kernels: collate a batch of validated items, run ONNX Runtime, split results.
+
+A kernel is what a runner executes, whatever its placement: the local batcher calls `run` in a
+worker thread, the remote runner service calls it from its batchable API. Items are already
+decoded and checked (service/processing); `bucket` says which queue an item joins so that only
+similar items share a batch (length buckets, decoding modes).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from service.core.errors import InvalidInput
+from service.processing import captioning
+from service.processing.speech import SAMPLE_RATE, Transcript, ctc_greedy_transcripts, pad_batch
+from service.processing.text import collate_padded
+from service.protocols.v2.codecs import DATATYPE_OF, NUMPY_OF
+from service.runtime.sessions import LoadedGraph, load_graph
+from service.store.specs import ModelSpec, TensorSpec
+
+log = logging.getLogger("deepserve.kernels")
+
+
+# NOTE: onnxruntime raises InvalidArgument for inputs a graph cannot take (shapes its nodes
+# refuse, out-of-range indices); after the batcher retries a failed batch item by item, that is
+# the one bad request's 400, not a 500
+ORT_INVALID_ARGUMENT = (InvalidArgument,)
+
+
+@dataclass
+class Caption:
+    text: str
+    score: float
+
+
+class Kernel:
+    """Base: loads the model's graphs; subclasses define bucket / run / warm-up input."""
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1):
+        self.spec = spec
+        self.graphs: dict[str, LoadedGraph] = {
+            name: load_graph(spec.graph_path(name), graph, device, intra_op_threads)
+            for name, graph in spec.graphs.items()
+        }
+
+    @property
+    def provider(self) -> str:
+        return next(iter(self.graphs.values())).provider
+
+    @classmethod
+    def bucket(cls, item: Any) -> Hashable:
+        """The queue an item joins; a class-level rule, so a gateway can bucket for a remote
+        runner without loading the model."""
+        return 0
+
+    def run(self, key: Hashable, items: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def to_wire(result: Any) -> Any:
+        """A result as JSON-able data (remote runners answer in JSON)."""
+        return np.asarray(result).tolist()
+
+    @staticmethod
+    def from_wire(data: Any) -> Any:
+        return np.asarray(data, dtype=np.float32)
+
+    def warmup(self) -> None:
+        """Run every bucket once (first runs allocate; keep that out of request latency)."""
+        batchable = self.spec.extra.get("batchable", True) is not False
+        for key, items in self.warmup_items():
+            for batch in [items] if batchable else [[item] for item in items]:
+                self.run(key, batch)
+
+
+class ImageClassifier(Kernel):
+    """uint8 HWC images of the model's size -> probability rows."""
+
+    def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        batch = np.stack(items)
+        (probabilities,) = self.graphs["model"].session.run(["probabilities"], {"image": batch})
+        return list(probabilities)
+
+    def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
+        shape = [int(d) for d in self.spec.graphs["model"].inputs[0].shape[1:]]
+        return [(0, [np.zeros(shape, np.uint8)] * 2)]
+
+
+class TextClassifier(Kernel):
+    """Token id lists -> probability rows, bucketed by length so padding stays small."""
+
+    BUCKETS = (8, 16, 32)
+
+    @classmethod
+    def bucket(cls, item: Sequence[int]) -> Hashable:
+        return bisect.bisect_left(cls.BUCKETS, len(item))
+
+    def run(self, key: Hashable, items: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        tokens, lengths = collate_padded(items)
+        (probabilities,) = self.graphs["model"].session.run(
+            ["probabilities"], {"tokens": tokens, "lengths": lengths}
+        )
+        return list(probabilities)
+
+    def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
+        return [(self.bucket([1] * n), [[1] * n, [1]]) for n in (*self.BUCKETS, 64)]
+
+
+class SpeechRecognizer(Kernel):
+    """16 kHz float32 clips -> transcripts, bucketed by duration."""
+
+    BUCKETS_S = (1.5, 3.0, 6.0)
+
+    @classmethod
+    def bucket(cls, item: np.ndarray) -> Hashable:
+        return bisect.bisect_left(cls.BUCKETS_S, len(item) / SAMPLE_RATE)
+
+    def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Any]:
+        waveform, lengths = pad_batch(items)
+        log_probs, frame_lengths = self.graphs["model"].session.run(
+            ["log_probs", "frame_lengths"], {"waveform": waveform, "lengths": lengths}
+        )
+        return list(ctc_greedy_transcripts(log_probs, frame_lengths, self.spec.vocabulary or []))
+
+    def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
+        clip = np.zeros(SAMPLE_RATE, np.float32)
+        return [(0, [clip, clip[: SAMPLE_RATE // 2]])]
+
+    @staticmethod
+    def to_wire(result: Any) -> Any:
+        return [result.text, result.confidence]
+
+    @staticmethod
+    def from_wire(data: Any) -> Any:
+        return Transcript(str(data[0]), float(data[1]))
+
+
+class Captioner(Kernel):
+    """64x64 uint8 images -> captions; the queue key is the beam width (1 = greedy)."""
+
+    def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Caption]:
+        beam = int(key)  # type: ignore[call-overload]
+        images = np.stack(items)
+        encoder, decoder = self.graphs["encoder"].session, self.graphs["decoder"].session
+        vocabulary, extra = self.spec.vocabulary or [], self.spec.extra
+        if beam <= 1:
+            scored = captioning.greedy_decode_scored(encoder, decoder, images, extra, vocabulary)
+        else:
+            scored = captioning.beam_search_decode_scored(
+                encoder, decoder, images, extra, vocabulary, beam
+            )
+        return [Caption(text, score) for text, score in scored]
+
+    def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
+        image = np.zeros((64, 64, 3), np.uint8)
+        return [(1, [image, image]), (3, [image])]
+
+    @staticmethod
+    def to_wire(result: Any) -> Any:
+        return [result.text, result.score]
+
+    @staticmethod
+    def from_wire(data: Any) -> Any:
+        return Caption(str(data[0]), float(data[1]))
+
+
+class GenericKernel(Kernel):
+    """Any imported graph. Items are {input name: array}: one row each (batch dim removed) when
+    the spec is batchable, else a whole request's tensors; results are {output name: array}."""
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1):
+        super().__init__(spec, device, intra_op_threads)
+        graph = spec.graphs["model"]
+        self.batchable = spec.extra.get("batchable") is True
+        self.outputs = [t.name for t in graph.outputs]
+
+    @classmethod
+    def bucket(cls, item: dict[str, np.ndarray]) -> Hashable:
+        """Only rows of the same shapes and dtypes can share a batch."""
+        return tuple((name, array.shape, array.dtype.str) for name, array in sorted(item.items()))
+
+    def run(self, key: Hashable, items: Sequence[dict[str, np.ndarray]]) -> list[Any]:
+        try:
+            return self._run(items)
+        except ORT_INVALID_ARGUMENT as error:  # the graph refused these values: the caller's
+            raise InvalidInput(f"model {self.spec.name} refused the input: {error}") from None
+
+    def _run(self, items: Sequence[dict[str, np.ndarray]]) -> list[Any]:
+        session = self.graphs["model"].session
+        if not self.batchable:
+            return [dict(zip(self.outputs, session.run(self.outputs, item))) for item in items]
+        groups: dict[Hashable, list[int]] = {}
+        for index, item in enumerate(items):  # NOTE: one queue may mix shapes (no buckets)
+            groups.setdefault(self.bucket(item), []).append(index)
+        results: list[Any] = [None] * len(items)
+        for rows in groups.values():
+            feed = {name: np.stack([items[i][name] for i in rows]) for name in items[rows[0]]}
+            outputs = session.run(self.outputs, feed)
+            for name, array in zip(self.outputs, outputs):
+                if len(array) != len(rows):
+                    raise RuntimeError(
+                        f"{self.spec.tag}: output {name} has {len(array)} rows for a batch of "
+                        f"{len(rows)}; the graph is not batchable"
+                    )
+            for position, index in enumerate(rows):
+                results[index] = {name: out[position] for name, out in zip(self.outputs, outputs)}
+        return results
+
+    def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
+        def zeros(tensor: TensorSpec, shape: list[int | str]) -> np.ndarray:
+            dims = [d if isinstance(d, int) else 1 for d in shape]
+            if tensor.datatype == "BYTES":
+                return np.full(dims, "", dtype=object)
+            return np.zeros(dims, NUMPY_OF[tensor.datatype])
+
+        inputs = self.spec.graphs["model"].inputs
+        if not self.batchable:
+            return [(0, [{t.name: zeros(t, t.shape) for t in inputs}])]
+        row = {t.name: zeros(t, t.shape[1:]) for t in inputs}
+        return [(self.bucket(row), [row, row])]
+
+    def warmup(self) -> None:
+        try:
+            super().warmup()
+        except Exception as error:  # NOTE: zeros with symbolic dims at 1 may not fit the graph
+            log.warning("%s: warm-up skipped (%s: %s)", self.spec.tag, type(error).__name__, error)
+
+    @staticmethod
+    def to_wire(result: Any) -> Any:
+        return {
+            name: {
+                "datatype": "BYTES" if array.dtype.kind == "O" else DATATYPE_OF[array.dtype],
+                "shape": list(array.shape),
+                "data": array.ravel().tolist(),
+            }
+            for name, array in result.items()
+        }
+
+    @staticmethod
+    def from_wire(data: Any) -> Any:
+        return {
+            name: np.asarray(tensor["data"], dtype=NUMPY_OF[tensor["datatype"]]).reshape(
+                tensor["shape"]
+            )
+            for name, tensor in data.items()
+        }
+
+
+KERNELS: dict[str, type[Kernel]] = {
+    "image-classification": ImageClassifier,
+    "text-classification": TextClassifier,
+    "speech-recognition": SpeechRecognizer,
+    "image-captioning": Captioner,
+    "generic": GenericKernel,
+}
+
+
+def make_kernel(spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1) -> Kernel:
+    try:
+        kernel_class = KERNELS[spec.task]
+    except KeyError:
+        raise ValueError(f"{spec.tag}: no kernel for task {spec.task!r}") from None
+    return kernel_class(spec, device, intra_op_threads)
