@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export BENTOML_HOME ?= $(CURDIR)/model_store
 export BENTOML_DO_NOT_TRACK := True
-APT_PACKAGES := espeak-ng wrk prometheus docker-compose
+APT_PACKAGES := espeak-ng wrk prometheus docker-compose chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup apt models serve test unit bench bench-quick loadtest lint format clean-models
@@ -42,7 +42,7 @@ serve: models  ## set up, build missing models, serve
 unit: setup  ## fast unit tests (no model store needed)
 	$(PY) -m pytest -q -m "not models"
 
-test: models  ## set up, build models, run the whole suite
+test: models lint  ## set up, build models, lint (ruff, mypy, import contracts), run the whole suite
 	$(PY) -m pytest -q
 
 bench: models  ## service vs in-process limit (wrk, loopback): table, JSON and PNG in reports/bench
@@ -54,12 +54,13 @@ bench-quick: models  ## the same report, two models, 1 and 32 clients: under 3 m
 loadtest: models  ## headless locust run (all user classes) + SLO gate; ARGS="--shape step ..." to vary
 	$(PY) -m loadtests.loadtest $(ARGS)
 
-lint: setup  ## ruff (lint + format check) and mypy on service/
+lint: setup  ## ruff (lint + format check), mypy and the import-linter layer contracts (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy service
+	$(VENV)/bin/lint-imports
 
-format: setup
+format: setup  ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 

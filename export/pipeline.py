@@ -14,14 +14,12 @@ from export.base import BuildContext, Built
 from export.onnx_tools import OPSET, check_graph, check_parity, export_graph
 from export.store import register, sha256, stored_versions
 from service.store.specs import ModelSpec
+from service.tasks.registry import builtin_models
 
-# Model name -> recipe module. Each module defines NAME, SPEC_VERSION and build(ctx) -> Built.
+# Model name -> recipe module (export/models/<name>.py); the names are the task registry's built-in
+# models. Each module defines NAME, SPEC_VERSION and build(ctx) -> Built.
 RECIPES: dict[str, str] = {
-    "digits-cnn": "export.models.digits_cnn",
-    "imagenet-cnn": "export.models.imagenet_cnn",
-    "sentiment-lstm": "export.models.sentiment_lstm",
-    "speech-ctc": "export.models.speech_ctc",
-    "captioner": "export.models.captioner",
+    name: f"export.models.{name.replace('-', '_')}" for name in builtin_models()
 }
 
 

@@ -50,7 +50,7 @@ from loadtests.payloads import (  # noqa: E402
     v2_rest_request,
 )
 from loadtests.server import Server, start_server, stop_server  # noqa: E402
-from service.core.settings import MODEL_NAMES, get_settings  # noqa: E402
+from service.core.settings import get_settings  # noqa: E402
 from service.processing.speech import load_audio  # noqa: E402
 from service.processing.vision import (  # noqa: E402
     decode_image,
@@ -58,7 +58,10 @@ from service.processing.vision import (  # noqa: E402
     resize_center_crop,
     resize_exact,
 )
-from service.runtime.kernels import Kernel, make_kernel  # noqa: E402
+from service.runtime.kernels import Kernel  # noqa: E402
+from service.tasks.registry import builtin_models, make_kernel  # noqa: E402
+
+MODEL_NAMES = builtin_models()
 from service.store.specs import latest_specs  # noqa: E402
 
 get_settings().apply_store()

@@ -42,7 +42,10 @@ from loadtests.payloads import (  # noqa: E402
     v2_grpc_request,
     v2_rest_request,
 )
-from service.core.settings import MODEL_NAMES, get_settings  # noqa: E402
+from service.core.settings import get_settings  # noqa: E402
+from service.tasks.registry import builtin_models  # noqa: E402
+
+MODEL_NAMES = builtin_models()
 
 get_settings().apply_store()
 

@@ -21,7 +21,7 @@ from service.processing.speech import load_audio
 from service.processing.text import encode, tokenize
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop, resize_exact
 from service.store.specs import ModelSpec, latest_specs
-from service.tasks.core import word_index
+from service.tasks.text_classification import word_index
 
 MAX_PIXELS = 10**8
 

@@ -7,7 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from service.core.settings import MODEL_NAMES, Settings
+from service.core.settings import Settings
+from service.tasks import registry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
         "models in the store. Models whose spec version is already stored are skipped.",
     )
     build.add_argument(
-        "names", nargs="*", metavar="NAME", help=f"default: all ({', '.join(MODEL_NAMES)})"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"default: all ({', '.join(registry.builtin_models())})",
     )
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -55,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     importing.add_argument(
         "--task",
         default="generic",
-        help="generic (default), image-classification, text-classification or speech-recognition",
+        help=f"one of {', '.join(registry.importable())} (default: generic)",
     )
     importing.add_argument("--labels", metavar="FILE", help="class labels, one per line")
     importing.add_argument("--vocab", metavar="FILE", help="vocabulary, one token per line")
@@ -88,7 +92,7 @@ def _format_metrics(metrics: dict[str, float]) -> str:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """`deepserve models import`: exit 2 with the reason when the file is refused."""
-    from service.store.importing.importer import ImportRefused, import_model
+    from service.store.importing.importer import ImportRefused
 
     options = {}
     try:
@@ -97,7 +101,9 @@ def cmd_import(args: argparse.Namespace) -> int:
             if not equals or not key.strip():
                 raise ImportRefused(f"--preprocess {item!r}: expected KEY=VALUE")
             options[key.strip()] = value.strip()
-        spec = import_model(args.path, args.name, args.task, args.labels, args.vocab, options)
+        spec = registry.import_model(
+            args.path, args.name, args.task, args.labels, args.vocab, options
+        )
     except ImportRefused as error:
         print(f"refused: {error}", file=sys.stderr)
         return 2
@@ -126,31 +132,32 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from service.store import specs as registry
+    from service.store import specs
 
     if args.action == "import":
         return cmd_import(args)
     if args.action == "build":
         from export.pipeline import build_all
 
-        unknown = [n for n in args.names if n not in MODEL_NAMES]
+        builtin = registry.builtin_models()
+        unknown = [n for n in args.names if n not in builtin]
         if unknown:
             print(
-                f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODEL_NAMES)}",
+                f"unknown model(s): {', '.join(unknown)}; known: {', '.join(builtin)}",
                 file=sys.stderr,
             )
             return 2
         build_all(args.names or None, force=args.force, seed=args.seed)
         return 0
     if args.action == "list":
-        specs = registry.list_specs() if args.all else list(registry.latest_specs().values())
-        if not specs:
+        found = specs.list_specs() if args.all else list(specs.latest_specs().values())
+        if not found:
             print("no models in the store; run `deepserve models build`")
             return 1
         if args.markdown:
             print("| model | version | task | held-out metrics | parity max abs diff | build s |")
             print("|---|---|---|---|---|---|")
-            for spec in specs:
+            for spec in found:
                 parity = max(g.parity.get("max_abs_diff", 0.0) for g in spec.graphs.values())
                 print(
                     f"| `{spec.name}` | {spec.version} | {spec.task} | "
@@ -158,11 +165,11 @@ def cmd_models(args: argparse.Namespace) -> int:
                     f"{spec.training.get('build_seconds', '-')} |"
                 )
             return 0
-        width = max(len(s.tag) for s in specs)
-        for spec in specs:
+        width = max(len(s.tag) for s in found)
+        for spec in found:
             print(f"{spec.tag:<{width}}  {spec.task:<22} {_format_metrics(spec.metrics)}")
         return 0
-    spec = registry.load_spec(args.name)
+    spec = specs.load_spec(args.name)
     if args.json:
         print(spec.model_dump_json(indent=2))
         return 0

@@ -1,13 +1,14 @@
 """The BentoML gateway service: REST task API (/v1), V2 REST (/v2), gRPC, probes, runners.
 
 Serve with `deepserve serve` or `bentoml serve service.gateway:Gateway`. Models placed "remote"
-get a BentoML runner service each (service/runners/remote.py), declared here as dependencies so
+get a BentoML runner service each (service/runners/service.py), declared here as dependencies so
 `bentoml serve` starts them as their own processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import threading
@@ -21,13 +22,14 @@ import bentoml
 from service.core.settings import get_settings
 from service.protocols.auth import ApiKeyMiddleware, ApiKeys, FailedAuthLimiter
 from service.protocols.grpc.server import GrpcServer
+from service.protocols.http import docs, openapi, rest
 from service.protocols.http import metrics as http_metrics
-from service.protocols.http import rest
 from service.protocols.http import server as http_server
 from service.protocols.http import v2 as v2_rest
 from service.protocols.http.limits import BodyLimitMiddleware
-from service.runners.remote import build_runner_services
 from service.runners.repository import ServingState
+from service.runners.service import attribute_name, build_runner_services
+from service.tasks import registry
 
 settings = get_settings()
 settings.apply_store()
@@ -41,11 +43,25 @@ def current_state() -> ServingState:
     return bentoml.get_current_service().state
 
 
+@functools.lru_cache(maxsize=8)
+def openapi_document_of(models: tuple[openapi.ServedModel, ...]) -> dict[str, Any]:
+    return openapi.document(models, settings)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document of what is served now (built once per set of served models)."""
+    return openapi_document_of(tuple(openapi.served_models(current_state())))
+
+
 class GatewayBase:
     def __init__(self) -> None:
-        self.state = ServingState(settings, owner=self)
+        self.state = ServingState(settings, registry.kernel_of, self.runner_client)
         grpc = GrpcServer(lambda: self.state, settings, api_keys, failed_auth)
         self.grpc = grpc if settings.grpc else None
+
+    def runner_client(self, model: str, version: str) -> Any:
+        """The dependency client of a model version's runner service (remote placement)."""
+        return getattr(self, attribute_name(model, version), None)
 
     @bentoml.on_startup
     async def start_runners(self) -> None:
@@ -101,7 +117,10 @@ def on_sigterm(callback: Callable[[], Any]) -> None:
 # BentoML's HTTP metrics label series with raw paths (unbounded): off, with its /metrics route;
 # service/protocols/http/metrics.py counts HTTP requests by route template and serves /metrics
 # instead.
-_body: dict[str, Any] = {"__module__": __name__, **build_runner_services(settings)}
+_body: dict[str, Any] = {
+    "__module__": __name__,
+    **build_runner_services(settings, registry.kernel_of),
+}
 Gateway = bentoml.asgi_app(http_metrics.build_app(), path="/")(
     bentoml.asgi_app(v2_rest.build_app(current_state), path="/")(
         bentoml.asgi_app(rest.build_app(current_state), path="/v1")(
@@ -116,6 +135,7 @@ Gateway = bentoml.asgi_app(http_metrics.build_app(), path="/")(
         )
     )
 )
+Gateway.mount_asgi_app(docs.build_app(openapi_document), path="/")  # /docs, /openapi.json, /
 Gateway.add_asgi_middleware(http_metrics.HttpMetricsMiddleware)  # first: outermost of ours
 Gateway.add_asgi_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 if api_keys.enabled:

@@ -85,11 +85,13 @@ class AdaptiveBatcher:
         max_queue: int,
         observer: BatchObserver | None = None,
     ) -> None:
+        if max_batch_size < 1 or workers < 1:
+            raise ValueError(f"{name}: max_batch_size and workers must be at least 1")
         self.name = name
         self.run_batch = run_batch
-        self.max_batch_size = max(1, max_batch_size)
+        self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000.0
-        self.workers = max(1, workers)
+        self.workers = workers
         self.max_queue = max_queue
         self.observer = observer
         self.stats = BatchStats()

@@ -1,18 +1,20 @@
-"""One error hierarchy for every protocol: each class names its HTTP status and gRPC code once."""
+"""One error hierarchy for every protocol: each class names its HTTP status and gRPC status once.
+
+Transport-free: the protocol front ends render these (service/protocols/http/limits.py,
+service/protocols/grpc/errors.py)."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, ClassVar, NoReturn
-
-import grpc
+from typing import ClassVar
 
 
 class ServingError(Exception):
     """Base class: a message for the client, an HTTP status and a gRPC status code."""
 
     http_status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
-    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    grpc_status: ClassVar[str] = "INTERNAL"
+    """The gRPC status code's name (service/protocols/grpc/errors.py turns it into grpc's)."""
     code: ClassVar[str] = "internal"
     """Stable machine-readable code in REST error bodies."""
 
@@ -21,25 +23,22 @@ class ServingError(Exception):
         self.message = message
         self.headers = headers or {}
 
-    def to_json(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message}}
-
 
 class InvalidInput(ServingError):
     http_status = HTTPStatus.BAD_REQUEST
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    grpc_status = "INVALID_ARGUMENT"
     code = "invalid_input"
 
 
 class UnsupportedMediaType(ServingError):
     http_status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    grpc_status = "INVALID_ARGUMENT"
     code = "unsupported_media_type"
 
 
 class PayloadTooLarge(ServingError):
     http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-    grpc_code = grpc.StatusCode.OUT_OF_RANGE
+    grpc_status = "OUT_OF_RANGE"
     code = "payload_too_large"
 
     def __init__(self, message: str, *, unread_body: bool = False) -> None:
@@ -50,19 +49,25 @@ class PayloadTooLarge(ServingError):
 
 class ModelNotFound(ServingError):
     http_status = HTTPStatus.NOT_FOUND
-    grpc_code = grpc.StatusCode.NOT_FOUND
+    grpc_status = "NOT_FOUND"
     code = "model_not_found"
+
+
+class MethodNotAllowed(ServingError):
+    http_status = HTTPStatus.METHOD_NOT_ALLOWED
+    grpc_status = "UNIMPLEMENTED"
+    code = "method_not_allowed"
 
 
 class RouteNotFound(ServingError):
     http_status = HTTPStatus.NOT_FOUND
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    grpc_status = "UNIMPLEMENTED"
     code = "not_found"
 
 
 class Unauthenticated(ServingError):
     http_status = HTTPStatus.UNAUTHORIZED
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    grpc_status = "UNAUTHENTICATED"
     code = "unauthenticated"
 
     def __init__(self, message: str) -> None:
@@ -71,13 +76,13 @@ class Unauthenticated(ServingError):
 
 class NotReady(ServingError):
     http_status = HTTPStatus.SERVICE_UNAVAILABLE
-    grpc_code = grpc.StatusCode.UNAVAILABLE
+    grpc_status = "UNAVAILABLE"
     code = "not_ready"
 
 
 class Overloaded(ServingError):
     http_status = HTTPStatus.SERVICE_UNAVAILABLE
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    grpc_status = "RESOURCE_EXHAUSTED"
     code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
@@ -88,7 +93,7 @@ class TooManyRequests(ServingError):
     """This client has sent too many requests of some kind (refused API keys); retry later."""
 
     http_status = HTTPStatus.TOO_MANY_REQUESTS
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    grpc_status = "RESOURCE_EXHAUSTED"
     code = "too_many_requests"
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
@@ -97,7 +102,7 @@ class TooManyRequests(ServingError):
 
 class DeadlineExceeded(ServingError):
     http_status = HTTPStatus.GATEWAY_TIMEOUT
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    grpc_status = "DEADLINE_EXCEEDED"
     code = "deadline_exceeded"
 
 
@@ -105,18 +110,9 @@ class RequestTimeout(ServingError):
     """The client stopped sending its request body (HTTP only: service/protocols/http/server.py)."""
 
     http_status = HTTPStatus.REQUEST_TIMEOUT
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    grpc_status = "DEADLINE_EXCEEDED"
     code = "request_timeout"
 
 
 class InferenceFailed(ServingError):
     code = "inference_failed"
-
-
-async def abort_grpc(context: Any, error: ServingError) -> NoReturn:
-    """End a gRPC call (grpc.aio.ServicerContext) with `error`'s status and message; a
-    Retry-After travels as the `retry-after` trailer."""
-    if "Retry-After" in error.headers:
-        context.set_trailing_metadata((("retry-after", error.headers["Retry-After"]),))
-    await context.abort(error.grpc_code, error.message)
-    raise AssertionError("unreachable: abort raises")

@@ -13,15 +13,13 @@ nv_inference_count / nv_inference_exec_count.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
 from prometheus_client import Counter, Gauge, Histogram
-
-from service.store.specs import ModelSpec
 
 # sub-millisecond to tens of seconds: small models take ~0.3 ms, a beam-8 caption or a loaded
 # queue several seconds
@@ -178,10 +176,12 @@ class ModelMetrics:
         metrics().load_seconds.labels(self.model, self.version).set(seconds)
 
 
-def record_model(spec: ModelSpec, provider: str, placement: str) -> None:
-    """The info series of a served model."""
-    opsets = ",".join(sorted({str(graph.opset) for graph in spec.graphs.values()}))
-    metrics().info.labels(spec.name, spec.version, opsets, provider, placement).set(1)
+def record_model(
+    name: str, version: str, opsets: Iterable[int], provider: str, placement: str
+) -> None:
+    """The info series of a served model (`opsets`: of its graphs)."""
+    joined = ",".join(sorted({str(opset) for opset in opsets}))
+    metrics().info.labels(name, version, joined, provider, placement).set(1)
 
 
 @dataclass

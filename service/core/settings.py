@@ -5,33 +5,48 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.core.model_settings import (
+    FiniteNonNegative,
+    FinitePositive,
+    ModelOverrides,
+    ModelSettings,
+    PerModelFields,
+    Placement,
+    VersionPolicy,
+)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-MODEL_NAMES = ["digits-cnn", "imagenet-cnn", "sentiment-lstm", "speech-ctc", "captioner"]
 
-Placement = Literal["local", "remote"]
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, PerModelFields):
+    """Every setting, from DEEPSERVE_<FIELD>; a bad value stops the server at start. The settings
+    that may differ per model (batching, workers, queue and input limits, placement, device) are
+    declared in service/core/model_settings.py (PerModelFields): here they are the defaults of
+    every model, and `for_model(name)` gives one model's ModelSettings."""
+
     model_config = SettingsConfigDict(env_prefix="DEEPSERVE_")
+    _per_model: dict[str, ModelSettings] = PrivateAttr(default_factory=dict)
 
     store: Path = PROJECT_ROOT / "model_store"
     """BentoML home holding the model store (BENTOML_HOME); models live under its models/ folder."""
 
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1)
     """Address the HTTP server binds (0.0.0.0 in containers)."""
 
-    port: int = 3000
+    port: Port = 3000
     """HTTP port of the gateway."""
 
     grpc: bool = True
     """Serve gRPC (V2 inference, deepserve.v1.Inference, health, reflection) beside HTTP."""
 
-    grpc_port: int = 50051
+    grpc_port: Port = 50051
     """gRPC port of the gateway (every gateway worker binds it with SO_REUSEPORT)."""
 
     grpc_max_concurrent_rpcs: int = Field(default=1024, gt=0)
@@ -48,44 +63,46 @@ class Settings(BaseSettings):
     """Other streaming RPCs at once (server reflection, ...). A new one beyond this closes the
     oldest with UNAVAILABLE."""
 
-    grpc_request_timeout_s: float = Field(default=10.0, gt=0)
+    grpc_request_timeout_s: FinitePositive = 10.0
     """A unary call whose request message has not arrived this long after the call started is
     ended (DEADLINE_EXCEEDED), so that calls which send nothing cannot hold their quota."""
 
-    grpc_max_connection_idle_s: float = Field(default=300.0, ge=0)
+    grpc_max_connection_idle_s: FiniteNonNegative = 300.0
     """A gRPC connection with no RPC for this long is closed (GOAWAY); 0 = never."""
 
-    grpc_max_connection_age_s: float = Field(default=0.0, ge=0)
+    grpc_max_connection_age_s: FiniteNonNegative = 0.0
     """A gRPC connection older than this is closed (GOAWAY; clients reconnect, which also
     spreads them again over gateway workers and replicas); 0 = never."""
 
-    grpc_max_connection_age_grace_s: float = Field(default=30.0, ge=0)
+    grpc_max_connection_age_grace_s: FiniteNonNegative = 30.0
     """After grpc_max_connection_age_s, how long the RPCs of the closing connection (Watch
     streams included) get to finish before it is cut."""
 
-    models: list[str] = Field(default_factory=lambda: ["*"])
+    models: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["*"], min_length=1
+    )
     """Models to serve, JSON: DEEPSERVE_MODELS='["digits-cnn", "my-model"]'; "*" = every model
     in the store (built or imported). Which versions: version_policy and versions."""
 
     version_policy: str = "latest"
     """Versions served of each model without its own entry in `versions` (Triton's version
     policy): "latest" (the newest), "latest:N" (the N newest), "all". Requests that name no
-    version get the newest served one."""
+    version get the newest served one. Checked at start (VersionPolicy.parse); a model's policy
+    in force: for_model(name).version_policy."""
 
     versions: dict[str, str | list[str]] = Field(default_factory=dict)
     """Per-model version policy, JSON: DEEPSERVE_VERSIONS='{"digits-cnn": "latest:2",
-    "my-model": ["v1-20261122...", "v1-20261123..."], "other": "all"}'; a list pins versions."""
-
-    placement: Placement = "local"
-    """Default runner placement: "local" = in the gateway process with our adaptive batcher;
-    "remote" = a BentoML runner service per model (its own process), reached with
-    bentoml.depends and batched by BentoML's adaptive batching."""
+    "my-model": ["v1-20261122...", "v1-20261123..."], "other": "all"}'; a list pins versions.
+    Every entry is checked at start; it wins over a version_policy in model_settings."""
 
     placements: dict[str, Placement] = Field(default_factory=dict)
-    """Per-model placement overrides, JSON: DEEPSERVE_PLACEMENTS='{"imagenet-cnn": "remote"}'."""
+    """Per-model placement overrides, JSON: DEEPSERVE_PLACEMENTS='{"imagenet-cnn": "remote"}';
+    an entry wins over a placement in model_settings. The default: `placement`."""
 
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    """auto: CUDA execution provider when onnxruntime-gpu sees a GPU, else CPU."""
+    model_settings: dict[str, ModelOverrides] = Field(default_factory=dict)
+    """Per-model overrides of any ModelSettings field, JSON: DEEPSERVE_MODEL_SETTINGS=
+    '{"imagenet-cnn": {"max_batch_size": 32, "placement": "remote"}}'. Checked at start with the
+    same constraints as the global fields; unknown keys are refused. See for_model."""
 
     access_log: bool = False
     """One log line per HTTP request (BentoML's access log), in the gateway and the runner
@@ -99,67 +116,24 @@ class Settings(BaseSettings):
     skip BentoML's tracing middleware, which otherwise costs about 0.5 core-ms per request even
     with no exporter."""
 
-    batching: bool = True
-    """Adaptive batching on (off = every request runs alone; for benchmarks)."""
-
-    length_buckets: bool = True
-    """Route variable-length inputs (tokens, audio) to per-length queues (off = one queue per
-    model, every batch padded to its longest item; for benchmarks)."""
-
-    max_batch_size: int = 16
-    """Largest batch a runner forms on CPU before it stops waiting for more requests."""
-
-    gpu_max_batch_size: int = 64
-    """Largest batch on a GPU, where batches pay off far more than on CPU."""
-
-    max_latency_ms: float = 5.0
-    """Longest a request waits for batch-mates (only while waiting pays; see batching.py)."""
-
-    remote_max_latency_ms: float = 1000.0
-    """max_latency_ms for BentoML's remote batching; BentoML answers 503 for requests it predicts
-    would exceed it, so it is a shedding bound there, not a wait."""
-
-    workers_per_model: int = 2
-    """Parallel inference slots per model (ORT runs concurrently on one shared session)."""
-
-    preprocess_threads: int = 2
+    preprocess_threads: int = Field(default=2, ge=1)
     """Threads that decode and preprocess requests (images, audio) off the event loop, shared by
     all models; decoding overlaps inference."""
 
-    intra_op_threads: int = 1
-    """ONNX Runtime intra-op threads per run (1 x several workers beat 2 threads here)."""
-
-    max_queue: int = 512
-    """Requests in progress per model (decoding, queued or computing) beyond which new ones get
-    503 + Retry-After at once (gRPC RESOURCE_EXHAUSTED); bounds memory
-    (service/batching/admission.py)."""
-
-    max_body_bytes: int = 20 * 1024 * 1024
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     """Largest request body accepted (413 beyond)."""
 
-    http_idle_timeout_s: float = Field(default=5.0, gt=0)
+    http_idle_timeout_s: FinitePositive = 5.0
     """An HTTP connection, new or kept alive, that starts no request for this long is closed
     (also the keep-alive timeout); see service/protocols/http/server.py."""
 
-    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    http_header_timeout_s: FinitePositive = 10.0
     """A request whose headers are not complete this long after its first byte: connection
     closed (slow-header clients cannot hold sockets)."""
 
-    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    http_body_timeout_s: FinitePositive = 30.0
     """A request body that sends no bytes for this long while the server waits for it is
     answered 408 and its connection closed."""
-
-    max_image_pixels: int = 40_000_000
-    """Largest decoded image (width x height); bigger declared sizes are refused (image bombs)."""
-
-    max_audio_seconds: float = 15.0
-    """Longest audio clip accepted by /v1/transcribe."""
-
-    max_text_chars: int = 5000
-    """Longest text accepted by /v1/sentiment, per text."""
-
-    max_batch_items: int = 64
-    """Most items in one request (texts in {"texts": [...]})."""
 
     max_json_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     """Largest JSON document parsed from a request (a /v1 JSON body, a V2 inference header).
@@ -173,16 +147,6 @@ class Settings(BaseSettings):
     max_bytes_elements: int = Field(default=1 << 16, gt=0)
     """Most elements in one V2 BYTES tensor, checked against its declared shape before
     decoding."""
-
-    max_beam: int = 8
-    """Largest beam width /v1/caption accepts."""
-
-    max_queue_wait_ms: float = 1000.0
-    """Admission bound per model: about how long an admitted request may wait. New requests get
-    503 + Retry-After at once (gRPC RESOURCE_EXHAUSTED) while the model has more in progress than
-    it answers in this time (Little's law on its recent answer rate, never fewer than
-    workers_per_model x max_batch_size), or while its oldest request has waited longer. Bounds
-    the latency of admitted requests under overload; 0 turns it off (then only max_queue)."""
 
     api_key: SecretStr | None = None
     """API key clients must send on inference and model endpoints (REST `Authorization: Bearer
@@ -198,6 +162,10 @@ class Settings(BaseSettings):
     open_metrics: bool = True
     """/metrics answers without an API key (Prometheus scrapes it)."""
 
+    open_docs: bool = False
+    """/openapi.json, the Swagger UI page /docs (and its files) and / answer without an API key.
+    Off: with API keys on they need one too (the document names every served model)."""
+
     auth_failure_limit: int = Field(default=50, ge=0)
     """Refused API keys (wrong, malformed or repeated Authorization; a missing one does not
     count) from one client address within auth_failure_window_s, HTTP and gRPC together, beyond
@@ -205,7 +173,7 @@ class Settings(BaseSettings):
     checked, a right one included, until the window ends; 0 = no limit. Behind a proxy every
     client has the proxy's address."""
 
-    auth_failure_window_s: float = Field(default=60.0, gt=0)
+    auth_failure_window_s: FinitePositive = 60.0
     """Window of auth_failure_limit, from an address's first refused key."""
 
     auth_failure_max_clients: int = Field(default=10_000, gt=0)
@@ -217,12 +185,12 @@ class Settings(BaseSettings):
     """Readiness needs every configured model. Off: a model that is missing or fails to load is
     reported (GET /v1/models, V2 model ready, the log) and the others are served."""
 
-    shutdown_grace_s: float = 20.0
+    shutdown_grace_s: FiniteNonNegative = 20.0
     """On SIGTERM the listeners close at once (new connections are refused) and requests in
     flight, HTTP and gRPC, get this long to finish before they are cancelled. Keep it below the
     orchestrator's grace period (Kubernetes terminationGracePeriodSeconds, 30 s by default)."""
 
-    runner_lost_liveness_s: float = 60.0
+    runner_lost_liveness_s: FinitePositive = 60.0
     """A remote runner service unreachable this long makes /livez fail, so the orchestrator
     restarts the pod (inside containers BentoML does not respawn dead runner processes)."""
 
@@ -233,18 +201,78 @@ class Settings(BaseSettings):
             config["tracing"] = {"excluded_urls": paths}
         return config
 
+    @field_validator("version_policy")
+    @classmethod
+    def _check_version_policy(cls, policy: str) -> str:
+        _check_policy("DEEPSERVE_VERSION_POLICY", policy)
+        return policy
+
+    @field_validator("versions")
+    @classmethod
+    def _check_versions(cls, versions: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for model, policy in versions.items():
+            _check_policy(f"DEEPSERVE_VERSIONS, model {model!r}", policy)
+        return versions
+
+    def model_defaults(self) -> ModelSettings:
+        """The settings of a model with no entries of its own (the global fields)."""
+        values = {name: getattr(self, name) for name in PerModelFields.model_fields}
+        return ModelSettings.model_validate({**values, "version_policy": self.version_policy})
+
+    def model_layers(self, model: str) -> list[dict[str, Any]]:
+        """The entries for `model` that override model_defaults(), lowest precedence first:
+        its model_settings entry (DEEPSERVE_MODEL_SETTINGS), then its placements and versions
+        entries (DEEPSERVE_PLACEMENTS / DEEPSERVE_VERSIONS), which name one setting each and so
+        are the more specific. More sources (a settings file next to the model, tuned per-device
+        entries) go first in this list, so the environment keeps the last word."""
+        layers = [self.model_settings.get(model, {})]
+        if model in self.placements:
+            layers.append({"placement": self.placements[model]})
+        if model in self.versions:
+            layers.append({"version_policy": self.versions[model]})
+        return layers
+
+    def for_model(self, model: str) -> ModelSettings:
+        """The settings `model` is served with: model_defaults() overridden by model_layers()
+        (global field < DEEPSERVE_MODEL_SETTINGS entry < DEEPSERVE_PLACEMENTS / DEEPSERVE_VERSIONS
+        entry). Cached per model: settings are not changed once loaded."""
+        cached = self._per_model.get(model)
+        if cached is None:
+            cached = self._per_model[model] = self.model_defaults().layered(
+                *self.model_layers(model)
+            )
+        return cached
+
     def placement_of(self, model: str) -> Placement:
-        return self.placements.get(model, self.placement)
+        """Where `model` runs (for_model(model).placement)."""
+        return self.for_model(model).placement
+
+    def version_policy_of(self, model: str) -> VersionPolicy:
+        """Which stored versions of `model` are served (for_model(model).version_policy)."""
+        return self.for_model(model).version_policy
+
+    def may_place_remote(self) -> bool:
+        """Whether any model may be placed remote, known without listing the store: the default
+        placement is remote, or a model with entries of its own resolves to remote."""
+        named = {*self.model_settings, *self.placements}
+        return self.placement == "remote" or any(self.placement_of(m) == "remote" for m in named)
 
     def batch_size_for(self, provider: str) -> int:
-        if not self.batching:
-            return 1
-        return self.gpu_max_batch_size if provider.startswith("CUDA") else self.max_batch_size
+        """Largest batch on `provider` by the global settings (model_defaults().batch_size_for);
+        a model's own: for_model(name).batch_size_for(provider)."""
+        return self.model_defaults().batch_size_for(provider)
 
     def apply_store(self) -> None:
         """Point BentoML at our store. Call before bentoml is first used in this process."""
         os.environ.setdefault("BENTOML_HOME", str(self.store))
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+
+def _check_policy(variable: str, policy: str | list[str]) -> None:
+    try:
+        VersionPolicy.parse(policy)
+    except ValueError as error:
+        raise ValueError(f"{variable}: {error}") from None
 
 
 @lru_cache(maxsize=1)

@@ -22,11 +22,13 @@ from typing import Any
 
 import grpc
 
-from service.core.errors import ServingError, TooManyRequests, Unauthenticated, abort_grpc
+from service.core.errors import ServingError, TooManyRequests, Unauthenticated
 from service.core.metrics import metrics
 from service.core.settings import Settings
+from service.protocols.grpc.errors import abort_grpc
 from service.protocols.grpc.streams import behaviour_of, complete, same_kind
-from service.protocols.http.limits import send_error
+from service.protocols.http.docs import PATHS as DOCS_PATHS
+from service.protocols.http.errors import send_error
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -248,6 +250,8 @@ def open_paths(settings: Settings) -> tuple[str, ...]:
         paths += HEALTH_PATHS
     if settings.open_metrics:
         paths += METRICS_PATHS
+    if settings.open_docs:
+        paths += DOCS_PATHS
     return paths
 
 

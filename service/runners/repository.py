@@ -1,4 +1,9 @@
-"""The serving state shared by every protocol front end: loaded specs and their runners."""
+"""The model repository: which models and versions are served, their runners, readiness.
+
+One ServingState is shared by every protocol front end. It is given, by the composition root
+(service/gateway.py), the task registry's kernel lookup and the remote runner services' clients,
+so this layer knows neither tasks nor BentoML's service object.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from typing import Any
 from service.core.errors import ModelNotFound, NotReady
 from service.core.metrics import note_model, observe_preprocess
 from service.core.settings import Settings
-from service.runners.base import Runner, make_runner
-from service.store.specs import select_versions
+from service.runners.base import KernelOf, Runner
+from service.runners.client import ClientOf, RemoteRunner
+from service.runners.local import LocalRunner
+from service.store.specs import ModelSpec, select_versions
 
 log = logging.getLogger("deepserve.state")
 
@@ -20,10 +27,14 @@ log = logging.getLogger("deepserve.state")
 class ServingState:
     """Owns one runner per served model version; `ready` once they have loaded and warmed up."""
 
-    def __init__(self, settings: Settings, owner: Any = None):
+    def __init__(
+        self, settings: Settings, kernel_of: KernelOf, client_of: ClientOf | None = None
+    ) -> None:
         self.settings = settings
-        self.owner = owner
-        """The gateway service instance (holds the remote runners' dependency clients)."""
+        self.kernel_of = kernel_of
+        """Task name -> kernel class (the task registry's lookup)."""
+        self.client_of: ClientOf = client_of or (lambda model, version: None)
+        """(model, version) -> the runner service client (remote placement) or None."""
         self.versions: dict[str, dict[str, Runner]] = {}
         """Served runners per model name, by version, newest first."""
         self.runners: dict[str, Runner] = {}
@@ -38,9 +49,7 @@ class ServingState:
     async def start(self) -> None:
         problems: dict[str, str] = {}
         settings = self.settings
-        selected = select_versions(
-            settings.models, settings.version_policy, settings.versions, problems
-        )
+        selected = select_versions(settings.models, settings.version_policy_of, problems)
         for name, why in problems.items():
             if name in selected:  # e.g. one pinned version absent: the others are served
                 log.warning("model %s: %s", name, why)
@@ -48,12 +57,16 @@ class ServingState:
                 self.missing[name] = why
                 log.error("model %s: %s", name, why)
         for name, specs in selected.items():
-            self.versions[name] = {
-                spec.version: make_runner(spec, settings, self.owner) for spec in specs
-            }
+            self.versions[name] = {spec.version: self.make_runner(spec) for spec in specs}
             self.runners[name] = next(iter(self.versions[name].values()))
         await asyncio.gather(*(runner.start() for runner in self.all_runners()))
         self.started = True
+
+    def make_runner(self, spec: ModelSpec) -> Runner:
+        kernel_class = self.kernel_of(spec.task)
+        if self.settings.for_model(spec.name).placement == "remote":
+            return RemoteRunner(spec, self.settings, kernel_class, self.client_of)
+        return LocalRunner(spec, self.settings, kernel_class)
 
     def all_runners(self) -> list[Runner]:
         return [runner for versions in self.versions.values() for runner in versions.values()]

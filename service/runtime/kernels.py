@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+from service.core import datatypes
 from service.core.errors import InvalidInput
 from service.processing import captioning
 from service.processing.speech import SAMPLE_RATE, Transcript, ctc_greedy_transcripts, pad_batch
 from service.processing.text import collate_padded
-from service.protocols.v2.codecs import DATATYPE_OF, NUMPY_OF
 from service.runtime.sessions import LoadedGraph, load_graph
 from service.store.specs import ModelSpec, TensorSpec
 
@@ -221,7 +221,7 @@ class GenericKernel(Kernel):
             dims = [d if isinstance(d, int) else 1 for d in shape]
             if tensor.datatype == "BYTES":
                 return np.full(dims, "", dtype=object)
-            return np.zeros(dims, NUMPY_OF[tensor.datatype])
+            return np.zeros(dims, datatypes.numpy_of(tensor.datatype))
 
         inputs = self.spec.graphs["model"].inputs
         if not self.batchable:
@@ -239,7 +239,7 @@ class GenericKernel(Kernel):
     def to_wire(result: Any) -> Any:
         return {
             name: {
-                "datatype": "BYTES" if array.dtype.kind == "O" else DATATYPE_OF[array.dtype],
+                "datatype": datatypes.datatype_of(array.dtype),
                 "shape": list(array.shape),
                 "data": array.ravel().tolist(),
             }
@@ -249,25 +249,8 @@ class GenericKernel(Kernel):
     @staticmethod
     def from_wire(data: Any) -> Any:
         return {
-            name: np.asarray(tensor["data"], dtype=NUMPY_OF[tensor["datatype"]]).reshape(
+            name: np.asarray(tensor["data"], dtype=datatypes.numpy_of(tensor["datatype"])).reshape(
                 tensor["shape"]
             )
             for name, tensor in data.items()
         }
-
-
-KERNELS: dict[str, type[Kernel]] = {
-    "image-classification": ImageClassifier,
-    "text-classification": TextClassifier,
-    "speech-recognition": SpeechRecognizer,
-    "image-captioning": Captioner,
-    "generic": GenericKernel,
-}
-
-
-def make_kernel(spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1) -> Kernel:
-    try:
-        kernel_class = KERNELS[spec.task]
-    except KeyError:
-        raise ValueError(f"{spec.tag}: no kernel for task {spec.task!r}") from None
-    return kernel_class(spec, device, intra_op_threads)

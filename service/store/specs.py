@@ -5,29 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from service.core import datatypes
+from service.core.model_settings import VersionPolicy
 
 log = logging.getLogger("deepserve.registry")
 
 SPEC_FILE = "spec.json"
 HELDOUT_FILE = "heldout.npz"
-
-# V2 protocol datatype -> numpy dtype (BYTES travels as object arrays of bytes).
-V2_TO_NUMPY: dict[str, str] = {
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-}
 
 
 class TensorSpec(BaseModel):
@@ -38,6 +29,15 @@ class TensorSpec(BaseModel):
     shape: list[int | str]
     description: str = ""
 
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, datatype: str) -> str:
+        if datatype not in datatypes.DATATYPES:
+            raise ValueError(
+                f"unknown datatype {datatype!r}; one of {', '.join(datatypes.DATATYPES)}"
+            )
+        return datatype
+
     @property
     def v2_shape(self) -> list[int]:
         """The shape as the V2 protocol writes it: -1 for every symbolic dim."""
@@ -45,11 +45,7 @@ class TensorSpec(BaseModel):
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
-        return (
-            np.dtype(V2_TO_NUMPY[self.datatype])
-            if self.datatype in V2_TO_NUMPY
-            else np.dtype(object)
-        )
+        return datatypes.numpy_of(self.datatype)
 
 
 class GraphSpec(BaseModel):
@@ -122,15 +118,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _store():  # type: ignore[no-untyped-def]
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return BentoMLContainer.model_store.get()
-
-
 def load_spec(tag: str) -> ModelSpec:
     """Load a model's spec by tag ("name" for the latest version, or "name:version")."""
-    model = _store().get(tag)
+    import bentoml  # NOTE: late, so that Settings.apply_store() can point it at our store first
+
+    model = bentoml.models.get(tag)
     return ModelSpec.from_dir(Path(model.path))
 
 
@@ -139,9 +131,11 @@ def list_specs(problems: dict[str, str] | None = None) -> list[ModelSpec]:
 
     A stored model whose spec cannot be read is skipped (and described in `problems`, by
     model name), so one damaged entry cannot hide the others."""
+    import bentoml
+
     specs = []
     try:
-        models = _store().list()
+        models = bentoml.models.list()
     except FileNotFoundError:  # no store yet
         return []
     for model in models:
@@ -170,30 +164,14 @@ def latest_specs(problems: dict[str, str] | None = None) -> dict[str, ModelSpec]
     return latest
 
 
-def parse_policy(policy: str | list[str]) -> tuple[str, int | list[str]]:
-    """("latest", N) | ("all", 0) | ("pinned", [versions]); ValueError on anything else."""
-    if isinstance(policy, list):
-        return "pinned", [str(v) for v in policy]
-    text = policy.strip()
-    if text == "all":
-        return "all", 0
-    if text == "latest":
-        return "latest", 1
-    if text.startswith("latest:") and text[7:].isdigit() and int(text[7:]) >= 1:
-        return "latest", int(text[7:])
-    if text and not text.startswith("latest"):
-        return "pinned", [v.strip() for v in text.split(",") if v.strip()]
-    raise ValueError(f"version policy {policy!r}: use latest, latest:N, all or a list of versions")
-
-
 def select_versions(
     names: list[str],
-    default_policy: str,
-    policies: dict[str, str | list[str]],
+    policy_of: Callable[[str], VersionPolicy],
     problems: dict[str, str] | None = None,
 ) -> dict[str, list[ModelSpec]]:
-    """The stored versions to serve per model, newest first, by version policy. `names` may hold
-    "*" (every model in the store). Models with nothing to serve are described in `problems`."""
+    """The stored versions to serve per model, newest first, by each model's version policy
+    (`policy_of(name)`: Settings.for_model(name).version_policy). `names` may hold "*" (every
+    model in the store). Models with nothing to serve are described in `problems`."""
     problems = {} if problems is None else problems
     stored: dict[str, list[ModelSpec]] = {}
     for spec in list_specs(problems):  # newest first per name
@@ -205,20 +183,20 @@ def select_versions(
         if not versions:
             problems.setdefault(name, "not in the model store (run `deepserve models build`)")
             continue
-        kind, arg = parse_policy(policies.get(name, default_policy))
-        if kind == "all":
+        policy = policy_of(name)
+        if policy.all:
             chosen = versions
-        elif kind == "latest":
-            chosen = versions[: int(arg)]  # type: ignore[arg-type]
+        elif policy.latest is not None:
+            chosen = versions[: policy.latest]
         else:
             by_version = {s.version: s for s in versions}
-            absent = [v for v in arg if v not in by_version]  # type: ignore[union-attr]
+            absent = [v for v in policy.pinned if v not in by_version]
             if absent:
                 problems[name] = (
                     f"pinned version(s) {', '.join(absent)} not in the store; stored: "
                     + ", ".join(by_version)
                 )
-            chosen = [by_version[v] for v in by_version if v in arg]  # type: ignore[operator]
+            chosen = [by_version[v] for v in by_version if v in policy.pinned]
         if chosen:
             selected[name] = chosen
         else:

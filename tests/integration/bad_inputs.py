@@ -33,6 +33,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2 as v2pb
 
 import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
+from service.core.datatypes import NUMPY_OF
 from service.processing.speech import resample
 from service.processing.vision import decode_image, digit_pixels
 from service.protocols.proto.gen import deepserve_pb2 as pb
@@ -113,7 +114,7 @@ def v2_json_outputs(body: dict[str, Any]) -> dict[str, np.ndarray]:
     outputs = {}
     for tensor in body["outputs"]:
         data = tensor["data"]
-        dtype = object if tensor["datatype"] == "BYTES" else codecs.NUMPY_OF[tensor["datatype"]]
+        dtype = object if tensor["datatype"] == "BYTES" else NUMPY_OF[tensor["datatype"]]
         outputs[tensor["name"]] = np.array(data, dtype=dtype).reshape(tensor["shape"])
     return outputs
 

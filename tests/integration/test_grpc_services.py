@@ -98,7 +98,7 @@ def test_task_errors_map_to_status_codes(stub, call, request_message, code, need
 
 def test_passed_deadline_is_not_computed(server, stub) -> None:
     """A request whose gRPC deadline passes before it reaches the model is never run. (Expiry
-    while queued is covered by tests/service/test_batching.py.)"""
+    while queued is covered by tests/batching/test_batcher.py.)"""
     # a 12-megapixel JPEG takes far longer than 30 ms to decode: the deadline passes meanwhile
     y, x = np.mgrid[0:3000, 0:4000]
     photo = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)

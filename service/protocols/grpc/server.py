@@ -30,7 +30,13 @@ from service.protocols.grpc.v2 import MalformedRequestInterceptor, V2Servicer, d
 from service.protocols.proto.gen import deepserve_pb2 as pb
 from service.protocols.proto.gen import deepserve_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.runners.repository import ServingState
-from service.tasks import core as tasks
+from service.tasks import (
+    catalog,
+    image_captioning,
+    image_classification,
+    speech_recognition,
+    text_classification,
+)
 
 log = logging.getLogger("deepserve.grpc")
 
@@ -47,7 +53,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
 
     @rpc("grpc")
     async def Classify(self, request, context):
-        answer = await tasks.classify(
+        answer = await image_classification.classify(
             self.state(),
             request.image,
             request.model or None,
@@ -63,7 +69,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
 
     @rpc("grpc")
     async def Sentiment(self, request, context):
-        spec, results = await tasks.sentiment(
+        spec, results = await text_classification.sentiment(
             self.state(),
             list(request.texts),
             request.model or None,
@@ -78,7 +84,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
 
     @rpc("grpc")
     async def Transcribe(self, request, context):
-        answer = await tasks.transcribe(
+        answer = await speech_recognition.transcribe(
             self.state(),
             request.audio,
             request.model or None,
@@ -89,7 +95,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
 
     @rpc("grpc")
     async def Caption(self, request, context):
-        answer = await tasks.caption(
+        answer = await image_captioning.caption(
             self.state(),
             request.image,
             request.model or None,
@@ -101,7 +107,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
 
     @rpc()
     async def ListModels(self, request, context):
-        models = await tasks.list_models(self.state())
+        models = await catalog.list_models(self.state())
         return pb.ListModelsResponse(
             models=[
                 pb.ModelInfo(

@@ -26,8 +26,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.core.errors import Overloaded, RequestTimeout, abort_grpc
+from service.core.errors import Overloaded, RequestTimeout
 from service.core.settings import Settings
+from service.protocols.grpc.errors import abort_grpc
 
 log = logging.getLogger("deepserve.grpc")
 

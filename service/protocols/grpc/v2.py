@@ -19,8 +19,10 @@ import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
-from service.core.errors import InvalidInput, ServingError, abort_grpc
+from service.core import datatypes
+from service.core.errors import InvalidInput, ServingError
 from service.core.metrics import track_request
+from service.protocols.grpc.errors import abort_grpc
 from service.protocols.proto.gen import inference_pb2 as pb
 from service.protocols.proto.gen import inference_pb2_grpc
 from service.protocols.v2 import codecs, dataplane
@@ -30,20 +32,22 @@ log = logging.getLogger("deepserve.grpc")
 StateGetter = Callable[[], ServingState]
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
-# datatype -> the InferTensorContents field that carries it when raw contents are not used
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
+
+def _contents_field(datatype: str) -> str | None:
+    """The InferTensorContents field that carries a datatype when raw contents are not used
+    (None: it travels only raw). Protobuf has no 8- or 16-bit integers: those widen to the
+    32-bit int_contents / uint_contents."""
+    dtype = datatypes.numpy_of(datatype)
+    if dtype.kind in "iu" and dtype.itemsize < 8:
+        return "uint_contents" if dtype.kind == "u" else "int_contents"
+    field = f"{datatype.lower()}_contents"
+    return field if field in pb.InferTensorContents.DESCRIPTOR.fields_by_name else None
+
+
+CONTENTS_FIELD: dict[str, str] = {
+    datatype: field
+    for datatype in datatypes.DATATYPES
+    if (field := _contents_field(datatype)) is not None
 }
 
 

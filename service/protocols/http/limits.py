@@ -1,5 +1,5 @@
 """ASGI pieces that bound what any HTTP request may cost, for every route and content type,
-before a route handler sees it; and the one renderer of errors at that level.
+before a route handler sees it (errors rendered by service/protocols/http/errors.py).
 
 Route handlers check sizes against `Content-Length` too, but a chunked body has none: the limit
 is enforced here on the bytes as they arrive, so no route (multipart parsing included) can read
@@ -8,37 +8,16 @@ more than `max_body_bytes` of a request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from service.core.errors import PayloadTooLarge, ServingError
+from service.core.errors import PayloadTooLarge
+from service.protocols.http.errors import send_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-def error_body(path: str, error: ServingError) -> dict[str, Any]:
-    """The error in the shape of the protocol that `path` belongs to: V2 `{"error": message}`,
-    everything else `{"error": {"code", "message"}}`."""
-    if path == "/v2" or path.startswith("/v2/"):
-        return {"error": error.message}
-    return error.to_json()
-
-
-async def send_error(scope: Scope, send: Send, error: ServingError) -> None:
-    """Answer `error` as a whole response (status, its headers, a JSON body)."""
-    body = json.dumps(error_body(str(scope.get("path", "")), error)).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()),
-    ]
-    status = int(error.http_status)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def plain_int(text: str | bytes) -> int | None:

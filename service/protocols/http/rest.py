@@ -8,58 +8,45 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match, NoMatchFound, Route
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from service.core.errors import (
     InvalidInput,
     PayloadTooLarge,
-    RouteNotFound,
     ServingError,
     UnsupportedMediaType,
 )
-from service.core.metrics import track_request
-from service.protocols.http.limits import plain_int
+from service.protocols.http import wire
+from service.protocols.http.common import (
+    Fallback,
+    answer,
+    deadline_of,
+    error_json,
+    guarded,
+    read_body,
+    read_json,
+)
+from service.protocols.http.errors import method_not_allowed
 from service.runners.repository import ServingState
-from service.tasks import core as tasks
+from service.tasks import (
+    catalog,
+    image_captioning,
+    image_classification,
+    speech_recognition,
+    text_classification,
+)
 
 log = logging.getLogger("deepserve.rest")
 
 StateGetter = Callable[[], ServingState]
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes before reading them all."""
-    declared = plain_int(request.headers.get("content-length", ""))
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}", unread_body=True)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", unread_body=True)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    body = await read_body(request, limit)
-    try:
-        return json.loads(body)
-    except RecursionError:
-        raise InvalidInput("malformed JSON body: nested too deeply") from None
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, int digits limit
-        raise InvalidInput(f"malformed JSON body: {error}") from None
 
 
 def b64decode(value: Any, field: str) -> bytes:
@@ -124,114 +111,20 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     return value
 
 
-TIMEOUT_HEADER = "X-Request-Timeout-Ms"
-TIMEOUT_PARAM = "timeout_ms"
-MAX_TIMEOUT_MS = 600_000
-
-
-def deadline_of(request: Request) -> float | None:
-    """The request's deadline as a time.monotonic() value, from the X-Request-Timeout-Ms header
-    or the timeout_ms query parameter (milliseconds from arrival); None when neither is sent.
-    Work still queued when it passes is dropped unrun and answered 504."""
-    arrived = time.monotonic()
-    sent = [
-        (f"{TIMEOUT_HEADER} header", request.headers.get(TIMEOUT_HEADER)),
-        (f"{TIMEOUT_PARAM} parameter", request.query_params.get(TIMEOUT_PARAM)),
-    ]
-    timeouts = []
-    for where, raw in sent:
-        if raw is None:
-            continue
-        try:
-            milliseconds = float(raw)
-        except ValueError:
-            milliseconds = float("nan")
-        if not 0 < milliseconds <= MAX_TIMEOUT_MS:  # also refuses nan
-            raise InvalidInput(
-                f"timeout {raw!r} ({where}) must be milliseconds between 0 and {MAX_TIMEOUT_MS}"
-            )
-        timeouts.append(milliseconds)
-    return arrived + min(timeouts) / 1000 if timeouts else None
-
-
-def error_json(error: ServingError) -> Response:
-    return JSONResponse(error.to_json(), error.http_status, headers=error.headers)
-
-
-def guarded(
-    handler: Callable[[Request], Awaitable[Response]],
-    render: Callable[[ServingError], Response] = error_json,
-    protocol: str | None = None,
-) -> Callable[[Request], Awaitable[Response]]:
-    """An endpoint that answers ServingErrors with `render`; with a `protocol`, it is an
-    inference endpoint whose requests are counted and timed in the metrics."""
-
-    async def endpoint(request: Request) -> Response:
-        with track_request(protocol) as record:
-            try:
-                response = await handler(request)
-            except ServingError as error:
-                if error.http_status >= 500:
-                    log.warning("%s %s: %s", request.method, request.url.path, error.message)
-                response = render(error)
-            except ClientDisconnect:
-                # NOTE: the client left mid-body (or stalled past http_body_timeout_s and was
-                # answered 408): no one reads this answer; 499 is nginx's "client closed request"
-                log.debug(
-                    "%s %s: client gone before its body arrived", request.method, request.url.path
-                )
-                response = Response(status_code=499)
-            except Exception:
-                # NOTE: a bug, not the client's fault: logged whole, answered in the protocol's
-                # error shape without details (Starlette would answer plain text)
-                log.exception("%s %s failed", request.method, request.url.path)
-                response = render(ServingError("internal error (logged)"))
-            record.status = response.status_code
-            return response
-
-    return endpoint
-
-
-class Fallback(BaseRoute):
-    """The last route of an app: answers every request no other route takes with `render`ed
-    404. It matches only partially, so a route that knows the path but not the method still
-    wins (405 + Allow); and BentoML's mounts, which enter a sub-app only when one of its routes
-    matches, now enter it for every path under the app's prefix."""
-
-    def __init__(self, render: Callable[[ServingError], Response], prefix: str = "") -> None:
-        self.render = render
-        self.prefix = prefix
-        """Only paths at or under this prefix (relative to the app's mount point)."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        full, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
-        path = full[len(root) :] if full.startswith(root) else full  # relative to the mount
-        under = not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
-        return (Match.PARTIAL if scope["type"] == "http" and under else Match.NONE), {}
-
-    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
-        raise NoMatchFound(name, path_params)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = str(scope.get("path", ""))  # the full path: Starlette keeps root_path in it
-        shown = path if len(path) <= 200 else path[:200] + "..."
-        error = RouteNotFound(f"no route {scope.get('method', '')} {shown}")
-        await self.render(error)(scope, receive, send)
-
-
 def build_app(state: StateGetter) -> Starlette:
     """The /v1 app; `state` returns the gateway's ServingState at request time."""
 
-    async def classify(request: Request) -> JSONResponse:
+    async def classify(request: Request) -> Response:
         serving = state()
         deadline = deadline_of(request)
         model = request.query_params.get("model")
         k = int_param(request, "top_k", 5, 1, 10_000)
         data = await read_media(request, "image", ("image/",), *media_limits(serving))
         version = request.query_params.get("version")
-        return JSONResponse(await tasks.classify(serving, data, model, k, deadline, version))
+        result = await image_classification.classify(serving, data, model, k, deadline, version)
+        return answer(wire.ClassifyResult.model_validate(result))
 
-    async def sentiment(request: Request) -> JSONResponse:
+    async def sentiment(request: Request) -> Response:
         serving = state()
         deadline = deadline_of(request)
         payload = await read_json(request, serving.settings.max_json_bytes)
@@ -243,34 +136,42 @@ def build_app(state: StateGetter) -> Starlette:
             raise InvalidInput('"texts" must be a non-empty list of strings')
         model = request.query_params.get("model")
         version = request.query_params.get("version")
-        spec, results = await tasks.sentiment(serving, texts, model, single, deadline, version)
-        body: dict[str, Any] = {"model": spec.name, "version": spec.version}
-        body.update(results[0] if single else {"results": results})
-        return JSONResponse(body)
+        spec, results = await text_classification.sentiment(
+            serving, texts, model, single, deadline, version
+        )
+        if single:
+            return answer(wire.SentimentResult(model=spec.name, version=spec.version, **results[0]))
+        batch = {"model": spec.name, "version": spec.version, "results": results}
+        return answer(wire.SentimentBatchResult.model_validate(batch))
 
-    async def transcribe(request: Request) -> JSONResponse:
+    async def transcribe(request: Request) -> Response:
         serving = state()
         deadline = deadline_of(request)
         data = await read_media(request, "audio", ("audio/",), *media_limits(serving))
         model = request.query_params.get("model")
         version = request.query_params.get("version")
-        return JSONResponse(await tasks.transcribe(serving, data, model, deadline, version))
+        result = await speech_recognition.transcribe(serving, data, model, deadline, version)
+        return answer(wire.TranscribeResult.model_validate(result))
 
-    async def caption(request: Request) -> JSONResponse:
+    async def caption(request: Request) -> Response:
         serving = state()
         deadline = deadline_of(request)
         beam = int_param(request, "beam", 1, 1, serving.settings.max_beam)
         data = await read_media(request, "image", ("image/",), *media_limits(serving))
         model = request.query_params.get("model")
         version = request.query_params.get("version")
-        return JSONResponse(await tasks.caption(serving, data, model, beam, deadline, version))
+        result = await image_captioning.caption(serving, data, model, beam, deadline, version)
+        return answer(wire.CaptionResult.model_validate(result))
 
-    async def list_models(request: Request) -> JSONResponse:
-        return JSONResponse({"models": await tasks.list_models(state())})
+    async def list_models(request: Request) -> Response:
+        models = await catalog.list_models(state())
+        return answer(wire.ModelList.model_validate({"models": models}))
 
-    async def show_model(request: Request) -> JSONResponse:
+    async def show_model(request: Request) -> Response:
         name, version = request.path_params["name"], request.query_params.get("version")
-        return JSONResponse(await tasks.show_model(state(), name, version))
+        return answer(
+            wire.ModelInfo.model_validate(await catalog.show_model(state(), name, version))
+        )
 
     routes: list[BaseRoute] = [
         Route("/classify", guarded(classify, protocol="rest"), methods=["POST"]),
@@ -282,17 +183,5 @@ def build_app(state: StateGetter) -> Starlette:
     ]
 
     routes.append(Fallback(error_json))
-
-    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "method_not_allowed",
-                    "message": f"{request.method} not allowed here",
-                }
-            },
-            405,
-            headers=getattr(exc, "headers", None),  # Allow: the methods that are
-        )
 
     return Starlette(routes=routes, exception_handlers={405: method_not_allowed})

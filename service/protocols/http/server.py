@@ -46,7 +46,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from service.core.errors import DeadlineExceeded, Overloaded, RequestTimeout, ServingError
 from service.core.settings import Settings
-from service.protocols.http.limits import error_body
+from service.protocols.http.errors import error_body
 
 log = logging.getLogger("deepserve.http")
 
@@ -92,7 +92,7 @@ def reshape(path: str, start: Message, body: bytes) -> tuple[Message, bytes]:
     if found is None:
         return start, body
     status = start["status"]
-    body = json.dumps(error_body(path, RESHAPED[status](found))).encode()
+    body = error_body(path, RESHAPED[status](found))
     kept = [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
     if status != 504 and not any(k.lower() == b"retry-after" for k, _ in kept):
         kept.append((b"retry-after", b"1"))  # as Overloaded answers
@@ -247,7 +247,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
             return
         if not cycle.response_started:
             message = f"no request body bytes for {self.body_timeout_s:g} s"
-            body = json.dumps(error_body(cycle.scope["path"], RequestTimeout(message))).encode()
+            body = error_body(cycle.scope["path"], RequestTimeout(message))
             head = [b"HTTP/1.1 408 Request Timeout\r\n"]
             for name, value in self.server_state.default_headers:
                 head += [name, b": ", value, b"\r\n"]

@@ -16,14 +16,15 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.core.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
-from service.protocols.http import openapi, rest
+from service.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.protocols.http import common
+from service.protocols.http.common import answer, read_body
+from service.protocols.http.errors import method_not_allowed, renderer
 from service.protocols.http.limits import plain_int
-from service.protocols.http.rest import read_body
-from service.protocols.v2 import codecs, dataplane
+from service.protocols.v2 import codecs, dataplane, wire
 from service.runners.repository import ServingState
 
 log = logging.getLogger("deepserve.v2")
@@ -32,8 +33,7 @@ StateGetter = Callable[[], ServingState]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def error_response(error: ServingError) -> JSONResponse:
-    return JSONResponse({"error": error.message}, error.http_status, headers=error.headers)
+error_response = renderer("/v2")
 
 
 def parameter_dict(value: Any, where: str) -> dict[str, Any]:
@@ -210,34 +210,36 @@ def build_app(state: StateGetter) -> Starlette:
     """The /v2 routes; `state` returns the gateway's ServingState at request time."""
 
     async def server_metadata(request: Request) -> Response:
-        return JSONResponse(dataplane.server_metadata())
+        return answer(wire.ServerMetadata.model_validate(dataplane.server_metadata()))
 
     async def live(request: Request) -> Response:
-        return JSONResponse({"live": True})
+        return answer(wire.ServerLive(live=True))
 
     async def ready(request: Request) -> Response:
         is_ready = state().ready
-        return JSONResponse({"ready": is_ready}, 200 if is_ready else 503)
+        return answer(wire.ServerReady(ready=is_ready), 200 if is_ready else 503)
 
     def version_of(request: Request) -> str | None:
         return request.path_params.get("version")
 
     async def model_metadata(request: Request) -> Response:
         name = request.path_params["name"]
-        return JSONResponse(dataplane.model_metadata(state(), name, version_of(request)))
+        metadata = dataplane.model_metadata(state(), name, version_of(request))
+        return answer(wire.ModelMetadata.model_validate(metadata))
 
     async def model_ready(request: Request) -> Response:
         name = request.path_params["name"]
         is_ready = dataplane.model_ready(state(), name, version_of(request))
-        return JSONResponse({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+        return answer(wire.ModelReady(name=name, ready=is_ready), 200 if is_ready else 503)
 
     async def model_config(request: Request) -> Response:
         name = request.path_params["name"]
-        return JSONResponse(dataplane.model_config(state(), name, version_of(request)))
+        config = dataplane.model_config(state(), name, version_of(request))
+        return answer(wire.ModelConfig.model_validate(config))
 
     async def infer(request: Request) -> Response:
         serving = state()
-        deadline = rest.deadline_of(request)
+        deadline = common.deadline_of(request)
         body = await read_body(request, serving.settings.max_body_bytes)
         settings = serving.settings
         header, tail = decode_body(request, body, settings.max_body_bytes, settings.max_json_bytes)
@@ -251,12 +253,8 @@ def build_app(state: StateGetter) -> Starlette:
         )
         return render_infer(result, bool(binary_default))
 
-    async def openapi_document(request: Request) -> Response:
-        serving = state()
-        return JSONResponse(openapi.document(openapi.served_models(serving), serving.settings))
-
     def guarded(handler: Callable[[Request], Awaitable[Response]], protocol: str | None = None):
-        return rest.guarded(handler, error_response, protocol)
+        return common.guarded(handler, error_response, protocol)
 
     # NOTE: mounted at "/" (BentoML's mounts only match their own routes), so GET /v2 itself is
     # a route; a mount at /v2 would redirect it to /v2/, which clients do not follow.
@@ -266,7 +264,6 @@ def build_app(state: StateGetter) -> Starlette:
         Route("/v2", guarded(server_metadata), methods=["GET"]),
         Route("/v2/health/live", guarded(live), methods=["GET"]),
         Route("/v2/health/ready", guarded(ready), methods=["GET"]),
-        Route("/openapi.json", guarded(openapi_document), methods=["GET"]),
     ]
     for prefix in (model, versioned):
         routes += [
@@ -276,11 +273,6 @@ def build_app(state: StateGetter) -> Starlette:
             Route(prefix + "/infer", guarded(infer, "v2-rest"), methods=["POST"]),
         ]
 
-    routes.append(rest.Fallback(error_response, prefix="/v2"))  # mounted at "/": /v2 only
-
-    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
-        message = f"{request.method} not allowed on {request.url.path}"
-        # NOTE: RFC 9110 requires Allow on a 405; Starlette's HTTPException carries it
-        return JSONResponse({"error": message}, 405, headers=getattr(exc, "headers", None))
+    routes.append(common.Fallback(error_response, prefix="/v2"))  # mounted at "/": /v2 only
 
     return Starlette(routes=routes, exception_handlers={405: method_not_allowed})

@@ -14,27 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from service.core import datatypes
 from service.core.errors import InvalidInput, PayloadTooLarge
 from service.core.settings import Settings
 
-NUMPY_OF: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-DATATYPE_OF: dict[np.dtype[Any], str] = {
-    dtype: name for name, dtype in NUMPY_OF.items() if name != "BYTES"
-}
 _LENGTH = struct.Struct("<I")
 BOOLS = frozenset({bool, np.bool_})
 _MAX_DIMS = 64  # numpy's limit on ndarray dimensions
@@ -102,16 +85,14 @@ DEFAULT_LIMITS = TensorLimits()
 
 def numpy_dtype(datatype: str, name: str) -> np.dtype[Any]:
     try:
-        return NUMPY_OF[datatype]
+        return datatypes.numpy_of(datatype)
     except KeyError:
-        known = ", ".join(NUMPY_OF)
+        known = ", ".join(datatypes.DATATYPES)
         raise InvalidInput(f"input {name}: unknown datatype {datatype!r}; one of {known}") from None
 
 
 def datatype_of(array: np.ndarray) -> str:
-    if array.dtype == object:
-        return "BYTES"
-    return DATATYPE_OF[array.dtype]
+    return datatypes.datatype_of(array.dtype)
 
 
 def check_shape(shape: Any, name: str) -> list[int]:

@@ -16,24 +16,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from service.protocols.v2.codecs import NUMPY_OF
+from service.core import datatypes
 from service.store.specs import TensorSpec
 
-ONNX_TO_V2: dict[int, str] = {
-    TensorProto.BOOL: "BOOL",
-    TensorProto.UINT8: "UINT8",
-    TensorProto.UINT16: "UINT16",
-    TensorProto.UINT32: "UINT32",
-    TensorProto.UINT64: "UINT64",
-    TensorProto.INT8: "INT8",
-    TensorProto.INT16: "INT16",
-    TensorProto.INT32: "INT32",
-    TensorProto.INT64: "INT64",
-    TensorProto.FLOAT16: "FP16",
-    TensorProto.FLOAT: "FP32",
-    TensorProto.DOUBLE: "FP64",
-    TensorProto.STRING: "BYTES",
-}
 UNKNOWN_DIM = "?"
 """How a dim with neither a value nor a name is recorded (symbolic, like a named one)."""
 ORT_MIN_OPSET = 7
@@ -117,12 +102,15 @@ def tensor_spec(value: onnx.ValueInfoProto, role: str) -> TensorSpec:
             "have a V2 datatype (e.g. a classifier's ZipMap output: export it without ZipMap)"
         )
     elem = value.type.tensor_type.elem_type
-    if elem not in ONNX_TO_V2:
+    try:
+        datatype = datatypes.datatype_of_onnx(elem)
+    except KeyError:
         name = TensorProto.DataType.Name(elem) if elem in TensorProto.DataType.values() else elem
+        supported = ", ".join(TensorProto.DataType.Name(e) for e in datatypes.ONNX_OF.values())
         raise ImportRefused(
             f"{role} {value.name} has element type {name}, which has no V2 datatype; "
-            f"supported: {', '.join(TensorProto.DataType.Name(e) for e in ONNX_TO_V2)}"
-        )
+            f"supported: {supported}"
+        ) from None
     if not value.type.tensor_type.HasField("shape"):
         raise ImportRefused(
             f"{role} {value.name} declares no shape (unknown rank); declare its rank and dims in "
@@ -132,7 +120,7 @@ def tensor_spec(value: onnx.ValueInfoProto, role: str) -> TensorSpec:
         dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or UNKNOWN_DIM)
         for dim in value.type.tensor_type.shape.dim
     ]
-    return TensorSpec(name=value.name, datatype=ONNX_TO_V2[elem], shape=shape)
+    return TensorSpec(name=value.name, datatype=datatype, shape=shape)
 
 
 def graph_io(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -183,7 +171,7 @@ def batching(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str
 
 def sample(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     """Test data of a spec's dtype: normal floats, random booleans, zeros (valid ids) else."""
-    dtype = NUMPY_OF[spec.datatype]
+    dtype = datatypes.numpy_of(spec.datatype)
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
     if dtype.kind == "b":

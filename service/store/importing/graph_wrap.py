@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.protocols.v2.codecs import NUMPY_OF
+from service.core import datatypes
 from service.store.importing.graph_inspect import (
     UNKNOWN_DIM,
     ImportRefused,
@@ -34,8 +34,7 @@ from service.store.specs import TensorSpec
 PREFIX = "model/"
 """Prefix of every name of the user's graph inside a wrapped graph (no clashes with ours)."""
 IMAGE_KEYS = ("size", "layout", "scale", "mean", "std", "softmax", "resize", "channels", "invert")
-FLOATS = ("FP16", "FP32", "FP64")
-ONNX_FLOAT = {"FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE}
+FLOATS = tuple(d for d in datatypes.DATATYPES if datatypes.numpy_of(d).kind == "f")
 
 
 @dataclass
@@ -201,7 +200,7 @@ def preprocess_numpy(images: np.ndarray, plan: ImagePlan, datatype: str) -> np.n
     x: np.ndarray = (scaled - np.asarray(plan.mean, np.float32)) / np.asarray(plan.std, np.float32)
     if plan.layout == "nchw":
         x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x.astype(NUMPY_OF[datatype]))
+    return np.ascontiguousarray(x.astype(datatypes.numpy_of(datatype)))
 
 
 def softmax_numpy(scores: np.ndarray) -> np.ndarray:
@@ -240,7 +239,7 @@ def wrap_image_classifier(
         pre.append(helper.make_node("Transpose", ["wrap/normalised"], [out], perm=[0, 3, 1, 2]))
     if cast_in:
         last = pre[-1].output[0]
-        pre.append(helper.make_node("Cast", [last], [source], to=ONNX_FLOAT[image.datatype]))
+        pre.append(helper.make_node("Cast", [last], [source], to=datatypes.onnx_of(image.datatype)))
     post = []
     if scores.datatype != "FP32":
         post.append(helper.make_node("Cast", [target], ["wrap/scores"], to=TensorProto.FLOAT))

@@ -25,7 +25,8 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,6 @@ import onnx
 import onnxruntime as ort
 from onnx.external_data_helper import uses_external_data
 
-from service.core.settings import MODEL_NAMES
-from service.store.importing.contracts import prepare_speech, prepare_text
 from service.store.importing.graph_inspect import (
     ImportRefused,
     batching,
@@ -48,41 +47,42 @@ from service.store.importing.preparers import (
     Job,
     Prepared,
     first_line,
-    prepare_generic,
-    prepare_image,
 )
 from service.store.specs import ModelSpec, file_sha256, list_specs
 
-__all__ = ["TASKS", "ImportRefused", "import_model"]
+__all__ = ["ImportRefused", "ImportRule", "import_model"]
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 SPEC_VERSION = "1"
 IMPORTER = "deepserve models import"
-LABELS_REQUIRED = ("image-classification", "text-classification")
-VOCABULARY_REQUIRED = ("text-classification", "speech-recognition")
 
 
-TASKS: dict[str, Callable[[Job], Prepared]] = {
-    "generic": prepare_generic,
-    "image-classification": prepare_image,
-    "text-classification": prepare_text,
-    "speech-recognition": prepare_speech,
-}
+@dataclass(frozen=True)
+class ImportRule:
+    """How a task's models are imported: declared by each task (service/tasks/), given to
+    `import_model` by the task registry."""
+
+    task: str
+    prepare: Callable[[Job], Prepared]
+    """Adapts (wraps) or checks the graph against the task's serving contract."""
+    needs_labels: bool = False
+    needs_vocabulary: bool = False
+    strip_vocabulary: bool = True
+    """False: vocabulary entries are kept as written (speech: a space is a token)."""
+    unique_vocabulary: bool = False
 
 
-def check_name(name: str, task: str) -> None:
+def check_name(name: str, task: str, reserved: Collection[str] = ()) -> None:
     if not NAME_PATTERN.fullmatch(name):
         raise ImportRefused(
             f"model name {name!r} is not allowed: it becomes a store tag, so use 1-63 lowercase "
             "letters, digits, '.', '_' or '-', starting with a letter or a digit"
         )
-    if name in MODEL_NAMES:
+    if name in reserved:
         raise ImportRefused(
             f"model name {name!r} belongs to a built-in model (`deepserve models build`); "
             "choose another name"
         )
-    if task not in TASKS:
-        raise ImportRefused(f"unknown task {task!r}; one of {', '.join(TASKS)}")
     stored = {spec.task for spec in list_specs() if spec.name == name}
     if stored and task not in stored:
         raise ImportRefused(
@@ -157,25 +157,28 @@ def check_graph(model: onnx.ModelProto) -> None:
 def import_model(
     path: str | os.PathLike[str],
     name: str,
-    task: str = "generic",
+    rule: ImportRule,
     labels_file: str | os.PathLike[str] | None = None,
     vocab_file: str | os.PathLike[str] | None = None,
     preprocess: dict[str, str] | None = None,
+    reserved: Collection[str] = (),
 ) -> ModelSpec:
-    """Validate an ONNX file, adapt it to the task's contract and store it as a new version."""
-    check_name(name, task)
+    """Validate an ONNX file, adapt it to the task's contract (`rule`) and store it as a new
+    version; `reserved` names (the built-in models) are refused."""
+    task = rule.task
+    check_name(name, task, reserved)
     origin = Path(os.path.abspath(path))
     data, model = read_model(origin)
     check_graph(model)
-    if task in LABELS_REQUIRED and labels_file is None:
+    if rule.needs_labels and labels_file is None:
         raise ImportRefused(f"--labels FILE is required for {task}: one class label per line")
-    if task in VOCABULARY_REQUIRED and vocab_file is None:
+    if rule.needs_vocabulary and vocab_file is None:
         raise ImportRefused(f"--vocab FILE is required for {task}: one token per line")
     labels = read_lines(labels_file, "labels", strip=True) if labels_file else None
     vocabulary = None
     if vocab_file:
-        vocabulary = read_lines(vocab_file, "vocabulary", strip=task != "speech-recognition")
-        if task == "text-classification" and len(set(vocabulary)) != len(vocabulary):
+        vocabulary = read_lines(vocab_file, "vocabulary", strip=rule.strip_vocabulary)
+        if rule.unique_vocabulary and len(set(vocabulary)) != len(vocabulary):
             raise ImportRefused(f"the vocabulary file {vocab_file} has duplicate tokens")
     inputs, outputs = graph_io(model)
     with tempfile.TemporaryDirectory(prefix="deepserve-import-") as tmp:
@@ -183,7 +186,7 @@ def import_model(
         source.write_bytes(data)
         options = dict(preprocess or {})
         job = Job(task, model, source, inputs, outputs, options, labels, vocabulary, Path(tmp))
-        prepared = TASKS[task](job)
+        prepared = rule.prepare(job)
         stored = model if prepared.graph == source else onnx.load(str(prepared.graph))
         spec = build_spec(name, job, prepared, stored)
         spec["data"] = {
@@ -195,7 +198,7 @@ def import_model(
         for key, file in (("labels_file", labels_file), ("vocab_file", vocab_file)):
             if file is not None:
                 spec["data"][key] = os.path.abspath(file)
-        from export.store import register  # bentoml is heavy; only needed here
+        from service.store.register import register  # bentoml is heavy; only needed here
 
         return register(spec, {"model.onnx": prepared.graph}, heldout={})
 

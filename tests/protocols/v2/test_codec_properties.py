@@ -19,13 +19,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from service.core.datatypes import NUMPY_OF
 from service.core.errors import InvalidInput, PayloadTooLarge
 from service.protocols.v2 import codecs
 
-DATATYPES = sorted(codecs.NUMPY_OF)
+DATATYPES = sorted(NUMPY_OF)
 NUMERIC = [d for d in DATATYPES if d != "BYTES"]
-INTEGERS = [d for d in NUMERIC if codecs.NUMPY_OF[d].kind in "iu"]
-FLOATS = [d for d in NUMERIC if codecs.NUMPY_OF[d].kind == "f"]
+INTEGERS = [d for d in NUMERIC if NUMPY_OF[d].kind in "iu"]
+FLOATS = [d for d in NUMERIC if NUMPY_OF[d].kind == "f"]
 
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -75,7 +76,7 @@ def tensors(
         )
         array = object_array(items, shape)
     else:
-        array = draw(hnp.arrays(codecs.NUMPY_OF[datatype], shape))
+        array = draw(hnp.arrays(NUMPY_OF[datatype], shape))
     return layouts[draw(st.sampled_from(sorted(layouts)))](array)
 
 
@@ -115,7 +116,7 @@ def test_raw_round_trip(datatype: str, data: st.DataObject, name: str) -> None:
     if datatype == "BYTES":
         assert raw == bytes_wire(list(array.reshape(-1)))
     else:
-        assert len(raw) == array.size * codecs.NUMPY_OF[datatype].itemsize
+        assert len(raw) == array.size * NUMPY_OF[datatype].itemsize
     back = codecs.from_raw(name, datatype, list(array.shape), raw)
     assert_same_tensor(back, array, datatype, bitwise=True)
     assert codecs.to_raw(back) == raw
@@ -174,8 +175,8 @@ def test_from_raw_refuses_or_inverts_to_raw(
         if count <= 16:
             items = st.lists(st.binary(max_size=8), min_size=count, max_size=count)
             candidates.append(items.map(bytes_wire))
-    elif count * codecs.NUMPY_OF[datatype].itemsize <= 256:
-        size = count * codecs.NUMPY_OF[datatype].itemsize
+    elif count * NUMPY_OF[datatype].itemsize <= 256:
+        size = count * NUMPY_OF[datatype].itemsize
         candidates.append(st.binary(min_size=size, max_size=size))
     raw = data.draw(st.one_of(candidates))
     try:
@@ -197,7 +198,7 @@ def test_from_raw_refuses_or_inverts_to_raw(
 def test_raw_byte_count_must_match_shape_and_datatype(
     datatype: str, name: str, shape: list[int], data: st.DataObject
 ) -> None:
-    expected = math.prod(shape) * codecs.NUMPY_OF[datatype].itemsize
+    expected = math.prod(shape) * NUMPY_OF[datatype].itemsize
     size = data.draw(st.integers(0, expected + 40).filter(lambda n: n != expected))
     error = refused(lambda: codecs.from_raw(name, datatype, shape, bytes(size)), name)
     assert str(size) in error.message and str(expected) in error.message
@@ -255,7 +256,7 @@ def wrong_values(datatype: str) -> st.SearchStrategy[Any]:
         return st.one_of(others.filter(lambda v: v != []), st.integers(), st.floats())
     if datatype in FLOATS:
         return st.one_of(others, st.booleans())
-    info = np.iinfo(codecs.NUMPY_OF[datatype])
+    info = np.iinfo(NUMPY_OF[datatype])
     fractional = st.floats(allow_nan=True, allow_infinity=True).filter(
         lambda v: not math.isfinite(v) or v % 1 != 0
     )
@@ -332,7 +333,7 @@ def test_bad_shapes_are_refused(datatype: str, name: str, shape: Any, raw: bytes
 
 
 @PROPERTY
-@given(name=names, datatype=st.text(max_size=8).filter(lambda d: d not in codecs.NUMPY_OF))
+@given(name=names, datatype=st.text(max_size=8).filter(lambda d: d not in NUMPY_OF))
 def test_unknown_datatypes_are_refused(name: str, datatype: str) -> None:
     error = refused(lambda: codecs.from_json(name, datatype, [1], [1]), name)
     assert all(known in error.message for known in DATATYPES)

@@ -1,5 +1,5 @@
 """The HTTP protocol's idle, header and body timers and its error-body reshaping, on a real
-uvicorn server on 127.0.0.1 with small ASGI apps; and how rest.guarded answers a client that
+uvicorn server on 127.0.0.1 with small ASGI apps; and how common.guarded answers a client that
 leaves mid-body."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from service.core.metrics import metrics
 from service.core.settings import Settings
-from service.protocols.http import rest
+from service.protocols.http import common
 from service.protocols.http import server as http_server
 from service.protocols.http.server import TimedHttpToolsProtocol
 
@@ -332,11 +332,11 @@ def rest_count(status: str) -> float:
 @pytest.fixture(scope="module")
 def guarded_port() -> Iterator[int]:
     async def read(request: Request) -> Response:
-        body = await rest.read_body(request, 1000)
+        body = await common.read_body(request, 1000)
         return JSONResponse({"bytes": len(body)})
 
     app = Starlette(
-        routes=[Route("/v1/read", rest.guarded(read, protocol="rest"), methods=["POST"])]
+        routes=[Route("/v1/read", common.guarded(read, protocol="rest"), methods=["POST"])]
     )
     with serve(app) as bound:
         yield bound

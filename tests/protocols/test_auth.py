@@ -24,6 +24,7 @@ from service.protocols.auth import (
     open_paths,
     peer_address,
 )
+from service.protocols.grpc.errors import grpc_code
 from service.protocols.grpc.streams import CallQuotaInterceptor
 
 
@@ -146,7 +147,7 @@ def test_an_address_is_limited_after_n_refused_keys_until_its_window_ends() -> N
         with pytest.raises(TooManyRequests, match="retry in 10 s") as limited:
             authorize(keys, limiter, "10.0.0.1", values)
         assert limited.value.http_status == 429 and limited.value.headers["Retry-After"] == "10"
-        assert limited.value.grpc_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert grpc_code(limited.value) == grpc.StatusCode.RESOURCE_EXHAUSTED
     authorize(keys, limiter, "10.0.0.2", ["Bearer secret-key"])  # other addresses are not
     clock.now += 9.5
     with pytest.raises(TooManyRequests, match="retry in 1 s"):

@@ -3,13 +3,14 @@ import struct
 import numpy as np
 import pytest
 
+from service.core.datatypes import NUMPY_OF
 from service.core.errors import InvalidInput, PayloadTooLarge
 from service.protocols.v2 import codecs
 
 
-@pytest.mark.parametrize("datatype", [d for d in codecs.NUMPY_OF if d != "BYTES"])
+@pytest.mark.parametrize("datatype", [d for d in NUMPY_OF if d != "BYTES"])
 def test_raw_round_trip_every_numeric_datatype(datatype: str) -> None:
-    dtype = codecs.NUMPY_OF[datatype]
+    dtype = NUMPY_OF[datatype]
     array = (np.arange(12) % 2 if datatype == "BOOL" else np.arange(12)).astype(dtype).reshape(3, 4)
     raw = codecs.to_raw(array)
     assert len(raw) == 12 * dtype.itemsize

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from export.store import register, sha256, stored_versions
+from service.core.model_settings import VersionPolicy
 from service.store import specs as registry
 
 
@@ -111,21 +113,21 @@ def test_a_changed_onnx_file_fails_its_checksum(scratch_store, tiny_onnx: Path) 
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [
-        ("latest", ("latest", 1)),
-        ("latest:3", ("latest", 3)),
-        ("all", ("all", 0)),
-        (["v1-a", "v1-b"], ("pinned", ["v1-a", "v1-b"])),
-        ("v1-a, v1-b", ("pinned", ["v1-a", "v1-b"])),
+        ("latest", VersionPolicy(latest=1)),
+        ("latest:3", VersionPolicy(latest=3)),
+        ("all", VersionPolicy(all=True)),
+        (["v1-a", "v1-b"], VersionPolicy(pinned=("v1-a", "v1-b"))),
+        ("v1-a, v1-b", VersionPolicy(pinned=("v1-a", "v1-b"))),
     ],
 )
 def test_version_policies_parse(policy, expected) -> None:
-    assert registry.parse_policy(policy) == expected
+    assert VersionPolicy.parse(policy) == expected
 
 
 @pytest.mark.parametrize("policy", ["latest:0", "latest:x", "latest:", ""])
 def test_bad_version_policies_are_refused(policy) -> None:
     with pytest.raises(ValueError, match="version policy"):
-        registry.parse_policy(policy)
+        VersionPolicy.parse(policy)
 
 
 def test_version_selection_latest_n_all_pinned(scratch_store, tiny_onnx: Path) -> None:
@@ -134,9 +136,14 @@ def test_version_selection_latest_n_all_pinned(scratch_store, tiny_onnx: Path) -
     ]
     newest_first = versions[::-1]
 
+    def policy_of(default: str, policies: dict) -> Callable[[str], VersionPolicy]:
+        return lambda name: VersionPolicy.parse(policies.get(name, default))
+
     def chosen(default: str, policies: dict | None = None, names=("*",)) -> list[str]:
         problems: dict[str, str] = {}
-        selected = registry.select_versions(list(names), default, policies or {}, problems)
+        selected = registry.select_versions(
+            list(names), policy_of(default, policies or {}), problems
+        )
         return [s.version for s in selected.get("tiny", [])]
 
     assert chosen("latest") == newest_first[:1]
@@ -145,7 +152,8 @@ def test_version_selection_latest_n_all_pinned(scratch_store, tiny_onnx: Path) -
     assert chosen("latest", {"tiny": [versions[0], versions[2]]}) == [versions[2], versions[0]]
     assert chosen("latest", {"tiny": "all"}, names=["tiny"]) == newest_first
     problems: dict[str, str] = {}
-    selected = registry.select_versions(["tiny", "absent"], "latest", {"tiny": ["v9"]}, problems)
+    only_v9 = policy_of("latest", {"tiny": ["v9"]})
+    selected = registry.select_versions(["tiny", "absent"], only_v9, problems)
     assert selected == {}
     assert "pinned version(s) v9 not in the store" in problems["tiny"]
     assert "not in the model store" in problems["absent"]

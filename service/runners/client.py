@@ -1,14 +1,9 @@
-"""Remote placement: one BentoML runner service per model, reached with bentoml.depends.
-
-Each runner service is its own process (own device, scaled on its own: one per GPU) and batches
-with BentoML's adaptive (CORK) batching: `@bentoml.api(batchable=True)`. The gateway sends each
-request's validated item, compact (uint8 images, int64 ids, float32 audio), and the runner
-collates, normalises inside the graph and answers one result per item.
+"""The gateway's side of remote placement: RemoteRunner, the handle of a model's runner service
+(service/runners/service.py), called through the BentoML dependency client the gateway declared.
 
 NOTE (bentoml 1.4.39): the dependency client replaces its aiohttp session every 100 requests,
-closing it while requests are in flight, which fails them with HTTP 500 under load
-(bentoml/BentoML#5540, #5544). `runner_connection` raises both refresh limits so the session is
-never swapped under load; RemoteRunner also retries an idempotent call once on a
+closing it while requests are in flight (bentoml/BentoML#5540, #5544); the runner service raises
+both refresh limits (runner_connection) and RemoteRunner retries an idempotent call once on a
 transport error, so a refresh that still happens cannot fail a request.
 """
 
@@ -16,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import bentoml
 
-from service.batching.batcher import BatchStats, run_isolated
 from service.core.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -33,137 +26,25 @@ from service.core.errors import (
     ServingError,
 )
 from service.core.metrics import ModelMetrics, batch_totals, note_inferred, record_model
-from service.core.settings import Settings, get_settings
+from service.core.settings import Settings
 from service.runners.base import admission_for
-from service.runtime.kernels import KERNELS, Kernel, make_kernel
-from service.store.specs import ModelSpec, load_spec, select_versions
+from service.runners.service import EXPIRED, FAILED
+from service.runtime.kernels import Kernel
+from service.store.specs import ModelSpec
 
 log = logging.getLogger("deepserve.remote")
 
-NEVER = 10**9  # requests / seconds: keep one client session for the life of the process
 PROBE_PERIOD_S, PROBE_TIMEOUT_S, PROBE_FAILURES = 1.0, 2.0, 2
 """Runner service health probing from the gateway (see RemoteRunner._supervise)."""
-EXPIRED = {"expired": True}
-"""A runner service's answer for an item whose deadline passed before it was computed."""
-FAILED = "failed"
-"""Key of a runner service's answer for an item that failed alone (see `failure`)."""
 
-
-def failure(error: Exception) -> dict[str, Any]:
-    """One item's failure as a runner-service answer: its neighbours in the batch still get
-    theirs. Only ServingErrors (e.g. input the graph refused) carry their message out."""
-    if isinstance(error, ServingError):
-        return {FAILED: {"status": int(error.http_status), "message": error.message}}
-    log.error("inference failed: %r", error)
-    return {FAILED: {"status": 500, "message": "inference failed"}}
+ClientOf = Callable[[str, str], Any]
+"""(model, version) -> the gateway's BentoML dependency client of that runner service, or None."""
 
 
 def failure_error(answer: dict[str, Any], model: str) -> ServingError:
     if answer.get("status") == 400:
         return InvalidInput(str(answer.get("message")))
     return InferenceFailed(f"{model}: {answer.get('message')}")
-
-
-def attribute_name(model: str, version: str) -> str:
-    return "runner_" + re.sub(r"\W", "_", f"{model}_{version}")
-
-
-def runner_service(model: str, version: str, settings: Settings) -> Any:
-    """Create the BentoML runner service class for one model version (import time,
-    deterministic)."""
-    gpu = settings.device == "gpu"
-    resources: dict[str, Any] = {"gpu": 1} if gpu else {"cpu": str(settings.workers_per_model)}
-    max_batch = settings.gpu_max_batch_size if gpu else settings.max_batch_size
-
-    class ModelRunner:
-        def __init__(self) -> None:
-            settings.apply_store()
-            self.stats = BatchStats()
-            self.error: str | None = None
-            self.kernel: Kernel | None = None
-            self.version = version
-            started = time.perf_counter()
-            try:  # NOTE: a broken model must not crash-loop the process; describe() says why
-                spec = load_spec(f"{model}:{version}")
-                self.kernel = make_kernel(spec, settings.device, settings.intra_op_threads)
-                self.kernel.warmup()
-            except Exception as error:
-                self.error = f"{type(error).__name__}: {error}"
-                log.error("runner %s failed to load: %s", model, self.error)
-                return
-            self.metrics = ModelMetrics(spec.name, spec.version)
-            self.metrics.loaded(time.perf_counter() - started)
-            log.info("runner %s ready (%s)", spec.tag, self.kernel.provider)
-
-        @bentoml.api(
-            batchable=True,
-            max_batch_size=max_batch if settings.batching else 1,
-            max_latency_ms=int(settings.remote_max_latency_ms),
-        )
-        def infer(self, items: list[Any]) -> list[Any]:
-            """items: (queue key, payload, deadline) triples; runs each key's items as one batch.
-
-            The deadline is wall-clock (time.time(); None = none): items whose deadline passed
-            while BentoML queued them are answered EXPIRED instead of being computed.
-            """
-            if self.kernel is None:
-                raise InferenceFailed(f"{model} is not loaded: {self.error}")
-            results: list[Any] = [None] * len(items)
-            groups: dict[Hashable, list[int]] = {}
-            now = time.time()
-            for index, (key, _, deadline) in enumerate(items):
-                if deadline is not None and now >= deadline:
-                    self.stats.expired += 1
-                    self.metrics.rejected("deadline")
-                    results[index] = EXPIRED
-                else:
-                    groups.setdefault(key, []).append(index)
-            for key, rows in groups.items():  # one executed batch per queue key
-                started = time.perf_counter()
-                outputs = run_isolated(self.kernel.run, key, [items[i][1] for i in rows], model)
-                self.stats.record(len(rows))
-                self.metrics.batch_done(len(rows), [], time.perf_counter() - started)
-                for row, output in zip(rows, outputs):  # one bad item fails alone
-                    failed = isinstance(output, Exception)
-                    results[row] = failure(output) if failed else self.kernel.to_wire(output)
-            return results
-
-        @bentoml.api
-        def describe(self) -> dict[str, Any]:
-            return {
-                "provider": self.kernel.provider if self.kernel else "none",
-                "version": self.version,
-                "error": self.error,
-                "batches": self.stats.batches,
-                "samples": self.stats.samples,
-                "largest_batch": self.stats.largest,
-                "expired": self.stats.expired,
-            }
-
-    ModelRunner.__name__ = ModelRunner.__qualname__ = f"Runner_{attribute_name(model, version)}"
-    return bentoml.service(
-        name=f"runner-{model}-{version}".lower(),
-        # NOTE: BentoML's CORK dispatcher runs one batch at a time per worker process, so on CPU
-        # the runner gets a process per parallel inference slot; a GPU gets one worker
-        workers=1 if gpu else max(1, settings.workers_per_model),
-        resources=resources,
-        traffic={"timeout": 60},
-        runner_connection={"max_requests": NEVER, "max_age": float(NEVER)},
-        **settings.observability_config(["/infer", "/describe"]),
-    )(ModelRunner)
-
-
-def remote_versions(settings: Settings) -> list[tuple[str, str]]:
-    """(model, version) pairs served by runner services (the version policy's selection)."""
-    if settings.placement != "remote" and "remote" not in settings.placements.values():
-        return []  # NOTE: no store listing at import time when every model is local
-    selected = select_versions(settings.models, settings.version_policy, settings.versions)
-    return [
-        (name, spec.version)
-        for name, specs in selected.items()
-        if settings.placement_of(name) == "remote"
-        for spec in specs
-    ]
 
 
 async def until_deadline(call: Any, deadline: float) -> Any:
@@ -185,11 +66,14 @@ class RemoteRunner:
 
     placement = "remote"
 
-    def __init__(self, spec: ModelSpec, settings: Settings, owner: Any):
-        self.owner = owner
+    def __init__(
+        self, spec: ModelSpec, settings: Settings, kernel_class: type[Kernel], client_of: ClientOf
+    ):
+        self.client_of = client_of
         self.name = spec.name
         self.spec = spec
         self.settings = settings
+        self.config = settings.for_model(spec.name)
         self.client: Any = None
         self.remote_provider = "unknown"
         self.error: str | None = None
@@ -198,7 +82,7 @@ class RemoteRunner:
         """Runner calls that failed once and were retried (session swaps, resets)."""
         self.expired = 0
         """Calls not made because their deadline had passed (checked before the hop only)."""
-        self.kernel_class = KERNELS[spec.task]
+        self.kernel_class = kernel_class
         self.metrics = ModelMetrics(spec.name, spec.version)
         self.admission = admission_for(spec, settings)
         self.in_flight = 0
@@ -229,10 +113,10 @@ class RemoteRunner:
         return self.remote_provider
 
     def bucket(self, item: Any) -> Hashable:
-        return self.kernel_class.bucket(item) if self.settings.length_buckets else 0
+        return self.kernel_class.bucket(item) if self.config.length_buckets else 0
 
     async def start(self) -> None:
-        self.client = getattr(self.owner, attribute_name(self.name, self.spec.version), None)
+        self.client = self.client_of(self.name, self.spec.version)
         if self.client is None:
             self.error = "no runner service dependency declared for this model"
             return
@@ -274,7 +158,10 @@ class RemoteRunner:
             back_after = time.monotonic() - self.lost_since
             log.info("model %s: runner service back after %.1f s", self.name, back_after)
             self.lost_since = None
-        record_model(self.spec, self.remote_provider, self.placement)
+        opsets = [graph.opset for graph in self.spec.graphs.values()]
+        record_model(
+            self.spec.name, self.spec.version, opsets, self.remote_provider, self.placement
+        )
 
     async def refresh(self) -> None:
         """The runner service's batch counters (for /v1/models), summed over its worker
@@ -361,17 +248,9 @@ class RemoteRunner:
             "error": self.error,
             "batching": {
                 "engine": "bentoml adaptive batching (runner service)",
-                "max_latency_ms": self.settings.remote_max_latency_ms,
+                "max_latency_ms": self.config.remote_max_latency_ms,
                 "calls": self.calls,
                 "retries": self.retries,
                 **self.remote_stats,
             },
         }
-
-
-def build_runner_services(settings: Settings | None = None) -> dict[str, Any]:
-    settings = settings or get_settings()
-    return {
-        attribute_name(m, v): bentoml.depends(runner_service(m, v, settings))
-        for m, v in remote_versions(settings)
-    }

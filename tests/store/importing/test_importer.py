@@ -24,10 +24,12 @@ from service.core.settings import Settings
 from service.processing.speech import ctc_greedy_transcripts
 from service.protocols.v2 import dataplane
 from service.protocols.v2.dataplane import InferRequest, RequestedOutput
-from service.runners.base import LocalRunner
-from service.runtime.kernels import GenericKernel, make_kernel
+from service.runners.local import LocalRunner
+from service.runtime.kernels import GenericKernel
 from service.store import specs as registry
-from service.store.importing.importer import ImportRefused, import_model
+from service.store.importing.importer import ImportRefused
+from service.tasks import generic
+from service.tasks.registry import import_model, make_kernel
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 
@@ -649,7 +651,7 @@ def test_generic_kernel_runs_a_fixed_batch_request_whole(scratch_store, tmp_path
 
 def test_a_local_runner_never_batches_an_unbatchable_model(scratch_store, tmp_path) -> None:
     spec = import_model(fixed_batch(tmp_path / "fixed.onnx"), "fixed")
-    runner = LocalRunner(spec, Settings(device="cpu", max_batch_size=8))
+    runner = LocalRunner(spec, Settings(device="cpu", max_batch_size=8), GenericKernel)
 
     async def go() -> np.ndarray:
         await runner.start()
@@ -680,7 +682,7 @@ class KernelRunner:
 
 
 def v2_infer(runner: KernelRunner, inputs: dict[str, np.ndarray], settings=None):
-    signature = dataplane.generic(runner)  # type: ignore[arg-type]
+    signature = generic.signature(runner)  # type: ignore[arg-type]
     serving = SimpleNamespace(settings=settings or Settings())
     request = InferRequest(model=runner.spec.name, inputs=inputs)
     dataplane.check_unknown_inputs(request, signature)
@@ -797,7 +799,7 @@ def run_cli(home: Path, *args: str):
         text=True,
         check=False,
         env=env,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
 
 

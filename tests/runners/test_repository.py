@@ -8,6 +8,7 @@ import pytest
 
 from service.core.settings import Settings
 from service.runners.repository import ServingState
+from service.tasks import registry
 
 
 def runner(ready: bool, error: str | None = None) -> SimpleNamespace:
@@ -15,7 +16,7 @@ def runner(ready: bool, error: str | None = None) -> SimpleNamespace:
 
 
 def serving(runners: dict, settings: Settings | None = None) -> ServingState:
-    state = ServingState(settings or Settings())
+    state = ServingState(settings or Settings(), registry.kernel_of)
     state.versions = {name: {"v1": r} for name, r in runners.items()}
     state.runners = dict(runners)
     return state

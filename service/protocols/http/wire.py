@@ -1,0 +1,263 @@
+"""The REST task API's (/v1) JSON bodies and query parameters as typed models, one section per
+task; the handlers (service/protocols/http/rest.py) build every answer through them, and the
+OpenAPI document is generated from them.
+
+Enums and bounds that depend on what is served or on settings are `filled` when the document is
+built: "models:<task>" / "versions:<task>" (the served models of a task, "" = the default),
+"tasks", "error_codes", and settings by name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, RootModel
+
+from service.core.model_settings import Placement
+from service.core.wire import Absent, RequestModel, ResponseModel, absent, filled
+from service.protocols.v2.wire import Datatype
+from service.tasks import (
+    image_captioning,
+    image_classification,
+    speech_recognition,
+    text_classification,
+)
+
+Name = Annotated[str, Field(min_length=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+def model_param(task: str, default: str) -> Any:
+    return Field(
+        "", description=f"Which {task} model; absent or empty: {default}.", **enum_of(task)
+    )
+
+
+def version_param(task: str) -> Any:
+    return Field(
+        "",
+        description="A served version; absent or empty: the newest.",
+        **enum_of(task, "versions"),
+    )
+
+
+def enum_of(task: str, kind: str = "models") -> dict[str, Any]:
+    return {"json_schema_extra": filled(enum=f"{kind}:{task}")}
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class ErrorDetail(ResponseModel):
+    code: Annotated[str, Field(json_schema_extra=filled(enum="error_codes"))]
+    """Stable and machine-readable."""
+    message: str
+    """For people; never echoes a key."""
+
+
+class Error(ResponseModel):
+    """Every /v1 error (and every error outside /v2)."""
+
+    error: ErrorDetail
+
+
+class TaskAnswer(ResponseModel):
+    """The model version that answered."""
+
+    model: Name
+    version: Name
+
+
+# --- media bodies: a file as multipart, JSON base64 or the raw body -----------------------------
+
+
+class ImageUpload(RequestModel):
+    image: bytes
+    """The PNG, JPEG, BMP, GIF, WEBP or TIFF image file."""
+
+
+class ImageBase64(RequestModel):
+    image_b64: Annotated[str, Field(min_length=1, json_schema_extra={"format": "byte"})]
+    """The image file, base64 (RFC 4648, padded)."""
+
+
+class AudioUpload(RequestModel):
+    audio: bytes
+    """The PCM WAV file (8/16/24/32-bit integer or 32/64-bit float samples)."""
+
+
+class AudioBase64(RequestModel):
+    audio_b64: Annotated[str, Field(min_length=1, json_schema_extra={"format": "byte"})]
+    """The WAV file, base64 (RFC 4648, padded)."""
+
+
+# --- classify: image -> top-k labels -----------------------------------------------------------
+
+
+class ClassifyQuery(RequestModel):
+    model: str = model_param(image_classification.NAME, image_classification.DEFAULT_MODEL)
+    top_k: Annotated[int, Field(ge=1, le=10_000)] = 5
+    """How many predictions, at most the model's label count."""
+    version: str = version_param(image_classification.NAME)
+
+
+class Prediction(ResponseModel):
+    label: str
+    index: Annotated[int, Field(ge=0)]
+    score: Probability
+
+
+class ClassifyResult(TaskAnswer):
+    predictions: Annotated[list[Prediction], Field(min_length=1)]
+    """Best first."""
+
+
+# --- sentiment: texts -> label + score each ------------------------------------------------------
+
+# NOTE: a text needs a letter, digit, "!" or "?" to make a token (service/processing/text.py)
+Text = Annotated[
+    str,
+    Field(
+        min_length=1, pattern="[A-Za-z0-9!?]", json_schema_extra=filled(maxLength="max_text_chars")
+    ),
+]
+
+
+class SentimentQuery(RequestModel):
+    model: str = model_param(text_classification.NAME, text_classification.DEFAULT_MODEL)
+    version: str = version_param(text_classification.NAME)
+
+
+class OneText(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["texts"]}})
+
+    text: Text
+
+
+class ManyTexts(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["text"]}})
+
+    texts: Annotated[
+        list[Text], Field(min_length=1, json_schema_extra=filled(maxItems="max_batch_items"))
+    ]
+
+
+class SentimentRequest(RootModel[OneText | ManyTexts]):
+    """One text, or a batch of texts (never both)."""
+
+
+class Sentiment(ResponseModel):
+    label: str
+    score: Probability
+
+
+class SentimentResult(TaskAnswer):
+    """The answer to one text."""
+
+    label: str
+    score: Probability
+
+
+class SentimentBatchResult(TaskAnswer):
+    """The answers to a batch, in order."""
+
+    results: Annotated[list[Sentiment], Field(min_length=1)]
+
+
+class SentimentResponse(RootModel[SentimentResult | SentimentBatchResult]):
+    """One answer for {"text"}, a list of them for {"texts"}."""
+
+
+# --- transcribe: WAV audio -> transcript ---------------------------------------------------------
+
+
+class TranscribeQuery(RequestModel):
+    model: str = model_param(speech_recognition.NAME, speech_recognition.DEFAULT_MODEL)
+    version: str = version_param(speech_recognition.NAME)
+
+
+class TranscribeResult(TaskAnswer):
+    text: str
+    confidence: Probability
+    duration_s: Annotated[float, Field(ge=0)]
+    """The clip's length after resampling."""
+
+
+# --- caption: image -> caption -------------------------------------------------------------------
+
+Beam = Annotated[int, Field(ge=1, json_schema_extra=filled(maximum="max_beam"))]
+
+
+class CaptionQuery(RequestModel):
+    model: str = model_param(image_captioning.NAME, image_captioning.DEFAULT_MODEL)
+    beam: Beam = 1
+    """Beam width; 1 is greedy decoding."""
+    version: str = version_param(image_captioning.NAME)
+
+
+class CaptionResult(TaskAnswer):
+    caption: str
+    score: Annotated[float, Field(le=0)]
+    """The caption's log-probability."""
+    beam: Beam
+
+
+# --- models: the served models -------------------------------------------------------------------
+
+
+class GraphTensor(ResponseModel):
+    name: str
+    datatype: Datatype
+    shape: list[int | str]
+    """Symbolic dims by name ("batch")."""
+    description: str
+
+
+class ModelInfo(ResponseModel):
+    """A configured model version; one that cannot be served has only name, ready and error."""
+
+    name: Name
+    ready: bool
+    error: str | None = absent()
+    """Why it is not ready, if it failed."""
+    version: Name | Absent = absent()
+    default: bool | Absent = absent()
+    """Whether requests that name no version get this one."""
+    served_versions: list[Name] | Absent = absent()
+    task: Annotated[str, Field(json_schema_extra=filled(enum="tasks"))] | Absent = absent()
+    metrics: dict[str, float] | Absent = absent()
+    """Held-out evaluation."""
+    inputs: dict[str, list[GraphTensor]] | Absent = absent()
+    """By graph."""
+    outputs: dict[str, list[GraphTensor]] | Absent = absent()
+    labels: Annotated[int, Field(ge=1)] | None = absent()
+    """How many labels, if it has any."""
+    preprocessing: dict[str, Any] | Absent = absent()
+    data: dict[str, Any] | Absent = absent()
+    """What it was trained on."""
+    placement: Placement | Absent = absent()
+    provider: str | Absent = absent()
+    load_seconds: Annotated[float, Field(ge=0)] | Absent = absent()
+    batching: dict[str, Any] | Absent = absent()
+    """The runner's batching settings and counters."""
+
+
+class ModelList(ResponseModel):
+    models: list[ModelInfo]
+
+
+class ShowModelQuery(RequestModel):
+    version: str = Field("", description="A served version; absent or empty: the newest.")
+
+
+# --- path parameters of /v1 and /v2 --------------------------------------------------------------
+
+
+class ModelPath(RequestModel):
+    name: str = Field(json_schema_extra=filled(enum="models"))
+    """A served model."""
+
+
+class VersionPath(ModelPath):
+    version: str = Field(json_schema_extra=filled(enum="versions"))
+    """A served version of it."""

@@ -1,0 +1,126 @@
+"""Local placement: the model's kernel in the gateway process, fed by our adaptive batcher; items
+are passed by reference, nothing is copied or serialized between gateway and runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable
+from typing import Any
+
+from service.batching.batcher import AdaptiveBatcher
+from service.core.errors import NotReady
+from service.core.metrics import ModelMetrics, note_inferred, record_model
+from service.core.settings import Settings
+from service.runners.base import admission_for
+from service.runtime.kernels import Kernel
+from service.store.specs import ModelSpec
+
+log = logging.getLogger("deepserve.runners")
+
+
+class LocalRunner:
+    """The model's kernel hosted in this process, fed by the adaptive batcher."""
+
+    placement = "local"
+
+    def __init__(self, spec: ModelSpec, settings: Settings, kernel_class: type[Kernel]):
+        self.name = spec.name
+        self.kernel_class = kernel_class
+        self.spec = spec
+        self.settings = settings
+        self.config = settings.for_model(spec.name)
+        """This model's settings (the global ones with its own overrides)."""
+        self.kernel: Kernel | None = None
+        self.batcher: AdaptiveBatcher | None = None
+        self.load_seconds = 0.0
+        self.error: str | None = None
+        self.admission = admission_for(spec, settings)
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None and self.error is None
+
+    @property
+    def provider(self) -> str:
+        return self.kernel.provider if self.kernel else "none"
+
+    def bucket(self, item: Any) -> Hashable:
+        return self.kernel_class.bucket(item) if self.config.length_buckets else 0
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+
+        def load() -> Kernel:
+            kernel = self.kernel_class(self.spec, self.config.device, self.config.intra_op_threads)
+            kernel.warmup()
+            return kernel
+
+        try:
+            self.kernel = await asyncio.to_thread(load)
+        except Exception as error:  # a broken model must not take the others down
+            self.error = f"{type(error).__name__}: {error}"
+            log.error("model %s failed to load: %s", self.name, self.error)
+            return
+        self.load_seconds = time.perf_counter() - started
+        kernel = self.kernel
+        observer = ModelMetrics(self.spec.name, self.spec.version)
+        self.batcher = AdaptiveBatcher(
+            self.name,
+            kernel.run,
+            # NOTE: an imported graph with a fixed batch dim runs one item at a time
+            max_batch_size=self.config.batch_size_for(kernel.provider)
+            if self.spec.extra.get("batchable", True) is not False
+            else 1,
+            max_latency_ms=self.config.max_latency_ms,
+            workers=self.config.workers_per_model,
+            max_queue=self.config.max_queue,
+            observer=observer,
+        )
+        await self.batcher.start()
+        observer.loaded(self.load_seconds)
+        opsets = [graph.opset for graph in self.spec.graphs.values()]
+        record_model(self.spec.name, self.spec.version, opsets, kernel.provider, self.placement)
+        log.info(
+            "model %s ready (local, %s) in %.2f s",
+            self.spec.tag,
+            kernel.provider,
+            self.load_seconds,
+        )
+
+    async def refresh(self) -> None:
+        """Nothing to fetch: the batcher's counters are in this process."""
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+            self.batcher = None
+
+    async def submit(self, item: Any, key: Hashable = 0, deadline: float | None = None) -> Any:
+        if self.batcher is None:
+            raise NotReady(f"model {self.name} is not ready: {self.error or 'loading'}")
+        result = await self.batcher.submit(item, key, deadline)
+        note_inferred()
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        stats = self.batcher.stats if self.batcher else None
+        return {
+            "placement": self.placement,
+            "provider": self.provider,
+            "ready": self.ready,
+            "error": self.error,
+            "load_seconds": round(self.load_seconds, 3),
+            "batching": {
+                "max_batch_size": self.batcher.max_batch_size if self.batcher else None,
+                "max_latency_ms": self.config.max_latency_ms,
+                "workers": self.config.workers_per_model,
+                "pending": self.batcher.pending if self.batcher else 0,
+                "batches": stats.batches if stats else 0,
+                "samples": stats.samples if stats else 0,
+                "largest_batch": stats.largest if stats else 0,
+                "expired": stats.expired if stats else 0,
+                "abandoned": stats.abandoned if stats else 0,
+            },
+        }

@@ -1,0 +1,84 @@
+"""Image captioning: an image -> a caption (the CNN encoder + LSTM decoder, greedy or beam)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from service.core.errors import InvalidInput
+from service.processing.vision import decode_image, resize_exact
+from service.runners.base import Runner
+from service.runners.repository import ServingState
+from service.runtime.kernels import Captioner
+from service.tasks.base import Task, check_range
+from service.tasks.tensors import InferRequest, Signature, Tensor, image_batch
+
+NAME = "image-captioning"
+DEFAULT_MODEL = "captioner"
+
+
+async def caption(
+    serving: ServingState,
+    image: bytes,
+    model: str | None = None,
+    beam: int | None = None,
+    deadline: float | None = None,
+    version: str | None = None,
+) -> dict[str, Any]:
+    """Image bytes -> {"caption", "score", "beam"}; beam 1 is greedy decoding."""
+    name = model or DEFAULT_MODEL
+    runner = serving.runner(name, NAME, version)
+    settings = runner.config
+    beam = check_range("beam", 1 if beam is None else beam, 1, settings.max_beam)
+    size = int(runner.spec.preprocessing["image_size"][0])
+
+    def prepare() -> np.ndarray:
+        return resize_exact(decode_image(image, settings.max_image_pixels), size)
+
+    with runner.admission.admit():
+        pixels = await serving.preprocess(prepare)
+        result = await runner.submit(pixels, beam, deadline)
+    return {
+        "model": runner.spec.name,
+        "version": runner.spec.version,
+        "caption": result.text,
+        "score": round(result.score, 6),
+        "beam": beam,
+    }
+
+
+def signature(runner: Runner) -> Signature:
+    inner = [int(d) for d in runner.spec.graphs["encoder"].inputs[0].shape[1:]]
+
+    async def infer(serving: ServingState, runner: Runner, request: InferRequest):
+        images = image_batch(request, serving, inner, runner.spec.preprocessing)
+        beam = request.parameters.get("beam", 1)
+        if not isinstance(beam, int) or isinstance(beam, bool):
+            raise InvalidInput(f"parameter beam must be an integer, got {beam!r}")
+        check_range("beam", beam, 1, runner.config.max_beam)
+        results = await asyncio.gather(
+            *(runner.submit(row, beam, request.deadline) for row in images)
+        )
+        return {
+            "caption": np.array([r.text.encode() for r in results], dtype=object),
+            "score": np.array([r.score for r in results], dtype=np.float32),
+        }
+
+    return Signature(
+        inputs=[Tensor("image", "UINT8", [-1, *inner], description="NHWC uint8 pixels")],
+        outputs=[Tensor("caption", "BYTES", [-1]), Tensor("score", "FP32", [-1])],
+        infer=infer,
+        parameters={"beam": "beam width (int, default 1 = greedy)"},
+    )
+
+
+TASK = Task(
+    name=NAME,
+    summary="image -> caption",
+    kernel=Captioner,
+    signature=signature,
+    default_model=DEFAULT_MODEL,
+    builtin_models=("captioner",),
+)

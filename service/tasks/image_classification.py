@@ -1,0 +1,89 @@
+"""Image classification: an image -> the top-k of the model's labels (CNNs: imagenet-cnn,
+digits-cnn, imported classifiers wrapped to the same contract)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from service.processing.ranking import top_k
+from service.processing.vision import decode_image, digit_pixels, resize_center_crop
+from service.runners.base import Runner
+from service.runners.repository import ServingState
+from service.runtime.kernels import ImageClassifier
+from service.store.importing.importer import ImportRule
+from service.store.importing.preparers import prepare_image
+from service.tasks.base import Task, check_range
+from service.tasks.tensors import InferRequest, Signature, Tensor, image_batch
+
+NAME = "image-classification"
+DEFAULT_MODEL = "imagenet-cnn"
+
+
+async def classify(
+    serving: ServingState,
+    image: bytes,
+    model: str | None = None,
+    k: int | None = None,
+    deadline: float | None = None,
+    version: str | None = None,
+) -> dict[str, Any]:
+    """Image bytes -> {"model", "version", "predictions": [{"label", "index", "score"}]}."""
+    name = model or DEFAULT_MODEL
+    runner = serving.runner(name, NAME, version)
+    spec, settings = runner.spec, runner.config
+    labels = spec.labels or []
+    k = check_range("top_k", 5 if k is None else k, 1, len(labels))
+
+    def prepare() -> np.ndarray:
+        decoded = decode_image(image, settings.max_image_pixels)
+        size = int(spec.preprocessing["image_size"][0])
+        if spec.preprocessing.get("channels") == 1:
+            invert = spec.preprocessing.get("invert_light_background", True)
+            return digit_pixels(decoded, size, invert)
+        resize = spec.preprocessing.get("resize")  # an int in imported models' specs
+        resize = resize if isinstance(resize, int) else round(size * 256 / 224)
+        return resize_center_crop(decoded, resize, size)
+
+    with runner.admission.admit():  # before decoding: shedding must be cheap
+        pixels = await serving.preprocess(prepare)
+        probabilities = await runner.submit(pixels, deadline=deadline)
+    predictions = [
+        {"label": labels[i], "index": i, "score": round(float(probabilities[i]), 6)}
+        for i in top_k(probabilities, k)
+    ]
+    return {"model": spec.name, "version": spec.version, "predictions": predictions}
+
+
+def signature(runner: Runner) -> Signature:
+    graph = runner.spec.graphs["model"]
+    image = graph.inputs[0]
+    classes = int(graph.outputs[-1].shape[-1])
+    inner = [int(d) for d in image.shape[1:]]
+
+    async def infer(serving: ServingState, runner: Runner, request: InferRequest):
+        images = image_batch(request, serving, inner, runner.spec.preprocessing)
+        rows = await asyncio.gather(
+            *(runner.submit(row, deadline=request.deadline) for row in images)
+        )
+        return {"probabilities": np.stack(rows).astype(np.float32, copy=False)}
+
+    return Signature(
+        inputs=[Tensor("image", "UINT8", [-1, *inner], description="NHWC uint8 pixels")],
+        outputs=[Tensor("probabilities", "FP32", [-1, classes])],
+        infer=infer,
+        labels=runner.spec.labels,
+    )
+
+
+TASK = Task(
+    name=NAME,
+    summary="image -> top-k labels",
+    kernel=ImageClassifier,
+    signature=signature,
+    default_model=DEFAULT_MODEL,
+    builtin_models=("digits-cnn", "imagenet-cnn"),
+    importing=ImportRule(NAME, prepare_image, needs_labels=True),
+)
