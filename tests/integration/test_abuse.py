@@ -118,7 +118,7 @@ def test_http_series_count_refusals_and_routes(target) -> None:
         for s in family.samples
         if s.name == "deepserve_http_requests_total"
     }
-    assert counted[("/v2/models/{name}/ready", "GET", "200")] >= 1
+    assert counted[("/v2/models/{model_name}/ready", "GET", "200")] >= 1
     assert counted[("unmatched", "GET", "401")] >= 1  # refused before routing
     assert "bentoml_service_request_total" not in text  # BentoML's raw-path series are off
 

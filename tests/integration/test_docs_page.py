@@ -19,7 +19,7 @@ from loadtests.server import Server, running_server
 pytestmark = pytest.mark.models
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-OPERATIONS = ["/v1/classify", "/v1/transcribe", "/v2/models/{name}/infer"]
+OPERATIONS = ["/v1/classify", "/v1/transcribe", "/v2/models/{model_name}/infer"]
 XML_NAMESPACES = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
 """URLs in an SVG's markup that name a namespace; a browser never requests them."""
 LOCAL = re.compile(r"https?://127\.0\.0\.1(:\d+)?(/|$)")

@@ -109,11 +109,11 @@ def test_document_names_served_models_and_limits() -> None:
         p["name"]: p["schema"] for p in document["paths"]["/v1/caption"]["post"]["parameters"]
     }
     assert caption["model"]["enum"] == ["", "captioner"] and caption["beam"]["maximum"] == 3
-    versioned = document["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    versioned = document["paths"]["/v2/models/{model_name}/versions/{model_version}/infer"]["post"]
     assert versioned["parameters"][1]["schema"]["enum"] == ["v1", "v2"]
     assert "security" not in versioned
     secured = openapi.document(MODELS, Settings(api_key="secret"))
-    infer = secured["paths"]["/v2/models/{name}/infer"]["post"]
+    infer = secured["paths"]["/v2/models/{model_name}/infer"]["post"]
     assert infer["security"] and "401" in infer["responses"]
     assert "security" not in secured["paths"]["/v2/health/ready"]["get"]  # open health
 

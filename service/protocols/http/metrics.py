@@ -4,7 +4,7 @@ BentoML's own HTTP metrics label series with the raw request path, so every dist
 client invents (no key needed: a 401 or 404 is counted too) adds about 20 series that are never
 dropped; 600 requests with 8 KB paths made /metrics 98 MB and 2 s per scrape. The gateway turns
 BentoML's metrics off (which also removes its /metrics route) and counts HTTP requests here
-instead, by the template of the route that served them (`/v2/models/{name}/infer`), or
+instead, by the template of the route that served them (`/v2/models/{model_name}/infer`), or
 `unmatched` for everything that reached no route.
 """
 

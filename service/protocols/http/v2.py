@@ -220,20 +220,20 @@ def build_app(state: StateGetter) -> Starlette:
         return answer(wire.ServerReady(ready=is_ready), 200 if is_ready else 503)
 
     def version_of(request: Request) -> str | None:
-        return request.path_params.get("version")
+        return request.path_params.get("model_version")
 
     async def model_metadata(request: Request) -> Response:
-        name = request.path_params["name"]
+        name = request.path_params["model_name"]
         metadata = dataplane.model_metadata(state(), name, version_of(request))
         return answer(wire.ModelMetadata.model_validate(metadata))
 
     async def model_ready(request: Request) -> Response:
-        name = request.path_params["name"]
+        name = request.path_params["model_name"]
         is_ready = dataplane.model_ready(state(), name, version_of(request))
         return answer(wire.ModelReady(name=name, ready=is_ready), 200 if is_ready else 503)
 
     async def model_config(request: Request) -> Response:
-        name = request.path_params["name"]
+        name = request.path_params["model_name"]
         config = dataplane.model_config(state(), name, version_of(request))
         return answer(wire.ModelConfig.model_validate(config))
 
@@ -244,7 +244,7 @@ def build_app(state: StateGetter) -> Starlette:
         settings = serving.settings
         header, tail = decode_body(request, body, settings.max_body_bytes, settings.max_json_bytes)
         limits = codecs.TensorLimits.of(serving.settings)
-        name = request.path_params["name"]
+        name = request.path_params["model_name"]
         parsed = parse_infer(header, tail, name, version_of(request), limits)
         parsed.deadline = deadline
         result = await dataplane.infer(serving, parsed)
@@ -258,8 +258,8 @@ def build_app(state: StateGetter) -> Starlette:
 
     # NOTE: mounted at "/" (BentoML's mounts only match their own routes), so GET /v2 itself is
     # a route; a mount at /v2 would redirect it to /v2/, which clients do not follow.
-    model = "/v2/models/{name}"
-    versioned = "/v2/models/{name}/versions/{version}"
+    model = "/v2/models/{model_name}"
+    versioned = "/v2/models/{model_name}/versions/{model_version}"
     routes: list[BaseRoute] = [
         Route("/v2", guarded(server_metadata), methods=["GET"]),
         Route("/v2/health/live", guarded(live), methods=["GET"]),

@@ -261,3 +261,15 @@ class ModelPath(RequestModel):
 class VersionPath(ModelPath):
     version: str = Field(json_schema_extra=filled(enum="versions"))
     """A served version of it."""
+
+
+class V2ModelPath(RequestModel):
+    """V2 paths name their parameters as the KServe and Triton specifications do."""
+
+    model_name: str = Field(json_schema_extra=filled(enum="models"))
+    """A served model."""
+
+
+class V2VersionPath(V2ModelPath):
+    model_version: str = Field(json_schema_extra=filled(enum="versions"))
+    """A served version of it."""

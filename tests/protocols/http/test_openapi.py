@@ -96,7 +96,7 @@ def test_served_models_and_settings_fill_enums_and_limits() -> None:
     assert "enum" not in transcribe["model"]["schema"]
     show = document["paths"]["/v1/models/{name}"]["get"]["parameters"]
     assert show[0]["in"] == "path" and show[0]["schema"]["enum"] == sorted(m.name for m in MODELS)
-    versioned = document["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    versioned = document["paths"]["/v2/models/{model_name}/versions/{model_version}/infer"]["post"]
     assert versioned["parameters"][1]["schema"]["enum"] == ["v1", "v2", "v3", "v4"]
     assert versioned["parameters"][0]["example"] == "sentiment-lstm"  # the examples send a text
 
@@ -111,7 +111,7 @@ def test_every_operation_documents_its_errors_and_examples() -> None:
         assert operation["responses"]["503"]["headers"]["Retry-After"]
         body = operation["requestBody"]["content"]["application/json"]
         assert body.get("example") or body.get("examples")
-    infer = document["paths"]["/v2/models/{name}/infer"]["post"]
+    infer = document["paths"]["/v2/models/{model_name}/infer"]["post"]
     assert (
         "415" in infer["responses"]
         and infer["requestBody"]["content"]["application/json"]["examples"]
@@ -127,7 +127,7 @@ def test_api_keys_secure_every_operation_but_the_open_ones() -> None:
     assert "securitySchemes" not in plain["components"]
     assert all("security" not in op for ops_ in plain["paths"].values() for op in ops_.values())
     secured = openapi.document(MODELS, Settings(api_key="secret"))
-    infer = secured["paths"]["/v2/models/{name}/infer"]["post"]
+    infer = secured["paths"]["/v2/models/{model_name}/infer"]["post"]
     assert infer["security"] and {"401", "429"} <= set(infer["responses"])
     assert infer["responses"]["401"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/V2Error"

@@ -136,7 +136,10 @@ def document(
     static_paths, schemas = generated()
     paths = fill(static_paths, value_of)
     texts = sorted((m.name, m.version) for m in models if m.task == "text-classification")
-    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+    for path in (
+        "/v2/models/{model_name}/infer",
+        "/v2/models/{model_name}/versions/{model_version}/infer",
+    ):
         # the infer examples send a text: their path parameters name such a model
         for parameter, example in zip(paths[path]["post"]["parameters"], texts[0] if texts else ()):
             if parameter["in"] == "path":

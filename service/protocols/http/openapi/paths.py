@@ -321,8 +321,10 @@ def v2_paths() -> dict[str, Any]:
         "/v2/health/ready": get(
             V2, "serverReady", "Server readiness", {**ok(ref("ServerReady")), "503": not_ready}
         ),
-        **v2_model_paths("/v2/models/{name}", "", wire.ModelPath),
-        **v2_model_paths("/v2/models/{name}/versions/{version}", "Version", wire.VersionPath),
+        **v2_model_paths("/v2/models/{model_name}", "", wire.V2ModelPath),
+        **v2_model_paths(
+            "/v2/models/{model_name}/versions/{model_version}", "Version", wire.V2VersionPath
+        ),
     }
 
 
