@@ -42,7 +42,7 @@ serve: models  ## set up, build missing models, serve
 unit: setup  ## fast unit tests (no model store needed)
 	$(PY) -m pytest -q -m "not models"
 
-test: models lint  ## set up, build models, lint (ruff, mypy, import contracts), run the whole suite
+test: lint models  ## set up, build models, lint (ruff, mypy, import contracts), run the whole suite
 	$(PY) -m pytest -q
 
 bench: models  ## service vs in-process limit (wrk, loopback): table, JSON and PNG in reports/bench

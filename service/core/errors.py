@@ -1,6 +1,6 @@
 """One error hierarchy for every protocol: each class names its HTTP status and gRPC status once.
 
-Transport-free: the protocol front ends render these (service/protocols/http/limits.py,
+Transport-free: the protocol front ends render these (service/protocols/http/errors.py,
 service/protocols/grpc/errors.py)."""
 
 from __future__ import annotations

@@ -57,12 +57,21 @@ class ServingState:
                 self.missing[name] = why
                 log.error("model %s: %s", name, why)
         for name, specs in selected.items():
-            self.versions[name] = {spec.version: self.make_runner(spec) for spec in specs}
-            self.runners[name] = next(iter(self.versions[name].values()))
+            runners = {}
+            for spec in specs:
+                try:
+                    runners[spec.version] = self.make_runner(spec)
+                except KeyError as error:  # a task this build does not know: this model only
+                    log.error("model %s: %s", spec.tag, error.args[0])
+                    self.missing.setdefault(name, f"{spec.tag}: {error.args[0]}")
+            if runners:
+                self.versions[name] = runners
+                self.runners[name] = next(iter(runners.values()))
         await asyncio.gather(*(runner.start() for runner in self.all_runners()))
         self.started = True
 
     def make_runner(self, spec: ModelSpec) -> Runner:
+        """The runner of one model version; KeyError when no kernel computes its task."""
         kernel_class = self.kernel_of(spec.task)
         if self.settings.for_model(spec.name).placement == "remote":
             return RemoteRunner(spec, self.settings, kernel_class, self.client_of)

@@ -30,6 +30,9 @@ class Task:
     """Models of this task trained by this project (export/models/<name>.py builds each)."""
     importing: ImportRule | None = None
     """How `deepserve models import --task NAME` adapts a user's graph; None: not importable."""
+    position: int = 100
+    """Order of the task in listings and of its built-in models in `deepserve models build`
+    (cheap models first)."""
 
 
 def check_range(name: str, value: int, low: int, high: int) -> int:

@@ -87,8 +87,9 @@ def signature(runner: Runner) -> Signature:
 
 TASK = Task(
     name=NAME,
+    position=50,
     summary="any ONNX graph: its own tensors in and out",
     kernel=GenericKernel,
     signature=signature,
-    importing=ImportRule(NAME, prepare_generic),
+    importing=ImportRule(NAME, prepare_generic, check_rows_independent=True),
 )

@@ -76,6 +76,7 @@ def signature(runner: Runner) -> Signature:
 
 TASK = Task(
     name=NAME,
+    position=40,
     summary="image -> caption",
     kernel=Captioner,
     signature=signature,

@@ -80,6 +80,7 @@ def signature(runner: Runner) -> Signature:
 
 TASK = Task(
     name=NAME,
+    position=10,
     summary="image -> top-k labels",
     kernel=ImageClassifier,
     signature=signature,

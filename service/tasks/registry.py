@@ -30,11 +30,14 @@ def _discover() -> dict[str, Task]:
             continue
         task = getattr(importlib.import_module(f"{package.__name__}.{module}"), "TASK", None)
         if not isinstance(task, Task):
-            raise TypeError(f"service/tasks/{module}.py declares no TASK (a Task object)")
+            raise TypeError(
+                f"service/tasks/{module}.py declares no TASK (a Task object); a helper module "
+                "that declares none belongs in NOT_TASKS"
+            )
         if task.name in found:
             raise ValueError(f"task {task.name!r} is declared twice")
         found[task.name] = task
-    return found
+    return dict(sorted(found.items(), key=lambda item: (item[1].position, item[0])))
 
 
 TASKS: dict[str, Task] = _discover()

@@ -105,6 +105,7 @@ def signature(runner: Runner) -> Signature:
 
 TASK = Task(
     name=NAME,
+    position=30,
     summary="WAV audio -> transcript",
     kernel=SpeechRecognizer,
     signature=signature,

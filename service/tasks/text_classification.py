@@ -146,6 +146,7 @@ def signature(runner: Runner) -> Signature:
 
 TASK = Task(
     name=NAME,
+    position=20,
     summary="texts -> label + score each",
     kernel=TextClassifier,
     signature=signature,

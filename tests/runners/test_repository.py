@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -48,3 +49,53 @@ def test_not_ready_before_start() -> None:
     state = serving({"a": runner(True)})
     assert state.ready is False
     state.preprocess_pool.shutdown()
+
+
+class NoopKernel:
+    """A kernel that loads nothing: enough for a LocalRunner to start."""
+
+    provider = "CPUExecutionProvider"
+
+    def __init__(self, spec, device="auto", intra_op_threads=1) -> None:
+        self.spec = spec
+
+    @classmethod
+    def bucket(cls, item):
+        return 0
+
+    def warmup(self) -> None:
+        pass
+
+    def run(self, key, items):
+        return list(items)
+
+
+def test_a_model_of_an_unknown_task_fails_alone(monkeypatch) -> None:
+    """One stored spec whose task this build has no kernel for: that model is reported missing
+    with the reason, the others start (it must not stop the whole gateway)."""
+    specs = {
+        "good": [SimpleNamespace(name="good", version="v1", task="known", tag="good:v1", extra={})],
+        "odd": [SimpleNamespace(name="odd", version="v1", task="future", tag="odd:v1", extra={})],
+    }
+
+    def kernel_of(task: str):
+        if task != "known":
+            raise KeyError(f"unknown task {task!r}; one of known")
+        return NoopKernel
+
+    monkeypatch.setattr("service.runners.repository.select_versions", lambda *a, **k: specs)
+    monkeypatch.setattr("service.runners.local.record_model", lambda *a, **k: None)
+    for spec in (*specs["good"], *specs["odd"]):
+        spec.graphs = {}
+    state = ServingState(Settings(), kernel_of)
+
+    async def start_and_stop() -> None:
+        await state.start()
+        try:
+            assert state.ready
+            assert list(state.runners) == ["good"]
+            assert "unknown task 'future'" in state.missing["odd"]
+        finally:
+            await state.stop()
+
+    asyncio.run(start_and_stop())

@@ -19,8 +19,8 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 from starlette.routing import Route
 
 from service.core.errors import RouteNotFound
-from service.protocols.http import wire
-from service.protocols.http.common import answer, error_json, guarded
+from service.protocols.http.common import error_json, guarded
+from service.protocols.http.errors import method_not_allowed
 
 
 def swagger_ui_folder() -> Path:
@@ -92,12 +92,6 @@ def build_app(document: Callable[[], dict[str, Any]]) -> Starlette:
 
     async def home(request: Request) -> Response:
         return RedirectResponse("docs", 307)
-
-    async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        detail = wire.ErrorDetail(
-            code="method_not_allowed", message=f"{request.method} not allowed"
-        )
-        return answer(wire.Error(error=detail), 405, getattr(exc, "headers", None))
 
     routes = [
         Route("/openapi.json", guarded(openapi_json), methods=["GET"]),

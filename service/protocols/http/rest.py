@@ -156,9 +156,10 @@ def build_app(state: StateGetter) -> Starlette:
     async def caption(request: Request) -> Response:
         serving = state()
         deadline = deadline_of(request)
-        beam = int_param(request, "beam", 1, 1, serving.settings.max_beam)
-        data = await read_media(request, "image", ("image/",), *media_limits(serving))
         model = request.query_params.get("model")
+        limit = serving.settings.for_model(model or image_captioning.DEFAULT_MODEL).max_beam
+        beam = int_param(request, "beam", 1, 1, limit)
+        data = await read_media(request, "image", ("image/",), *media_limits(serving))
         version = request.query_params.get("version")
         result = await image_captioning.caption(serving, data, model, beam, deadline, version)
         return answer(wire.CaptionResult.model_validate(result))

@@ -70,6 +70,9 @@ class ImportRule:
     strip_vocabulary: bool = True
     """False: vocabulary entries are kept as written (speech: a space is a token)."""
     unique_vocabulary: bool = False
+    check_rows_independent: bool = False
+    """Run the graph batched and row by row before calling it batchable (a graph of unknown
+    meaning may mix its rows; the task contracts' graphs are checked by their parity runs)."""
 
 
 def check_name(name: str, task: str, reserved: Collection[str] = ()) -> None:
@@ -188,7 +191,7 @@ def import_model(
         job = Job(task, model, source, inputs, outputs, options, labels, vocabulary, Path(tmp))
         prepared = rule.prepare(job)
         stored = model if prepared.graph == source else onnx.load(str(prepared.graph))
-        spec = build_spec(name, job, prepared, stored)
+        spec = build_spec(name, job, prepared, stored, rule)
         spec["data"] = {
             "source": str(origin),
             "source_sha256": hashlib.sha256(data).hexdigest(),
@@ -203,12 +206,14 @@ def import_model(
         return register(spec, {"model.onnx": prepared.graph}, heldout={})
 
 
-def build_spec(name: str, job: Job, prepared: Prepared, stored: onnx.ModelProto) -> dict[str, Any]:
+def build_spec(
+    name: str, job: Job, prepared: Prepared, stored: onnx.ModelProto, rule: ImportRule
+) -> dict[str, Any]:
     """The spec dict of the stored graph (the format is in this module's docstring)."""
     inputs, outputs = graph_io(stored)
     reason = batching(inputs, outputs)
     extra: dict[str, Any] = {"batchable": reason is None}
-    if reason is None and job.task == "generic":
+    if reason is None and rule.check_rows_independent:
         check = rows_independent(session(prepared.graph), inputs)
         extra["batching_check"] = check
         if check.get("independent") is False:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from service.core.errors import ServingError
+from service.core.model_settings import ModelSettings
 from service.core.settings import Settings
 from service.protocols.auth import ApiKeys, open_paths
 from service.protocols.http import wire
@@ -94,6 +95,10 @@ def values(
             return sorted(tasks)
         if kind == "error_codes":
             return error_codes()
+        if kind in ModelSettings.model_fields and models:
+            # NOTE: per-model limits: the widest any served model accepts (each model still
+            # answers 400 beyond its own)
+            return max(getattr(settings.for_model(m.name), kind) for m in models)
         return getattr(settings, kind)
 
     return value_of
