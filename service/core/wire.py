@@ -11,7 +11,7 @@ messages.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic.json_schema import SkipJsonSchema
@@ -65,3 +65,14 @@ class ResponseModel(BaseModel):
     def body(self) -> bytes:
         """The JSON body (compact, UTF-8); optional keys that were not given are left out."""
         return self.model_dump_json(exclude_unset=True).encode()
+
+
+Name = Annotated[str, Field(min_length=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class TaskAnswer(ResponseModel):
+    """The model version that answered."""
+
+    model: Name
+    version: Name

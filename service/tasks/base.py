@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.core.errors import InvalidInput
+from service.core.wire import ResponseModel
 from service.runners.base import Runner
 from service.runtime.kernels import Kernel
 from service.store.importing.importer import ImportRule
@@ -24,6 +25,9 @@ class Task:
     """Collates, runs ONNX Runtime and splits a batch of this task's items (service/runtime)."""
     signature: Callable[[Runner], Signature]
     """A served model's tensor interface (V2 metadata, config and infer)."""
+    results: tuple[type[ResponseModel], ...] = ()
+    """The JSON answers of its /v1 endpoint (wire models; the OpenAPI document is generated from
+    them and the REST handler answers through them)."""
     default_model: str | None = None
     """The model /v1 and the task gRPC service use when a request names none."""
     builtin_models: tuple[str, ...] = ()

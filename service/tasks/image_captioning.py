@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from service.core.errors import InvalidInput
+from service.core.wire import TaskAnswer, filled
 from service.processing.vision import decode_image, resize_exact
 from service.runners.base import Runner
 from service.runners.repository import ServingState
@@ -74,6 +76,19 @@ def signature(runner: Runner) -> Signature:
     )
 
 
+# --- the JSON answer (/v1) ---------------------------------------------------------------
+
+
+Beam = Annotated[int, Field(ge=1, json_schema_extra=filled(maximum="max_beam"))]
+
+
+class CaptionResult(TaskAnswer):
+    caption: str
+    score: Annotated[float, Field(le=0)]
+    """The caption's log-probability."""
+    beam: Beam
+
+
 TASK = Task(
     name=NAME,
     position=40,
@@ -81,5 +96,6 @@ TASK = Task(
     kernel=Captioner,
     signature=signature,
     default_model=DEFAULT_MODEL,
+    results=(CaptionResult,),
     builtin_models=("captioner",),
 )

@@ -4,10 +4,12 @@ digits-cnn, imported classifiers wrapped to the same contract)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
+from service.core.wire import Probability, ResponseModel, TaskAnswer
 from service.processing.ranking import top_k
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop
 from service.runners.base import Runner
@@ -78,6 +80,20 @@ def signature(runner: Runner) -> Signature:
     )
 
 
+# --- the JSON answer (/v1) ---------------------------------------------------------------
+
+
+class Prediction(ResponseModel):
+    label: str
+    index: Annotated[int, Field(ge=0)]
+    score: Probability
+
+
+class ClassifyResult(TaskAnswer):
+    predictions: Annotated[list[Prediction], Field(min_length=1)]
+    """Best first."""
+
+
 TASK = Task(
     name=NAME,
     position=10,
@@ -85,6 +101,7 @@ TASK = Task(
     kernel=ImageClassifier,
     signature=signature,
     default_model=DEFAULT_MODEL,
+    results=(ClassifyResult,),
     builtin_models=("digits-cnn", "imagenet-cnn"),
     importing=ImportRule(NAME, prepare_image, needs_labels=True),
 )

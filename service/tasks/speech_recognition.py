@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from service.core.errors import InvalidInput
 from service.core.model_settings import ModelSettings
+from service.core.wire import Probability, TaskAnswer
 from service.processing.speech import SAMPLE_RATE, decode_wav, to_model_rate
 from service.runners.base import Runner
 from service.runners.repository import ServingState
@@ -103,6 +105,16 @@ def signature(runner: Runner) -> Signature:
     )
 
 
+# --- the JSON answer (/v1) ---------------------------------------------------------------
+
+
+class TranscribeResult(TaskAnswer):
+    text: str
+    confidence: Probability
+    duration_s: Annotated[float, Field(ge=0)]
+    """The clip's length after resampling."""
+
+
 TASK = Task(
     name=NAME,
     position=30,
@@ -110,6 +122,7 @@ TASK = Task(
     kernel=SpeechRecognizer,
     signature=signature,
     default_model=DEFAULT_MODEL,
+    results=(TranscribeResult,),
     builtin_models=("speech-ctc",),
     importing=ImportRule(NAME, prepare_speech, needs_vocabulary=True, strip_vocabulary=False),
 )

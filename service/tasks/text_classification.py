@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from service.core.errors import InvalidInput
 from service.core.metrics import observe_preprocess
+from service.core.wire import Probability, ResponseModel, TaskAnswer
 from service.processing.text import encode, tokenize
 from service.runners.base import Runner
 from service.runners.repository import ServingState
@@ -144,6 +146,27 @@ def signature(runner: Runner) -> Signature:
     )
 
 
+# --- the JSON answer (/v1) ---------------------------------------------------------------
+
+
+class Sentiment(ResponseModel):
+    label: str
+    score: Probability
+
+
+class SentimentResult(TaskAnswer):
+    """The answer to one text."""
+
+    label: str
+    score: Probability
+
+
+class SentimentBatchResult(TaskAnswer):
+    """The answers to a batch, in order."""
+
+    results: Annotated[list[Sentiment], Field(min_length=1)]
+
+
 TASK = Task(
     name=NAME,
     position=20,
@@ -151,6 +174,10 @@ TASK = Task(
     kernel=TextClassifier,
     signature=signature,
     default_model=DEFAULT_MODEL,
+    results=(
+        SentimentBatchResult,
+        SentimentResult,
+    ),
     builtin_models=("sentiment-lstm",),
     importing=ImportRule(
         NAME, prepare_text, needs_labels=True, needs_vocabulary=True, unique_vocabulary=True

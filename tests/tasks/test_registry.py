@@ -68,3 +68,19 @@ def test_builtin_names_are_reserved_for_imports(tmp_path):
     source.write_bytes(b"not read: the name is refused first")
     with pytest.raises(ImportRefused, match="belongs to a built-in model"):
         registry.import_model(source, registry.builtin_models()[0])
+
+
+def test_tasks_declare_their_v1_answers_and_the_document_publishes_them():
+    from service.core.settings import Settings
+    from service.core.wire import ResponseModel
+    from service.protocols.http import openapi
+
+    schemas = openapi.document([], Settings())["components"]["schemas"]
+    for task in registry.TASKS.values():
+        if task.default_model is None:  # no /v1 endpoint (generic): V2 only
+            assert task.results == ()
+            continue
+        assert task.results, f"{task.name} declares no /v1 answer model"
+        for model in task.results:
+            assert issubclass(model, ResponseModel)
+            assert model.__name__ in schemas

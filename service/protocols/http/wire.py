@@ -1,6 +1,7 @@
 """The REST task API's (/v1) JSON bodies and query parameters as typed models, one section per
-task; the handlers (service/protocols/http/rest.py) build every answer through them, and the
-OpenAPI document is generated from them.
+task. Each task's answer models are declared by the task itself (service/tasks/<task>.py,
+`Task.results`) and re-exported here. The handlers (service/protocols/http/rest.py) build every
+answer through them, and the OpenAPI document is generated from them.
 
 Enums and bounds that depend on what is served or on settings are `filled` when the document is
 built: "models:<task>" / "versions:<task>" (the served models of a task, "" = the default),
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, RootModel
 
 from service.core.model_settings import Placement
-from service.core.wire import Absent, RequestModel, ResponseModel, absent, filled
+from service.core.wire import Absent, Name, RequestModel, ResponseModel, absent, filled
 from service.protocols.v2.wire import Datatype
 from service.tasks import (
     image_captioning,
@@ -22,9 +23,20 @@ from service.tasks import (
     speech_recognition,
     text_classification,
 )
+from service.tasks.image_captioning import Beam, CaptionResult
+from service.tasks.image_classification import ClassifyResult, Prediction
+from service.tasks.speech_recognition import TranscribeResult
+from service.tasks.text_classification import Sentiment, SentimentBatchResult, SentimentResult
 
-Name = Annotated[str, Field(min_length=1)]
-Probability = Annotated[float, Field(ge=0, le=1)]
+__all__ = [  # the tasks' own answers, re-exported beside the HTTP-only models
+    "CaptionResult",
+    "ClassifyResult",
+    "Prediction",
+    "Sentiment",
+    "SentimentBatchResult",
+    "SentimentResult",
+    "TranscribeResult",
+]
 
 
 def model_param(task: str, default: str) -> Any:
@@ -61,13 +73,6 @@ class Error(ResponseModel):
     error: ErrorDetail
 
 
-class TaskAnswer(ResponseModel):
-    """The model version that answered."""
-
-    model: Name
-    version: Name
-
-
 # --- media bodies: a file as multipart, JSON base64 or the raw body -----------------------------
 
 
@@ -99,17 +104,6 @@ class ClassifyQuery(RequestModel):
     top_k: Annotated[int, Field(ge=1, le=10_000)] = 5
     """How many predictions, at most the model's label count."""
     version: str = version_param(image_classification.NAME)
-
-
-class Prediction(ResponseModel):
-    label: str
-    index: Annotated[int, Field(ge=0)]
-    score: Probability
-
-
-class ClassifyResult(TaskAnswer):
-    predictions: Annotated[list[Prediction], Field(min_length=1)]
-    """Best first."""
 
 
 # --- sentiment: texts -> label + score each ------------------------------------------------------
@@ -146,24 +140,6 @@ class SentimentRequest(RootModel[OneText | ManyTexts]):
     """One text, or a batch of texts (never both)."""
 
 
-class Sentiment(ResponseModel):
-    label: str
-    score: Probability
-
-
-class SentimentResult(TaskAnswer):
-    """The answer to one text."""
-
-    label: str
-    score: Probability
-
-
-class SentimentBatchResult(TaskAnswer):
-    """The answers to a batch, in order."""
-
-    results: Annotated[list[Sentiment], Field(min_length=1)]
-
-
 class SentimentResponse(RootModel[SentimentResult | SentimentBatchResult]):
     """One answer for {"text"}, a list of them for {"texts"}."""
 
@@ -176,16 +152,7 @@ class TranscribeQuery(RequestModel):
     version: str = version_param(speech_recognition.NAME)
 
 
-class TranscribeResult(TaskAnswer):
-    text: str
-    confidence: Probability
-    duration_s: Annotated[float, Field(ge=0)]
-    """The clip's length after resampling."""
-
-
 # --- caption: image -> caption -------------------------------------------------------------------
-
-Beam = Annotated[int, Field(ge=1, json_schema_extra=filled(maximum="max_beam"))]
 
 
 class CaptionQuery(RequestModel):
@@ -193,13 +160,6 @@ class CaptionQuery(RequestModel):
     beam: Beam = 1
     """Beam width; 1 is greedy decoding."""
     version: str = version_param(image_captioning.NAME)
-
-
-class CaptionResult(TaskAnswer):
-    caption: str
-    score: Annotated[float, Field(le=0)]
-    """The caption's log-probability."""
-    beam: Beam
 
 
 # --- models: the served models -------------------------------------------------------------------
