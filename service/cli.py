@@ -110,6 +110,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     graph = spec.graphs["model"]
     print(f"imported {spec.tag} ({spec.task})")
     print(f"  from {spec.data['source']} (sha256 {spec.data['source_sha256']})")
+    adapted = spec.data.get("adapted", {})
+    if "opset" in adapted:
+        opset = adapted["opset"]
+        print(
+            f"  converted: opset {opset['source']} -> {opset['stored']} (onnxruntime's newest; "
+            f"max |diff| vs the original {opset['max_abs_diff']:.1e} on generated inputs)"
+        )
+    if "ir_version" in adapted:
+        ir = adapted["ir_version"]
+        print(
+            f"  stored with IR version {ir['stored']} (the file has {ir['source']}; the graph "
+            "uses nothing newer, and onnxruntime reads up to this one)"
+        )
     for kind, tensors in (("in ", graph.inputs), ("out", graph.outputs)):
         for t in tensors:
             print(f"  {kind} {t.name:<14} {t.datatype:<6} {t.shape}")

@@ -48,6 +48,7 @@ from service.store.importing.preparers import (
     Prepared,
     first_line,
 )
+from service.store.importing.versions import adapt_ir, adapt_opset
 from service.store.specs import ModelSpec, file_sha256, list_specs
 
 __all__ = ["ImportRefused", "ImportRule", "import_model"]
@@ -157,6 +158,17 @@ def check_graph(model: onnx.ModelProto) -> None:
         ) from None
 
 
+def adapt(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """A graph newer than onnxruntime reads, converted to its opsets and IR version where that
+    keeps its meaning (service/store/importing/versions.py); what was changed."""
+    source_ir = model.ir_version
+    model, opset = adapt_opset(model)
+    adapted = {**(opset or {}), **(adapt_ir(model) or {})}
+    if model.ir_version != source_ir:
+        adapted["ir_version"] = {"source": source_ir, "stored": model.ir_version}
+    return model, adapted
+
+
 def import_model(
     path: str | os.PathLike[str],
     name: str,
@@ -171,7 +183,9 @@ def import_model(
     task = rule.task
     check_name(name, task, reserved)
     origin = Path(os.path.abspath(path))
-    data, model = read_model(origin)
+    original, model = read_model(origin)
+    model, adapted = adapt(model)
+    data = model.SerializeToString() if adapted else original
     check_graph(model)
     if rule.needs_labels and labels_file is None:
         raise ImportRefused(f"--labels FILE is required for {task}: one class label per line")
@@ -194,10 +208,12 @@ def import_model(
         spec = build_spec(name, job, prepared, stored, rule)
         spec["data"] = {
             "source": str(origin),
-            "source_sha256": hashlib.sha256(data).hexdigest(),
-            "source_bytes": len(data),
+            "source_sha256": hashlib.sha256(original).hexdigest(),
+            "source_bytes": len(original),
             **spec["data"],
         }
+        if adapted:
+            spec["data"]["adapted"] = adapted
         for key, file in (("labels_file", labels_file), ("vocab_file", vocab_file)):
             if file is not None:
                 spec["data"][key] = os.path.abspath(file)
