@@ -60,18 +60,13 @@ def start_server(tmp: Path, env_overrides: dict[str, str], timeout: float = 180.
             "DEEPSERVE_PORT": str(port),
             "DEEPSERVE_GRPC_PORT": str(grpc_port),
             "BENTOML_DO_NOT_TRACK": "True",
+            "DEEPSERVE_RUNTIME_DIR": str(tmp / f"runtime-{port}"),
             **env_overrides,
         }
     )
-    if "BENTOML_HOME" not in env_overrides:
-        # NOTE: BentoML keeps prometheus_client's multiprocess files in BENTOML_HOME and wipes
-        # them when a server starts, so servers sharing a home would wipe each other's metrics:
-        # each server gets its own home, its models/ a link to the shared store's
-        store = Path(env.get("BENTOML_HOME") or ROOT / "model_store").resolve()
-        home = tmp / f"bentoml-home-{port}"
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "models").symlink_to(store / "models", target_is_directory=True)
-        env["BENTOML_HOME"] = env["DEEPSERVE_STORE"] = str(home)
+    # NOTE: each server keeps its BentoML runtime state (metrics files, tmp) in a home of its
+    # own (service/store/runtime_home.py), so servers sharing a store never wipe each other's
+    # /metrics; here under `tmp`, removed with it
     log_path = tmp / f"server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

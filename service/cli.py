@@ -211,13 +211,19 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Replace this process with `bentoml serve` so signals reach the server directly."""
     import os
+    from pathlib import Path
 
     from service.core.settings import PROJECT_ROOT
+    from service.store import runtime_home
 
     settings = Settings()
     host = args.host or settings.host
     port = args.port or settings.port
     os.environ["DEEPSERVE_HOST"], os.environ["DEEPSERVE_PORT"] = host, str(port)
+    # the store is only read: BentoML's runtime state goes to this server's own home
+    store = Path(os.environ.get("BENTOML_HOME") or settings.store)
+    home = runtime_home.prepare(store, settings.runtime_dir or runtime_home.default_home(port))
+    os.environ["BENTOML_HOME"], os.environ["DEEPSERVE_STORE"] = str(home), str(store.resolve())
     os.chdir(PROJECT_ROOT)
     command = [sys.executable, "-m", "bentoml", "serve", "service.gateway:Gateway"]
     # NOTE: BentoML's default waits for in-flight HTTP requests without limit (and circus for

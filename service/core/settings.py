@@ -35,7 +35,14 @@ class Settings(BaseSettings, PerModelFields):
     _per_model: dict[str, ModelSettings] = PrivateAttr(default_factory=dict)
 
     store: Path = PROJECT_ROOT / "model_store"
-    """BentoML home holding the model store (BENTOML_HOME); models live under its models/ folder."""
+    """BentoML home holding the model store (BENTOML_HOME); models live under its models/ folder.
+    Serving only reads it (see runtime_dir)."""
+
+    runtime_dir: Path | None = None
+    """The server's own scratch folder (its BentoML home: metrics multiprocess files, tmp/,
+    bentos/, envs/; the store's models/ linked in), emptied at each start. Unset: a folder per
+    HTTP port under the system's temporary directory. `deepserve serve` sets it up, so two
+    servers never share their metrics files and the store can be mounted read-only."""
 
     host: str = Field(default="127.0.0.1", min_length=1)
     """Address the HTTP server binds (0.0.0.0 in containers)."""
