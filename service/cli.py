@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
         "(comma lists), softmax (true|false), resize, channels (3|1), invert (true|false); "
         "text-classification: max_tokens",
     )
+    importing.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="repeatable; this version's own serving settings (e.g. max_batch_size=32), stored "
+        "next to it and validated like DEEPSERVE_MODEL_SETTINGS (which overrides them); "
+        "VALUE is JSON, or a plain string",
+    )
     show = actions.add_parser("show", help="print one model's spec")
     show.add_argument("name", help="model name, or name:version")
     show.add_argument("--json", action="store_true", help="the full spec as JSON")
@@ -101,8 +110,17 @@ def cmd_import(args: argparse.Namespace) -> int:
             if not equals or not key.strip():
                 raise ImportRefused(f"--preprocess {item!r}: expected KEY=VALUE")
             options[key.strip()] = value.strip()
+        settings = {}
+        for item in args.setting:
+            key, equals, value = item.partition("=")
+            if not equals or not key.strip():
+                raise ImportRefused(f"--setting {item!r}: expected KEY=VALUE")
+            try:
+                settings[key.strip()] = json.loads(value)
+            except ValueError:
+                settings[key.strip()] = value.strip()
         spec = registry.import_model(
-            args.path, args.name, args.task, args.labels, args.vocab, options
+            args.path, args.name, args.task, args.labels, args.vocab, options, settings=settings
         )
     except ImportRefused as error:
         print(f"refused: {error}", file=sys.stderr)
@@ -204,6 +222,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     if spec.vocabulary:
         print(f"  vocabulary: {len(spec.vocabulary)} entries")
     print(f"  preprocessing: {json.dumps(spec.preprocessing)}")
+    if spec.settings:
+        print(f"  own settings: {json.dumps(spec.settings)}")
     print(f"  data: {json.dumps(spec.data)}")
     return 0
 

@@ -203,6 +203,26 @@ class ModelSettings(PerModelFields):
         return type(self).model_validate(values)
 
 
+NOT_IN_MODEL_FILES = ("placement", "version_policy")
+"""Settings a model's own file cannot set: they decide which processes exist and which versions
+are served before any version's file is read (deployment settings: the environment's)."""
+
+
+def file_entry(entries: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A model version's own settings file (`where` names it in errors): validated like every
+    other source; only the keys given are kept."""
+    refused = sorted(set(entries) & set(NOT_IN_MODEL_FILES))
+    if refused:
+        raise ValueError(
+            f"{where}: {', '.join(refused)} cannot be set per model version (set "
+            "DEEPSERVE_PLACEMENTS / DEEPSERVE_VERSIONS or DEEPSERVE_MODEL_SETTINGS)"
+        )
+    try:
+        return _checked_overrides(dict(entries))
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
 def _checked_overrides(entry: dict[str, Any]) -> dict[str, Any]:
     checked = ModelSettings.model_validate(entry)
     return {name: getattr(checked, name) for name in entry}

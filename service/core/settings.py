@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +34,7 @@ class Settings(BaseSettings, PerModelFields):
     every model, and `for_model(name)` gives one model's ModelSettings."""
 
     model_config = SettingsConfigDict(env_prefix="DEEPSERVE_")
-    _per_model: dict[str, ModelSettings] = PrivateAttr(default_factory=dict)
+    _per_model: dict[tuple[str, str], ModelSettings] = PrivateAttr(default_factory=dict)
 
     store: Path = PROJECT_ROOT / "model_store"
     """BentoML home holding the model store (BENTOML_HOME); models live under its models/ folder.
@@ -226,27 +228,32 @@ class Settings(BaseSettings, PerModelFields):
         values = {name: getattr(self, name) for name in PerModelFields.model_fields}
         return ModelSettings.model_validate({**values, "version_policy": self.version_policy})
 
-    def model_layers(self, model: str) -> list[dict[str, Any]]:
+    def model_layers(
+        self, model: str, own: Mapping[str, Any] | None = None
+    ) -> list[Mapping[str, Any]]:
         """The entries for `model` that override model_defaults(), lowest precedence first:
-        its model_settings entry (DEEPSERVE_MODEL_SETTINGS), then its placements and versions
-        entries (DEEPSERVE_PLACEMENTS / DEEPSERVE_VERSIONS), which name one setting each and so
-        are the more specific. More sources (a settings file next to the model, tuned per-device
-        entries) go first in this list, so the environment keeps the last word."""
-        layers = [self.model_settings.get(model, {})]
+        `own`, the model version's settings file in the store (settings.json, written at
+        import), then its model_settings entry (DEEPSERVE_MODEL_SETTINGS), then its placements
+        and versions entries (DEEPSERVE_PLACEMENTS / DEEPSERVE_VERSIONS), which name one setting
+        each and so are the more specific. More sources (tuned per-device entries) go first in
+        this list, so the environment keeps the last word."""
+        layers: list[Mapping[str, Any]] = [own or {}, self.model_settings.get(model, {})]
         if model in self.placements:
             layers.append({"placement": self.placements[model]})
         if model in self.versions:
             layers.append({"version_policy": self.versions[model]})
         return layers
 
-    def for_model(self, model: str) -> ModelSettings:
+    def for_model(self, model: str, own: Mapping[str, Any] | None = None) -> ModelSettings:
         """The settings `model` is served with: model_defaults() overridden by model_layers()
-        (global field < DEEPSERVE_MODEL_SETTINGS entry < DEEPSERVE_PLACEMENTS / DEEPSERVE_VERSIONS
-        entry). Cached per model: settings are not changed once loaded."""
-        cached = self._per_model.get(model)
+        (global field < the version's own file (`own`: ModelSpec.settings) <
+        DEEPSERVE_MODEL_SETTINGS entry < DEEPSERVE_PLACEMENTS / DEEPSERVE_VERSIONS entry).
+        Cached per model and file: settings are not changed once loaded."""
+        key = (model, json.dumps(own, sort_keys=True) if own else "")
+        cached = self._per_model.get(key)
         if cached is None:
-            cached = self._per_model[model] = self.model_defaults().layered(
-                *self.model_layers(model)
+            cached = self._per_model[key] = self.model_defaults().layered(
+                *self.model_layers(model, own)
             )
         return cached
 

@@ -30,7 +30,7 @@ class LocalRunner:
         self.kernel_class = kernel_class
         self.spec = spec
         self.settings = settings
-        self.config = settings.for_model(spec.name)
+        self.config = settings.for_model(spec.name, spec.settings)
         """This model's settings (the global ones with its own overrides)."""
         self.kernel: Kernel | None = None
         self.batcher: AdaptiveBatcher | None = None

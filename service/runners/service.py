@@ -30,7 +30,7 @@ from service.core.metrics import ModelMetrics
 from service.core.settings import Settings
 from service.runners.base import KernelOf
 from service.runtime.kernels import Kernel
-from service.store.specs import load_spec, select_versions
+from service.store.specs import ModelSpec, load_spec, select_versions
 
 log = logging.getLogger("deepserve.remote")
 
@@ -54,10 +54,11 @@ def attribute_name(model: str, version: str) -> str:
     return "runner_" + re.sub(r"\W", "_", f"{model}_{version}")
 
 
-def runner_service(model: str, version: str, settings: Settings, kernel_of: KernelOf) -> Any:
+def runner_service(spec: ModelSpec, settings: Settings, kernel_of: KernelOf) -> Any:
     """Create the BentoML runner service class for one model version (import time,
     deterministic)."""
-    config = settings.for_model(model)
+    model, version = spec.name, spec.version
+    config = settings.for_model(model, spec.settings)
     gpu = config.device == "gpu"
     resources: dict[str, Any] = {"gpu": 1} if gpu else {"cpu": str(config.workers_per_model)}
     max_batch = config.gpu_max_batch_size if gpu else config.max_batch_size
@@ -140,13 +141,13 @@ def runner_service(model: str, version: str, settings: Settings, kernel_of: Kern
     )(ModelRunner)
 
 
-def remote_versions(settings: Settings) -> list[tuple[str, str]]:
-    """(model, version) pairs served by runner services (the version policy's selection)."""
+def remote_versions(settings: Settings) -> list[ModelSpec]:
+    """The model versions served by runner services (the version policy's selection)."""
     if not settings.may_place_remote():
         return []  # NOTE: no store listing at import time when every model is local
     selected = select_versions(settings.models, settings.version_policy_of)
     return [
-        (name, spec.version)
+        spec
         for name, specs in selected.items()
         if settings.placement_of(name) == "remote"
         for spec in specs
@@ -157,6 +158,8 @@ def build_runner_services(settings: Settings, kernel_of: KernelOf) -> dict[str, 
     """The gateway's dependencies: one runner service per remote model version, by the
     attribute name RemoteRunner finds its client under."""
     return {
-        attribute_name(m, v): bentoml.depends(runner_service(m, v, settings, kernel_of))
-        for m, v in remote_versions(settings)
+        attribute_name(spec.name, spec.version): bentoml.depends(
+            runner_service(spec, settings, kernel_of)
+        )
+        for spec in remote_versions(settings)
     }

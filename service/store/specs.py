@@ -13,12 +13,14 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from service.core import datatypes
-from service.core.model_settings import VersionPolicy
+from service.core.model_settings import VersionPolicy, file_entry
 
 log = logging.getLogger("deepserve.registry")
 
 SPEC_FILE = "spec.json"
 HELDOUT_FILE = "heldout.npz"
+SETTINGS_FILE = "settings.json"
+"""A model version's own serving settings (ModelSettings fields), optional."""
 
 
 class TensorSpec(BaseModel):
@@ -77,6 +79,9 @@ class ModelSpec(BaseModel):
     created: str = ""
     path: Path | None = Field(default=None, exclude=True)
     """Directory of the stored model (set when loaded from the store, never serialized)."""
+    settings: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    """This version's own serving settings (SETTINGS_FILE next to spec.json, validated when
+    loaded; empty when there is none)."""
 
     @property
     def tag(self) -> str:
@@ -106,6 +111,12 @@ class ModelSpec(BaseModel):
     def from_dir(cls, path: Path) -> ModelSpec:
         spec = cls.model_validate(json.loads((path / SPEC_FILE).read_text()))
         spec.path = path
+        own = path / SETTINGS_FILE
+        if own.is_file():
+            entries = json.loads(own.read_text())
+            if not isinstance(entries, dict):
+                raise ValueError(f"{own}: expected a JSON object of settings")
+            spec.settings = file_entry(entries, str(own))
         return spec
 
 
@@ -145,7 +156,10 @@ def list_specs(problems: dict[str, str] | None = None) -> list[ModelSpec]:
         try:
             specs.append(ModelSpec.from_dir(path))
         except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
-            why = f"{model.tag}: unreadable {SPEC_FILE} ({type(error).__name__})"
+            own = f"{SETTINGS_FILE}: " in str(error)
+            why = f"{model.tag}: unreadable {SETTINGS_FILE if own else SPEC_FILE}"
+            detail = " ".join(str(error).split())[:300] if own else type(error).__name__
+            why += f" ({detail})"
             log.error("skipping %s", why)
             if problems is not None:
                 problems[model.tag.name] = why

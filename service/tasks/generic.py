@@ -67,7 +67,7 @@ def signature(runner: Runner) -> Signature:
         if not batchable:
             result = await runner.submit(arrays, runner.bucket(arrays), request.deadline)
             return {name: generic_output(array) for name, array in result.items()}
-        count = check_rows(request, serving, *arrays.values())
+        count = check_rows(request, runner, *arrays.values())
         rows = [{name: array[i] for name, array in arrays.items()} for i in range(count)]
         results = await asyncio.gather(
             *(runner.submit(row, runner.bucket(row), request.deadline) for row in rows)

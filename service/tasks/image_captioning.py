@@ -55,7 +55,7 @@ def signature(runner: Runner) -> Signature:
     inner = [int(d) for d in runner.spec.graphs["encoder"].inputs[0].shape[1:]]
 
     async def infer(serving: ServingState, runner: Runner, request: InferRequest):
-        images = image_batch(request, serving, inner, runner.spec.preprocessing)
+        images = image_batch(request, runner, inner)
         beam = request.parameters.get("beam", 1)
         if not isinstance(beam, int) or isinstance(beam, bool):
             raise InvalidInput(f"parameter beam must be an integer, got {beam!r}")

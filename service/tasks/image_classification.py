@@ -66,7 +66,7 @@ def signature(runner: Runner) -> Signature:
     inner = [int(d) for d in image.shape[1:]]
 
     async def infer(serving: ServingState, runner: Runner, request: InferRequest):
-        images = image_batch(request, serving, inner, runner.spec.preprocessing)
+        images = image_batch(request, runner, inner)
         rows = await asyncio.gather(
             *(runner.submit(row, deadline=request.deadline) for row in images)
         )

@@ -11,6 +11,7 @@ import importlib
 import os
 import pkgutil
 from collections.abc import Collection
+from typing import Any
 
 import service.tasks as package
 from service.runtime.kernels import Kernel
@@ -80,6 +81,7 @@ def import_model(
     vocab_file: str | os.PathLike[str] | None = None,
     preprocess: dict[str, str] | None = None,
     reserved: Collection[str] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> ModelSpec:
     """`deepserve models import`: the store's importer with the task's import rule; the built-in
     models' names are reserved."""
@@ -87,7 +89,9 @@ def import_model(
     if rule is None:
         raise ImportRefused(f"unknown task {task!r}; one of {', '.join(importable())}")
     reserved = builtin_models() if reserved is None else reserved
-    return store_import(path, name, rule, labels_file, vocab_file, preprocess, reserved)
+    return store_import(
+        path, name, rule, labels_file, vocab_file, preprocess, reserved, settings=settings
+    )
 
 
 def default_models() -> dict[str, str]:

@@ -73,11 +73,11 @@ async def transcribe(
 def signature(runner: Runner) -> Signature:
     async def infer(serving: ServingState, runner: Runner, request: InferRequest):
         waveform = batch_of(request, "waveform", "FP32", 2)
-        count = check_rows(request, serving, waveform)
+        count = check_rows(request, runner, waveform)
         samples = waveform.shape[1]
         if "lengths" in request.inputs:
             lengths = batch_of(request, "lengths", "INT64", 1)
-            check_rows(request, serving, waveform, lengths)
+            check_rows(request, runner, waveform, lengths)
             if lengths.min() < 1 or lengths.max() > samples:
                 raise InvalidInput(f"lengths must be between 1 and {samples} (the waveform width)")
         else:

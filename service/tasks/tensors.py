@@ -90,31 +90,29 @@ def batch_of(request: InferRequest, name: str, datatype: str, ndim: int) -> np.n
     return array
 
 
-def check_rows(request: InferRequest, serving: ServingState, *arrays: np.ndarray) -> int:
+def check_rows(request: InferRequest, runner: Runner, *arrays: np.ndarray) -> int:
     rows = {int(a.shape[0]) for a in arrays}
     if len(rows) != 1:
         raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
     count = rows.pop()
-    limit = serving.settings.for_model(request.model).max_batch_items
+    limit = runner.config.max_batch_items
     if not 1 <= count <= limit:
         raise InvalidInput(f"batch of {count} rows; send between 1 and {limit}")
     return count
 
 
-def image_batch(
-    request: InferRequest, serving: ServingState, inner: list[int], preprocessing: dict[str, Any]
-) -> np.ndarray:
+def image_batch(request: InferRequest, runner: Runner, inner: list[int]) -> np.ndarray:
     """The "image" input: NHWC uint8 at exactly the model's size."""
     images = batch_of(request, "image", "UINT8", 4)
     if list(images.shape[1:]) != inner:
-        how = preprocessing.get("resize", "resize to the model's size")
+        how = runner.spec.preprocessing.get("resize", "resize to the model's size")
         if isinstance(how, int):  # imported models: the shorter side before the centre crop
             how = f"shorter side to {how}, centre crop {inner[0]}"
         raise InvalidInput(
             f"input image must be [batch, {', '.join(map(str, inner))}] "
             f"(NHWC uint8, preprocessed: {how}), got shape {list(images.shape)}"
         )
-    check_rows(request, serving, images)
+    check_rows(request, runner, images)
     return images
 
 

@@ -37,7 +37,7 @@ def word_index(spec: ModelSpec) -> dict[str, int]:
 
 def encode_texts(serving: ServingState, spec: ModelSpec, texts: list[Any], single: bool):
     """Validate texts and turn them into token id lists (the model's vocabulary)."""
-    settings = serving.settings.for_model(spec.name)
+    settings = serving.settings.for_model(spec.name, spec.settings)
     if not texts:
         raise InvalidInput("no texts: send at least one")
     if len(texts) > settings.max_batch_items:
@@ -104,7 +104,7 @@ def signature(runner: Runner) -> Signature:
             )
         if "text" in request.inputs:
             texts = batch_of(request, "text", "BYTES", 1)
-            check_rows(request, serving, texts)
+            check_rows(request, runner, texts)
             decoded = []
             for i, raw in enumerate(texts):
                 try:
@@ -114,7 +114,7 @@ def signature(runner: Runner) -> Signature:
             items = encode_texts(serving, spec, decoded, single=False)
         else:
             tokens = batch_of(request, "tokens", "INT64", 2)
-            count = check_rows(request, serving, tokens)
+            count = check_rows(request, runner, tokens)
             width = tokens.shape[1]
             if not 1 <= width <= max_tokens:
                 raise InvalidInput(f"input tokens has {width} columns; send 1 to {max_tokens}")
@@ -122,7 +122,7 @@ def signature(runner: Runner) -> Signature:
                 raise InvalidInput(f"token ids must be in [0, {vocabulary_size - 1}]")
             if "lengths" in request.inputs:
                 lengths = batch_of(request, "lengths", "INT64", 1)
-                check_rows(request, serving, tokens, lengths)
+                check_rows(request, runner, tokens, lengths)
             else:  # up to the last non-pad token
                 nonpad = tokens != pad
                 lengths = np.where(nonpad.any(1), width - np.argmax(nonpad[:, ::-1], 1), 0)

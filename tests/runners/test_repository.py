@@ -74,8 +74,16 @@ def test_a_model_of_an_unknown_task_fails_alone(monkeypatch) -> None:
     """One stored spec whose task this build has no kernel for: that model is reported missing
     with the reason, the others start (it must not stop the whole gateway)."""
     specs = {
-        "good": [SimpleNamespace(name="good", version="v1", task="known", tag="good:v1", extra={})],
-        "odd": [SimpleNamespace(name="odd", version="v1", task="future", tag="odd:v1", extra={})],
+        "good": [
+            SimpleNamespace(
+                name="good", version="v1", task="known", tag="good:v1", extra={}, settings={}
+            )
+        ],
+        "odd": [
+            SimpleNamespace(
+                name="odd", version="v1", task="future", tag="odd:v1", extra={}, settings={}
+            )
+        ],
     }
 
     def kernel_of(task: str):

@@ -157,8 +157,8 @@ def build_app(state: StateGetter) -> Starlette:
         serving = state()
         deadline = deadline_of(request)
         model = request.query_params.get("model")
-        limit = serving.settings.for_model(model or image_captioning.DEFAULT_MODEL).max_beam
-        beam = int_param(request, "beam", 1, 1, limit)
+        # NOTE: the task checks beam against the served version's own max_beam
+        beam = int_param(request, "beam", 1, 1, 10_000)
         data = await read_media(request, "image", ("image/",), *media_limits(serving))
         version = request.query_params.get("version")
         result = await image_captioning.caption(serving, data, model, beam, deadline, version)

@@ -84,16 +84,29 @@ def model_ready(serving: ServingState, name: str, model_version: str | None = No
     return resolve(serving, name, model_version).ready
 
 
+def batch_size(runner: Runner) -> int:
+    """The largest batch the model's runner forms, from the settings in force for it (what the
+    batcher was built with; metadata and config both say this)."""
+    return runner.config.batch_size_for(runner.provider)
+
+
+def queue_delay_ms(runner: Runner) -> float:
+    config = runner.config
+    return config.remote_max_latency_ms if runner.placement == "remote" else config.max_latency_ms
+
+
 def model_metadata(
     serving: ServingState, name: str, model_version: str | None = None
 ) -> dict[str, Any]:
     runner = resolve(serving, name, model_version)
     sig = signature(runner)
-    largest = runner.describe().get("batching", {}).get("max_batch_size")
+    config = runner.config
     batching = (
         sig.batching
         or runner.spec.extra.get("batching_reason")
-        or f"adaptive, up to {largest or runner.config.max_batch_size} rows"
+        or f"adaptive batches of up to {batch_size(runner)} rows across requests "
+        f"(model config dynamic_batching.preferred_batch_size), requests of up to "
+        f"{config.max_batch_items} rows (model config max_batch_size)"
     )
     return {
         "name": name,
@@ -119,8 +132,7 @@ def model_config(
     """Triton's model configuration (JSON form); dims exclude the batch dim."""
     runner = resolve(serving, name, model_version)
     sig = signature(runner)
-    settings = serving.settings.for_model(runner.spec.name)
-    batching = runner.describe().get("batching", {})
+    settings = runner.config
     skip = 1 if sig.batchable else 0  # Triton: dims exclude the batch dim only when batching
     config = {
         "name": name,
@@ -145,8 +157,8 @@ def model_config(
             for t in sig.outputs
         ],
         "dynamic_batching": {
-            "preferred_batch_size": [int(batching.get("max_batch_size") or 1)],
-            "max_queue_delay_microseconds": int(float(batching.get("max_latency_ms") or 0) * 1000),
+            "preferred_batch_size": [batch_size(runner)],
+            "max_queue_delay_microseconds": int(queue_delay_ms(runner) * 1000),
         },
     }
     if not sig.batchable:

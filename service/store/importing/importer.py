@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import onnx
 import onnxruntime as ort
 from onnx.external_data_helper import uses_external_data
 
+from service.core.model_settings import file_entry
 from service.store.importing.graph_inspect import (
     ImportRefused,
     batching,
@@ -49,7 +51,7 @@ from service.store.importing.preparers import (
     first_line,
 )
 from service.store.importing.versions import adapt_ir, adapt_opset
-from service.store.specs import ModelSpec, file_sha256, list_specs
+from service.store.specs import SETTINGS_FILE, ModelSpec, file_sha256, list_specs
 
 __all__ = ["ImportRefused", "ImportRule", "import_model"]
 
@@ -177,11 +179,16 @@ def import_model(
     vocab_file: str | os.PathLike[str] | None = None,
     preprocess: dict[str, str] | None = None,
     reserved: Collection[str] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> ModelSpec:
     """Validate an ONNX file, adapt it to the task's contract (`rule`) and store it as a new
     version; `reserved` names (the built-in models) are refused."""
     task = rule.task
     check_name(name, task, reserved)
+    try:  # before anything is read or stored: a bad setting refuses the import
+        own = file_entry(settings or {}, "--setting")
+    except ValueError as error:
+        raise ImportRefused(str(error)) from None
     origin = Path(os.path.abspath(path))
     original, model = read_model(origin)
     model, adapted = adapt(model)
@@ -219,7 +226,11 @@ def import_model(
                 spec["data"][key] = os.path.abspath(file)
         from service.store.register import register  # bentoml is heavy; only needed here
 
-        return register(spec, {"model.onnx": prepared.graph}, heldout={})
+        files = {"model.onnx": prepared.graph}
+        if own:
+            files[SETTINGS_FILE] = Path(tmp) / SETTINGS_FILE
+            files[SETTINGS_FILE].write_text(json.dumps(own, indent=2, sort_keys=True))
+        return register(spec, files, heldout={})
 
 
 def build_spec(

@@ -53,7 +53,7 @@ class FakeRunner:
     def __init__(self, spec: ModelSpec) -> None:
         self.name, self.spec, self.submitted = spec.name, spec, []
         self.admission = self
-        self.config = Settings().for_model(spec.name)
+        self.config = Settings(max_batch_size=3, max_batch_items=4).for_model(spec.name)
         self.admitted = 0
 
     @contextlib.contextmanager
@@ -95,7 +95,11 @@ def test_metadata_and_config_come_from_the_task_signature():
     config = dataplane.model_config(state, "tiny")
     assert config["max_batch_size"] == 4  # max_batch_items
     assert config["input"][0]["dims"] == [8, 8, 3]  # without the batch dim
-    assert config["dynamic_batching"]["preferred_batch_size"] == [4]
+    # metadata and config agree, both from the settings in force for the model
+    assert config["dynamic_batching"]["preferred_batch_size"] == [3]
+    assert "batches of up to 3 rows" in meta["parameters"]["batching"]
+    assert "requests of up to 4 rows" in meta["parameters"]["batching"]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
 
 
 def test_every_row_is_its_own_item_and_rows_stay_in_order():

@@ -672,6 +672,7 @@ class KernelRunner:
 
     def __init__(self, spec: registry.ModelSpec):
         self.spec, self.kernel, self.submitted = spec, make_kernel(spec, "cpu"), []
+        self.config = Settings().for_model(spec.name, spec.settings)
 
     def bucket(self, item):
         return self.kernel.bucket(item)
@@ -684,6 +685,7 @@ class KernelRunner:
 def v2_infer(runner: KernelRunner, inputs: dict[str, np.ndarray], settings=None):
     signature = generic.signature(runner)  # type: ignore[arg-type]
     serving = SimpleNamespace(settings=settings or Settings())
+    runner.config = serving.settings.for_model(runner.spec.name, runner.spec.settings)
     request = InferRequest(model=runner.spec.name, inputs=inputs)
     dataplane.check_unknown_inputs(request, signature)
     return signature, asyncio.run(signature.infer(serving, runner, request))  # type: ignore[arg-type]
