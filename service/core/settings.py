@@ -271,11 +271,6 @@ class Settings(BaseSettings, PerModelFields):
         named = {*self.model_settings, *self.placements}
         return self.placement == "remote" or any(self.placement_of(m) == "remote" for m in named)
 
-    def batch_size_for(self, provider: str) -> int:
-        """Largest batch on `provider` by the global settings (model_defaults().batch_size_for);
-        a model's own: for_model(name).batch_size_for(provider)."""
-        return self.model_defaults().batch_size_for(provider)
-
     def apply_store(self) -> None:
         """Point BentoML at our store. Call before bentoml is first used in this process."""
         os.environ.setdefault("BENTOML_HOME", str(self.store))

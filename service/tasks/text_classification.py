@@ -35,9 +35,10 @@ def word_index(spec: ModelSpec) -> dict[str, int]:
     return _word_indexes[spec.tag]
 
 
-def encode_texts(serving: ServingState, spec: ModelSpec, texts: list[Any], single: bool):
-    """Validate texts and turn them into token id lists (the model's vocabulary)."""
-    settings = serving.settings.for_model(spec.name, spec.settings)
+def encode_texts(runner: Runner, texts: list[Any], single: bool):
+    """Validate texts and turn them into token id lists (the model's vocabulary), within the
+    limits in force for the runner's model version."""
+    spec, settings = runner.spec, runner.config
     if not texts:
         raise InvalidInput("no texts: send at least one")
     if len(texts) > settings.max_batch_items:
@@ -77,7 +78,7 @@ async def sentiment(
     runner = serving.runner(name, NAME, version)
     spec = runner.spec
     started = time.perf_counter()
-    items = encode_texts(serving, spec, texts, single)
+    items = encode_texts(runner, texts, single)
     observe_preprocess(time.perf_counter() - started)
     with runner.admission.admit():
         rows = await asyncio.gather(
@@ -111,7 +112,7 @@ def signature(runner: Runner) -> Signature:
                     decoded.append(raw.decode("utf-8"))
                 except UnicodeDecodeError:
                     raise InvalidInput(f"input text[{i}] is not UTF-8") from None
-            items = encode_texts(serving, spec, decoded, single=False)
+            items = encode_texts(runner, decoded, single=False)
         else:
             tokens = batch_of(request, "tokens", "INT64", 2)
             count = check_rows(request, runner, tokens)

@@ -272,12 +272,13 @@ def test_batch_size_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
         gpu_max_batch_size="48",
         model_settings='{"solo": {"batching": false}, "big": {"gpu_max_batch_size": 128}}',
     )
-    assert settings.batch_size_for("CPUExecutionProvider") == 4
-    assert settings.batch_size_for("CUDAExecutionProvider") == 48
+    assert settings.model_defaults().batch_size_for("CPUExecutionProvider") == 4
+    assert settings.model_defaults().batch_size_for("CUDAExecutionProvider") == 48
     assert settings.for_model("solo").batch_size_for("CUDAExecutionProvider") == 1
     assert settings.for_model("big").batch_size_for("CUDAExecutionProvider") == 128
     assert settings.for_model("big").batch_size_for("CPUExecutionProvider") == 4
-    assert load(monkeypatch, batching="false").batch_size_for("CPUExecutionProvider") == 1
+    unbatched = load(monkeypatch, batching="false").model_defaults()
+    assert unbatched.batch_size_for("CPUExecutionProvider") == 1
 
 
 @pytest.mark.parametrize(
