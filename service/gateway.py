@@ -68,6 +68,8 @@ class GatewayBase:
         if self.grpc is not None:  # up first: health answers NOT_SERVING while models load
             await self.grpc.start()
             on_sigterm(self.grpc.drain)
+        if self.grpc is not None:  # health follows every change of what is served
+            self.state.listeners.append(self.grpc.sync_health)
         await self.state.start()
         if self.grpc is not None:
             await self.grpc.sync_health()
@@ -122,7 +124,7 @@ _body: dict[str, Any] = {
     **build_runner_services(settings, registry.kernel_of),
 }
 Gateway = bentoml.asgi_app(http_metrics.build_app(), path="/")(
-    bentoml.asgi_app(v2_rest.build_app(current_state), path="/")(
+    bentoml.asgi_app(v2_rest.build_app(current_state, api_keys.is_admin), path="/")(
         bentoml.asgi_app(rest.build_app(current_state), path="/v1")(
             bentoml.service(
                 name="deepserve",

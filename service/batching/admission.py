@@ -16,7 +16,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from service.core.errors import Overloaded
 
@@ -31,12 +31,15 @@ class Admission:
         max_wait_s: float,
         on_reject: Callable[[str], None] | None = None,
         floor: int = 64,
+        request_scope: Callable[[], AbstractContextManager[object]] | None = None,
     ):
         self.name = name
         self.max_requests = max_requests
         self.max_wait_s = max_wait_s
         self.on_reject = on_reject
         self.floor = floor
+        self.request_scope = request_scope or nullcontext
+        """Entered around each admitted request (the model's statistics scope its requests)."""
         self._inside: dict[int, float] = {}  # ticket -> admitted at; insertion order = age order
         self._tickets = itertools.count()
         self._answered: deque[float] = deque()  # when recent requests left, oldest first
@@ -83,7 +86,8 @@ class Admission:
         ticket = next(self._tickets)
         self._inside[ticket] = now
         try:
-            yield
+            with self.request_scope():
+                yield
         finally:
             del self._inside[ticket]
         self._answered.append(time.monotonic())  # answered, not failed: the rate is capacity

@@ -30,6 +30,7 @@ from service.core.errors import (
     Overloaded,
     ServingError,
 )
+from service.core.statistics import ModelStatistics, RequestScope, ns
 
 log = logging.getLogger("deepserve.batching")
 
@@ -53,6 +54,8 @@ class _Pending:
     future: asyncio.Future[Any]
     enqueued: float
     deadline: float | None
+    request: RequestScope | None = None
+    """The request the item belongs to, given the item's times (statistics)."""
 
 
 @dataclass
@@ -84,6 +87,7 @@ class AdaptiveBatcher:
         workers: int,
         max_queue: int,
         observer: BatchObserver | None = None,
+        statistics: ModelStatistics | None = None,
     ) -> None:
         if max_batch_size < 1 or workers < 1:
             raise ValueError(f"{name}: max_batch_size and workers must be at least 1")
@@ -94,6 +98,8 @@ class AdaptiveBatcher:
         self.workers = workers
         self.max_queue = max_queue
         self.observer = observer
+        self.statistics = statistics
+        """Triton-style statistics: per executed batch, and per request that reached the model."""
         self.stats = BatchStats()
         self._queues: dict[Hashable, deque[_Pending]] = {}
         self._pending = 0
@@ -136,6 +142,7 @@ class AdaptiveBatcher:
         """Queue one item and wait for its own result. `deadline` is a time.monotonic() value."""
         if self._closed or self._wakeup is None:
             raise NotReady(f"model {self.name} is not serving")
+        request = self.statistics.reached() if self.statistics is not None else None
         if self._pending >= self.max_queue:
             self._reject("queue_full")
             raise Overloaded(
@@ -153,7 +160,7 @@ class AdaptiveBatcher:
             )
         self._last_arrival = now
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(key, deque()).append(_Pending(item, future, now, deadline))
+        self._queues.setdefault(key, deque()).append(_Pending(item, future, now, deadline, request))
         self._pending += 1
         if self.observer is not None:
             self.observer.pending(self._pending)
@@ -230,8 +237,11 @@ class AdaptiveBatcher:
                 self.observer.pending(self._pending)
             return key, batch
 
-    def _run_isolated(self, key: Hashable, items: list[Any]) -> list[Any]:
-        return run_isolated(self.run_batch, key, items, self.name)
+    def _run_timed(self, key: Hashable, items: list[Any]) -> tuple[list[Any], float, float]:
+        """(one result per item, when the model started, when it finished): in a worker thread."""
+        began = time.monotonic()
+        results = run_isolated(self.run_batch, key, items, self.name)
+        return results, began, time.monotonic()
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -239,12 +249,14 @@ class AdaptiveBatcher:
             key, batch = await self._take()
             self._busy += 1
             started = time.monotonic()
+            ran = True
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run_isolated, key, [p.item for p in batch]
+                results, began, ended = await loop.run_in_executor(
+                    self._executor, self._run_timed, key, [p.item for p in batch]
                 )
             except Exception as error:  # executor shut down, etc.
-                results = [error] * len(batch)
+                results, began, ended = [error] * len(batch), started, started
+                ran = False
             finally:
                 self._busy -= 1
             finished = time.monotonic()
@@ -264,6 +276,23 @@ class AdaptiveBatcher:
                     pending.future.set_exception(InferenceFailed(f"{self.name}: inference failed"))
                 else:
                     pending.future.set_result(result)
+            if self.statistics is not None and ran:
+                record_batch(self.statistics, batch, started, began, ended)
+
+
+def record_batch(
+    statistics: ModelStatistics, batch: list[_Pending], started: float, began: float, ended: float
+) -> None:
+    """Statistics of a batch whose results were just handed out (time.monotonic() values:
+    `started` when its worker took it, `began`/`ended` its run in the worker thread).
+    compute_input is the hand-off to the thread, compute_infer the model's run (collate, ONNX
+    Runtime and split are one kernel call), compute_output the hand-back and handing each item
+    its result; an item's queue time ends when its batch is taken."""
+    phases = (ns(began - started), ns(ended - began), ns(time.monotonic() - ended))
+    statistics.batch_done(len(batch), *phases)
+    for pending in batch:
+        if pending.request is not None:
+            pending.request.item_done(ns(started - pending.enqueued), *phases)
 
 
 def run_isolated(

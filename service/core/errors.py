@@ -116,3 +116,19 @@ class RequestTimeout(ServingError):
 
 class InferenceFailed(ServingError):
     code = "inference_failed"
+
+
+class Forbidden(ServingError):
+    """Authenticated, but this key may not do this (an inference key on a management call)."""
+
+    http_status = HTTPStatus.FORBIDDEN
+    grpc_status = "PERMISSION_DENIED"
+    code = "forbidden"
+
+
+class Conflict(ServingError):
+    """Not allowed in the server's current mode (e.g. load/unload while model_control is poll)."""
+
+    http_status = HTTPStatus.CONFLICT
+    grpc_status = "FAILED_PRECONDITION"
+    code = "conflict"

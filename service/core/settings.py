@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -165,6 +165,15 @@ class Settings(BaseSettings, PerModelFields):
     """File holding API keys, one per line (a mounted Kubernetes/compose secret); used together
     with api_key, so keys can be rotated by adding the new one before removing the old."""
 
+    admin_key: SecretStr | None = None
+    """Key for the model repository API (V2 repository index/load/unload, REST and gRPC). Set
+    (or admin_key_file), management calls need one of the admin keys and inference keys are
+    refused there; unset, any API key may manage models (and with no keys at all, anyone may).
+    Uploading model files with a load call (`file:` parameters) always needs an admin key."""
+
+    admin_key_file: Path | None = None
+    """File holding admin keys, one per line (like api_key_file)."""
+
     open_health: bool = True
     """Health probes (/livez, /readyz, V2 health, grpc.health.v1) answer without an API key."""
 
@@ -189,6 +198,28 @@ class Settings(BaseSettings, PerModelFields):
     """Client addresses whose refused keys are tracked (IPv6 by /64); beyond this the one that
     failed least recently is forgotten, so the table stays bounded whatever addresses are
     used."""
+
+    model_control: Literal["none", "poll", "explicit"] = "poll"
+    """What changes the served models while the server runs (Triton's model control modes):
+    "none": what the store holds at start, until a restart; "poll": the store is re-read every
+    poll_interval_s, and a new version the version policy selects is loaded and warmed before it
+    takes traffic, then the version it replaces is drained and unloaded; "explicit": only the
+    V2 repository API (load/unload) changes what is served, from `models` at start."""
+
+    poll_interval_s: FinitePositive = 5.0
+    """How often poll mode re-reads the model store."""
+
+    load_timeout_s: FinitePositive = 300.0
+    """Longest a model version may take to load and warm up during a live load before it is
+    refused (the version it would replace keeps serving)."""
+
+    unload_drain_s: FiniteNonNegative = 30.0
+    """On unload (or when a new version replaces an old one), how long requests already admitted
+    to the old version get to finish before it stops; any still queued then get 503."""
+
+    max_upload_bytes: int = Field(default=256 << 20, gt=0)
+    """Largest model upload with a repository load call (`file:` parameters, all files
+    together); the HTTP body limit max_body_bytes applies as well."""
 
     require_all_models: bool = False
     """Readiness needs every configured model. Off: a model that is missing or fails to load is

@@ -18,11 +18,13 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
+from pydantic import SecretStr
 
-from service.core.errors import ServingError, TooManyRequests, Unauthenticated
+from service.core.errors import Forbidden, ServingError, TooManyRequests, Unauthenticated
 from service.core.metrics import metrics
 from service.core.settings import Settings
 from service.protocols.grpc.errors import abort_grpc
@@ -61,46 +63,105 @@ def checked_key(key: str, source: str) -> str:
     return key
 
 
-class ApiKeys:
-    """The accepted keys; `enabled` only when at least one is configured."""
+MANAGEMENT_PATH = "/v2/repository/"
+"""HTTP paths of the model repository API (management: admin keys when set)."""
+MANAGEMENT_METHOD = "/inference.GRPCInferenceService/Repository"
+"""gRPC methods of the model repository API (prefix)."""
 
-    def __init__(self, keys: list[str]):
+
+def keys_from(secret: SecretStr | None, path: Path | None, name: str) -> list[str]:
+    """The keys of one setting pair (`name` and `name`_file); RuntimeError (the server does not
+    start) when the file is unreadable or empty, or a key is not printable ASCII."""
+    keys = []
+    if secret is not None and secret.get_secret_value().strip():
+        keys.append(checked_key(secret.get_secret_value().strip(), name))
+    if path is not None:
+        # NOTE: a configured but unreadable or empty key file fails the start: serving
+        # without auth because a secret did not mount would be worse than not serving
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise RuntimeError(f"{name}_file cannot be read: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise RuntimeError(f"{name}_file is not UTF-8 text") from None
+        from_file = [
+            checked_key(line.strip(), f"{name}_file line {number}")
+            for number, line in enumerate(text.split("\n"), start=1)
+            if line.strip() and not line.startswith("#")
+        ]
+        if not from_file:
+            raise RuntimeError(f"{name}_file holds no key")
+        keys.extend(from_file)
+    return keys
+
+
+class ApiKeys:
+    """The accepted keys: API keys (inference and model endpoints) and admin keys (the model
+    repository API, and everything an API key may do). `enabled` when any is configured."""
+
+    def __init__(self, keys: list[str], admin_keys: Sequence[str] = ()):
         self._keys = [key.encode() for key in keys]
+        self._admin = [key.encode() for key in admin_keys]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiKeys:
         """The configured keys; RuntimeError (the server does not start) when a key file is
         unreadable or empty, or a key is not printable ASCII."""
-        keys = []
-        if settings.api_key is not None and settings.api_key.get_secret_value().strip():
-            keys.append(checked_key(settings.api_key.get_secret_value().strip(), "api_key"))
-        if settings.api_key_file is not None:
-            # NOTE: a configured but unreadable or empty key file fails the start: serving
-            # without auth because a secret did not mount would be worse than not serving
-            try:
-                text = settings.api_key_file.read_text(encoding="utf-8")
-            except OSError as error:
-                raise RuntimeError(f"api_key_file cannot be read: {error.strerror}") from None
-            except UnicodeDecodeError:
-                raise RuntimeError("api_key_file is not UTF-8 text") from None
-            from_file = [
-                checked_key(line.strip(), f"api_key_file line {number}")
-                for number, line in enumerate(text.split("\n"), start=1)
-                if line.strip() and not line.startswith("#")
-            ]
-            if not from_file:
-                raise RuntimeError("api_key_file holds no key")
-            keys.extend(from_file)
-        return cls(keys)
+        keys = keys_from(settings.api_key, settings.api_key_file, "api_key")
+        admin = keys_from(settings.admin_key, settings.admin_key_file, "admin_key")
+        return cls(keys, admin)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        return bool(self._keys or self._admin)
 
-    def check(self, authorization: str | None) -> None:
-        """Raise Unauthenticated unless `authorization` is "Bearer <a configured key>"."""
-        if not self.enabled:
+    @property
+    def admin_enabled(self) -> bool:
+        return bool(self._admin)
+
+    def needs_key(self, management: bool = False) -> bool:
+        """Whether a call needs a key: management calls when any key is set, the others when
+        API keys are set (admin keys alone leave inference open)."""
+        return bool(self._keys or (management and self._admin))
+
+    @staticmethod
+    def _matches(presented: bytes, keys: list[bytes]) -> bool:
+        matched = False
+        for key in keys:  # all of them, always
+            matched |= hmac.compare_digest(presented, key)
+        return matched
+
+    def check(self, authorization: str | None, management: bool = False) -> None:
+        """Raise Unauthenticated unless `authorization` is "Bearer <a configured key>";
+        Forbidden when a management call (with admin keys set) brings an API key."""
+        if not self.needs_key(management):
             return
+        presented = self._presented(authorization)
+        admin = self._matches(presented, self._admin)
+        user = self._matches(presented, self._keys)
+        if management and self._admin:
+            if admin:
+                return
+            if user:
+                raise Forbidden(
+                    "this API key may not manage models; the repository API needs an admin key"
+                )
+            raise Unauthenticated("invalid admin key")
+        if not (admin or user):
+            raise Unauthenticated("invalid API key")
+
+    def is_admin(self, authorizations: Sequence[str]) -> bool:
+        """Whether the request's one Authorization is an admin key (model uploads need one)."""
+        if not self._admin or len(authorizations) != 1:
+            return False
+        try:
+            presented = self._presented(authorizations[0])
+        except Unauthenticated:
+            return False
+        return self._matches(presented, self._admin)
+
+    @staticmethod
+    def _presented(authorization: str | None) -> bytes:
         if not authorization:
             raise Unauthenticated("missing API key: send the header Authorization: Bearer <key>")
         scheme, _, token = authorization.strip().partition(" ")
@@ -108,19 +169,14 @@ class ApiKeys:
             raise Unauthenticated("malformed Authorization header: expected Bearer <key>")
         if not token.isascii():  # keys are ASCII (checked_key): it cannot match
             raise Unauthenticated("invalid API key")
-        presented = token.strip().encode()
-        matched = False
-        for key in self._keys:  # all of them, always
-            matched |= hmac.compare_digest(presented, key)
-        if not matched:
-            raise Unauthenticated("invalid API key")
+        return token.strip().encode()
 
-    def check_all(self, authorizations: Sequence[str]) -> None:
+    def check_all(self, authorizations: Sequence[str], management: bool = False) -> None:
         """check() for every Authorization a request carries: more than one is refused (which
         one would count is not for the client to guess)."""
         if len(authorizations) > 1:
             raise Unauthenticated("only one Authorization header is allowed")
-        self.check(authorizations[0] if authorizations else None)
+        self.check(authorizations[0] if authorizations else None, management)
 
 
 # --- refused keys per client address ------------------------------------------------------------
@@ -226,14 +282,18 @@ class FailedAuthLimiter:
 
 
 def authorize(
-    keys: ApiKeys, failures: FailedAuthLimiter, client: str, authorizations: Sequence[str]
+    keys: ApiKeys,
+    failures: FailedAuthLimiter,
+    client: str,
+    authorizations: Sequence[str],
+    management: bool = False,
 ) -> None:
     """Check one request's Authorization values from `client`: TooManyRequests while it is
     limited (the key is not checked), Unauthenticated when refused (counted against `client`
     when something was sent: a missing key is no guess)."""
     failures.check(client)
     try:
-        keys.check_all(authorizations)
+        keys.check_all(authorizations, management)
     except Unauthenticated:
         if authorizations:
             failures.failed(client)
@@ -271,7 +331,12 @@ class ApiKeyMiddleware:
         self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in self.open:
+        management = scope.get("path", "").startswith(MANAGEMENT_PATH)
+        if (
+            scope["type"] != "http"
+            or not self.keys.needs_key(management)
+            or scope["path"] in self.open
+        ):
             await self.app(scope, receive, send)
             return
         authorizations = [
@@ -281,9 +346,8 @@ class ApiKeyMiddleware:
         ]
         client = scope.get("client")
         try:
-            authorize(
-                self.keys, self.failures, client_key(client[0]) if client else "", authorizations
-            )
+            address = client_key(client[0]) if client else ""
+            authorize(self.keys, self.failures, address, authorizations, management)
         except ServingError as error:
             v2 = scope["path"].startswith("/v2")
             metrics().auth_failures.labels("v2-rest" if v2 else "rest").inc()
@@ -312,7 +376,10 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = details.method or ""
-        if not self.keys.enabled or (self.open_health and method.startswith(GRPC_HEALTH)):
+        management = method.startswith(MANAGEMENT_METHOD)
+        if not self.keys.needs_key(management) or (
+            self.open_health and method.startswith(GRPC_HEALTH)
+        ):
             return await continuation(details)
         authorizations = [
             value if isinstance(value, str) else bytes(value).decode("latin-1")
@@ -321,7 +388,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         ]
         protocol = "v2-grpc" if method.startswith("/inference.") else "grpc"
         try:
-            self.keys.check_all(authorizations)
+            self.keys.check_all(authorizations, management)
+        except Forbidden as error:
+            return refusal(self.failures, error, False, protocol)
         except Unauthenticated as error:
             # NOTE: the refusal does not look up the method's handler, so a refused call never
             # reaches the quotas after this interceptor
@@ -338,7 +407,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
 
 def refusal(
-    failures: FailedAuthLimiter, error: Unauthenticated, counted: bool, protocol: str
+    failures: FailedAuthLimiter, error: ServingError, counted: bool, protocol: str
 ) -> grpc.RpcMethodHandler:
     """A handler that refuses its call at once, for any kind of call: it streams requests, so
     grpc.aio runs it without waiting for a request message. A limited client address gets

@@ -15,6 +15,7 @@ from service.batching.admission import Admission
 from service.core.metrics import ModelMetrics
 from service.core.model_settings import ModelSettings
 from service.core.settings import Settings
+from service.core.statistics import ModelStatistics
 from service.runtime.kernels import Kernel
 from service.store.specs import ModelSpec
 
@@ -32,6 +33,8 @@ class Runner(Protocol):
     """Why the model cannot serve (failed to load, wrong version); None while loading or fine."""
     admission: Admission
     """Hold a place for each request from before it is decoded until it is answered."""
+    statistics: ModelStatistics
+    """Triton-style inference statistics of this version (its admission scopes each request)."""
 
     @property
     def ready(self) -> bool: ...
@@ -52,10 +55,12 @@ class Runner(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def admission_for(spec: ModelSpec, settings: Settings) -> Admission:
+def admission_for(spec: ModelSpec, settings: Settings, statistics: ModelStatistics) -> Admission:
     config = settings.for_model(spec.name, spec.settings)
     shed = ModelMetrics(spec.name, spec.version).rejected
     # never refuse what the model's workers could take in one round of full batches
     floor = config.workers_per_model * config.max_batch_size
     wait = config.max_queue_wait_ms / 1000
-    return Admission(spec.name, config.max_queue, wait, shed, floor=floor)
+    return Admission(
+        spec.name, config.max_queue, wait, shed, floor=floor, request_scope=statistics.request
+    )

@@ -27,6 +27,7 @@ from service.core.errors import (
 )
 from service.core.metrics import ModelMetrics, batch_totals, note_inferred, record_model
 from service.core.settings import Settings
+from service.core.statistics import ModelStatistics, RequestScope, ns
 from service.runners.base import admission_for
 from service.runners.service import EXPIRED, FAILED
 from service.runtime.kernels import Kernel
@@ -84,7 +85,11 @@ class RemoteRunner:
         """Calls not made because their deadline had passed (checked before the hop only)."""
         self.kernel_class = kernel_class
         self.metrics = ModelMetrics(spec.name, spec.version)
-        self.admission = admission_for(spec, settings)
+        self.statistics = ModelStatistics()
+        """Gateway-side: a call to the runner service (its queue and batch included) counts as
+        compute_infer, decoding its answer as compute_output; execution and inference counts
+        come from the runner service's batch counters (`refresh`)."""
+        self.admission = admission_for(spec, settings, self.statistics)
         self.in_flight = 0
         self.described = False
         self.remote_stats: dict[str, int] = {}
@@ -170,6 +175,7 @@ class RemoteRunner:
         totals = await asyncio.to_thread(batch_totals, self.spec.name, self.spec.version)
         if totals is not None:
             self.remote_stats = totals
+            self.statistics.executed_elsewhere(totals["batches"], totals["samples"])
             return
         if self.ready:
             try:
@@ -179,6 +185,9 @@ class RemoteRunner:
                 return
             keys = ("batches", "samples", "largest_batch", "expired")
             self.remote_stats = {k: int(info.get(k, 0)) for k in keys}
+            self.statistics.executed_elsewhere(
+                self.remote_stats["batches"], self.remote_stats["samples"]
+            )
 
     async def stop(self) -> None:
         if self._probe is not None:
@@ -189,6 +198,7 @@ class RemoteRunner:
         if self.client is None or not self.ready:
             why = self.error or ("runner service unavailable" if self.lost_since else "loading")
             raise NotReady(f"model {self.name} is not ready: {why}", headers={"Retry-After": "1"})
+        request = self.statistics.reached()
         if deadline is not None and time.monotonic() >= deadline:
             self.expired += 1
             self.metrics.rejected("deadline")
@@ -197,16 +207,19 @@ class RemoteRunner:
         self.in_flight += 1
         self.metrics.pending(self.in_flight)  # queued or computing at the runner service
         try:
-            return await self._call(key, item, deadline)
+            return await self._call(key, item, deadline, request)
         finally:
             self.in_flight -= 1
             self.metrics.pending(self.in_flight)
 
-    async def _call(self, key: Hashable, item: Any, deadline: float | None) -> Any:
+    async def _call(
+        self, key: Hashable, item: Any, deadline: float | None, request: RequestScope | None
+    ) -> Any:
         # the runner service checks the deadline again when BentoML hands it the batch
         wall_deadline = None if deadline is None else time.time() + deadline - time.monotonic()
         for attempt in (1, 2):
             try:
+                sent = time.monotonic()
                 call = self.client.to_async.call("infer", [(key, item, wall_deadline)])
                 if deadline is None:
                     (result,) = await call
@@ -216,8 +229,13 @@ class RemoteRunner:
                     raise DeadlineExceeded(f"deadline passed while {self.name} queued it")
                 if isinstance(result, dict) and FAILED in result:
                     raise failure_error(result[FAILED], self.name)
+                called = time.monotonic()
                 note_inferred()
-                return self.kernel_class.from_wire(result)
+                answer = self.kernel_class.from_wire(result)
+                self.statistics.answered(1)
+                if request is not None:
+                    request.item_done(0, 0, ns(called - sent), ns(time.monotonic() - called))
+                return answer
             except ServingError:
                 raise
             except TimeoutError:

@@ -13,6 +13,7 @@ from service.batching.batcher import AdaptiveBatcher
 from service.core.errors import NotReady
 from service.core.metrics import ModelMetrics, note_inferred, record_model
 from service.core.settings import Settings
+from service.core.statistics import ModelStatistics
 from service.runners.base import admission_for
 from service.runtime.kernels import Kernel
 from service.store.specs import ModelSpec
@@ -36,7 +37,8 @@ class LocalRunner:
         self.batcher: AdaptiveBatcher | None = None
         self.load_seconds = 0.0
         self.error: str | None = None
-        self.admission = admission_for(spec, settings)
+        self.statistics = ModelStatistics()
+        self.admission = admission_for(spec, settings, self.statistics)
 
     @property
     def ready(self) -> bool:
@@ -77,6 +79,7 @@ class LocalRunner:
             workers=self.config.workers_per_model,
             max_queue=self.config.max_queue,
             observer=observer,
+            statistics=self.statistics,
         )
         await self.batcher.start()
         observer.loaded(self.load_seconds)

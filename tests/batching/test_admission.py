@@ -8,6 +8,7 @@ import pytest
 
 from service.batching.admission import Admission
 from service.core.errors import Overloaded
+from service.core.statistics import ModelStatistics
 
 
 def test_count_bound_refuses_beyond_max_and_frees_places() -> None:
@@ -75,3 +76,18 @@ def test_littles_law_limit_follows_the_answer_rate() -> None:
     for place in held:
         place.__exit__(None, None, None)
     assert gate.limit(time.monotonic() + 3) == 4  # the rate is forgotten after the window
+
+
+def test_each_admitted_request_and_only_it_is_scoped_for_the_statistics() -> None:
+    stats = ModelStatistics()
+    gate = Admission("m", max_requests=1, max_wait_s=0, request_scope=stats.request)
+    with gate.admit():
+        assert stats.reached() is not None  # what the runner's submit sees
+        with pytest.raises(Overloaded), gate.admit():
+            pass  # refused: never scoped, never counted
+    with pytest.raises(ValueError), gate.admit():
+        stats.reached()
+        raise ValueError("inference failed")
+    counts = stats.snapshot("m", "1")["inference_stats"]
+    assert counts["success"]["count"] == 1 and counts["fail"]["count"] == 1
+    assert stats.reached() is None  # the scope ended with the request

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from collections.abc import Hashable
 
 import pytest
 
 from service.batching.batcher import AdaptiveBatcher
-from service.core.errors import DeadlineExceeded, InvalidInput, Overloaded
+from service.core.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded
+from service.core.statistics import ModelStatistics
 
 
 class Recorder:
@@ -129,3 +131,50 @@ def test_expired_deadline_is_not_computed() -> None:
 
     asyncio.run(with_batcher(model, scenario, workers=1, max_batch_size=1))
     assert all(2 not in items for _, items in model.batches)
+
+
+def test_statistics_count_requests_batches_and_their_times() -> None:
+    model, stats = Recorder(delay=0.01), ModelStatistics()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        async def request(first: int, rows: int) -> list[object]:
+            with stats.request():  # what the runner's admission opens per request
+                return await asyncio.gather(*(batcher.submit(first + i) for i in range(rows)))
+
+        return await asyncio.gather(*(request(4 * r, 4) for r in range(16)))
+
+    results = asyncio.run(with_batcher(model, scenario, statistics=stats))
+    assert [x for rows in results for x in rows] == [i * 2 for i in range(64)]
+    snapshot = stats.snapshot("fake", "1")
+    sizes = Counter(len(items) for _, items in model.batches)
+    assert snapshot["execution_count"] == len(model.batches) == sum(sizes.values())
+    assert snapshot["inference_count"] == 64
+    by_size = {b["batch_size"]: b for b in snapshot["batch_stats"]}
+    assert {size: b["compute_infer"]["count"] for size, b in by_size.items()} == dict(sizes)
+    infer_ns = sum(b["compute_infer"]["ns"] for b in snapshot["batch_stats"])
+    assert infer_ns >= len(model.batches) * 10_000_000  # each batch slept 10 ms in the model
+    counts = snapshot["inference_stats"]
+    assert counts["success"]["count"] == 16 and counts["fail"]["count"] == 0
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert counts[phase]["count"] == 16, phase
+    assert counts["compute_infer"]["ns"] >= 16 * 10_000_000
+    assert counts["success"]["ns"] >= counts["compute_infer"]["ns"]
+
+
+def test_statistics_count_failed_requests_and_unscoped_items_as_executions_only() -> None:
+    model, stats = Recorder(), ModelStatistics()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        with pytest.raises(InferenceFailed), stats.request():
+            await asyncio.gather(batcher.submit(3), batcher.submit("bad"))
+        with pytest.raises(DeadlineExceeded), stats.request():
+            await batcher.submit(4, deadline=time.monotonic() - 1)  # never computed
+        assert await batcher.submit(5) == 10  # in no request's scope
+
+    asyncio.run(with_batcher(model, scenario, workers=1, statistics=stats))
+    snapshot = stats.snapshot("fake", "1")
+    counts = snapshot["inference_stats"]
+    assert counts["fail"]["count"] == 2 and counts["success"]["count"] == 0
+    assert counts["queue"]["count"] == 0  # phases are a succeeded request's
+    assert snapshot["execution_count"] == 2  # [3, "bad"] (retried alone inside) and [5]
+    assert snapshot["inference_count"] == 3

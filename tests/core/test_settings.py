@@ -85,6 +85,11 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("shutdown_grace_s", "-1"),
     ("runner_lost_liveness_s", "0"),
     ("runner_lost_liveness_s", "nan"),
+    ("poll_interval_s", "0"),
+    ("load_timeout_s", "0"),
+    ("unload_drain_s", "-1"),
+    ("max_upload_bytes", "0"),
+    ("model_control", "sometimes"),
 ]
 CHECKED_BY_VALIDATOR = {"version_policy", "versions"}
 

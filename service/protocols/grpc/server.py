@@ -163,7 +163,7 @@ class GrpcServer:
             + [quotas, MalformedRequestInterceptor()],
         )
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            V2Servicer(self.state), server
+            V2Servicer(self.state, keys.is_admin), server
         )
         deepserve_pb2_grpc.add_InferenceServicer_to_server(TaskServicer(self.state), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -11,23 +11,25 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.json_format import ParseDict
 
 import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
 from service.core import datatypes
-from service.core.errors import InvalidInput, ServingError
+from service.core.errors import InvalidInput, ModelNotFound, NotReady, ServingError
 from service.core.metrics import track_request
 from service.protocols.grpc.errors import abort_grpc
 from service.protocols.proto.gen import inference_pb2 as pb
 from service.protocols.proto.gen import inference_pb2_grpc
-from service.protocols.v2 import codecs, dataplane
+from service.protocols.v2 import codecs, dataplane, repository
 from service.runners.repository import ServingState
 
+IsAdmin = Callable[[Sequence[str]], bool]
 log = logging.getLogger("deepserve.grpc")
 StateGetter = Callable[[], ServingState]
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -214,7 +216,7 @@ def rpc(protocol: str | None = None) -> Callable[[Handler], Handler]:
     return decorate
 
 
-def parameter_value(parameter: pb.InferParameter) -> Any:
+def parameter_value(parameter: pb.InferParameter | pb.ModelRepositoryParameter) -> Any:
     choice = parameter.WhichOneof("parameter_choice")
     return None if choice is None else getattr(parameter, choice)
 
@@ -264,8 +266,37 @@ def read_inputs(
 
 
 class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, state: StateGetter):
+    def __init__(self, state: StateGetter, is_admin: IsAdmin | None = None):
         self.state = state
+        self.is_admin: IsAdmin = is_admin or (lambda authorizations: False)
+        """The call's authorization metadata -> whether it holds an admin key (uploads)."""
+
+    # -- model repository extension ---------------------------------------------------------
+
+    @rpc()
+    async def RepositoryIndex(self, request, context):
+        entries = await repository.index(self.state(), request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
+        )
+
+    @rpc()
+    async def RepositoryModelLoad(self, request, context):
+        authorizations = [
+            value if isinstance(value, str) else bytes(value).decode("latin-1")
+            for name, value in context.invocation_metadata() or ()
+            if name.lower() == "authorization"
+        ]
+        parameters = parameters_of(request.parameters)
+        await repository.load(
+            self.state(), request.model_name, parameters, self.is_admin(authorizations)
+        )
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc()
+    async def RepositoryModelUnload(self, request, context):
+        await repository.unload(self.state(), request.model_name, parameters_of(request.parameters))
+        return pb.RepositoryModelUnloadResponse()
 
     @rpc()
     async def ServerLive(self, request, context):
@@ -277,7 +308,10 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc()
     async def ModelReady(self, request, context):
-        ready = dataplane.model_ready(self.state(), request.name, request.version)
+        try:
+            ready = dataplane.model_ready(self.state(), request.name, request.version)
+        except (ModelNotFound, NotReady):  # as Triton: an unknown or unloaded model is not ready
+            ready = False
         return pb.ModelReadyResponse(ready=ready)
 
     @rpc()
@@ -324,6 +358,11 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 else None,
             )
         )
+
+    @rpc()
+    async def ModelStatistics(self, request, context):
+        stats = await dataplane.statistics(self.state(), request.name, request.version)
+        return ParseDict(stats, pb.ModelStatisticsResponse())
 
     @rpc("v2-grpc")
     async def ModelInfer(self, request, context):

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.protocols.http import common
+from service.protocols.http import common, repository
 from service.protocols.http.common import answer, read_body
 from service.protocols.http.errors import method_not_allowed, renderer
 from service.protocols.http.limits import plain_int
@@ -206,8 +206,9 @@ def render_infer(result: dataplane.InferResponse, binary_default: bool) -> Respo
     )
 
 
-def build_app(state: StateGetter) -> Starlette:
-    """The /v2 routes; `state` returns the gateway's ServingState at request time."""
+def build_app(state: StateGetter, is_admin: repository.IsAdmin | None = None) -> Starlette:
+    """The /v2 routes; `state` returns the gateway's ServingState at request time, `is_admin`
+    tells whether a request's Authorization holds an admin key (model uploads)."""
 
     async def server_metadata(request: Request) -> Response:
         return answer(wire.ServerMetadata.model_validate(dataplane.server_metadata()))
@@ -237,6 +238,11 @@ def build_app(state: StateGetter) -> Starlette:
         config = dataplane.model_config(state(), name, version_of(request))
         return answer(wire.ModelConfig.model_validate(config))
 
+    async def model_statistics(request: Request) -> Response:
+        name = request.path_params.get("model_name", "")  # none: every served model
+        stats = await dataplane.statistics(state(), name, version_of(request) or "")
+        return answer(wire.ModelStatisticsResponse.model_validate(stats))
+
     async def infer(request: Request) -> Response:
         serving = state()
         deadline = common.deadline_of(request)
@@ -264,15 +270,19 @@ def build_app(state: StateGetter) -> Starlette:
         Route("/v2", guarded(server_metadata), methods=["GET"]),
         Route("/v2/health/live", guarded(live), methods=["GET"]),
         Route("/v2/health/ready", guarded(ready), methods=["GET"]),
+        # NOTE: before the model routes, which would take "stats" for a model's name
+        Route("/v2/models/stats", guarded(model_statistics), methods=["GET"]),
     ]
     for prefix in (model, versioned):
         routes += [
             Route(prefix, guarded(model_metadata), methods=["GET"]),
             Route(prefix + "/ready", guarded(model_ready), methods=["GET"]),
             Route(prefix + "/config", guarded(model_config), methods=["GET"]),
+            Route(prefix + "/stats", guarded(model_statistics), methods=["GET"]),
             Route(prefix + "/infer", guarded(infer, "v2-rest"), methods=["POST"]),
         ]
 
+    routes += repository.routes(state, guarded, is_admin or (lambda authorizations: False))
     routes.append(common.Fallback(error_response, prefix="/v2"))  # mounted at "/": /v2 only
 
     return Starlette(routes=routes, exception_handlers={405: method_not_allowed})

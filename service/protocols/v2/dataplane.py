@@ -8,6 +8,7 @@ inputs.
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -30,7 +31,10 @@ from service.tasks.tensors import (
 __all__ = ["InferRequest", "InferResponse", "RequestedOutput", "Signature", "Tensor"]
 
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "health"]
+EXTENSIONS = [
+    *("binary_tensor_data", "classification", "model_configuration", "health"),
+    *("statistics", "model_repository"),
+]
 
 
 def server_version() -> str:
@@ -164,6 +168,28 @@ def model_config(
     if not sig.batchable:
         del config["dynamic_batching"]
     return config
+
+
+async def statistics(
+    serving: ServingState, name: str = "", model_version: str = ""
+) -> dict[str, Any]:
+    """Triton's statistics extension: {"model_stats": [...]} of every served version of every
+    model (no name), of every served version of `name` (no version), or of that one version.
+
+    A remote model's execution counts are fetched from its runner service first."""
+    if not name:
+        runners = serving.all_runners()
+    elif model_version:
+        runners = [resolve(serving, name, model_version)]
+    else:
+        newest = resolve(serving, name)  # unknown (404) or unavailable (503) as on every route
+        runners = list(serving.versions.get(name, {newest.spec.version: newest}).values())
+    await asyncio.gather(*(r.refresh() for r in runners if r.placement == "remote"))
+    return {
+        "model_stats": [
+            runner.statistics.snapshot(runner.spec.name, runner.spec.version) for runner in runners
+        ]
+    }
 
 
 def classification(probabilities: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StrictBool
 
 from service.core.datatypes import DATATYPES
 from service.core.model_settings import Placement
@@ -121,6 +121,68 @@ class ModelConfig(ResponseModel):
     dynamic_batching: DynamicBatching | Absent = absent()
 
 
+# --- statistics (Triton's extension) --------------------------------------------------------
+
+Count = Annotated[int, Field(ge=0)]
+
+
+class StatisticDuration(ResponseModel):
+    count: Count
+    ns: Count
+    """Cumulative nanoseconds."""
+
+
+class InferStatistics(ResponseModel):
+    """Per request (one protocol request, however many rows) that reached the model."""
+
+    success: StatisticDuration
+    """Succeeded requests, from reaching the model until answered."""
+    fail: StatisticDuration
+    """Failed requests (inference error, deadline, overload, cancelled), likewise timed."""
+    queue: StatisticDuration
+    """Succeeded requests' wait in the batcher's queue (remote placement: 0, unseen)."""
+    compute_input: StatisticDuration
+    """Hand-off of their batch to a worker thread (remote placement: 0)."""
+    compute_infer: StatisticDuration
+    """Their batch's model run: collate, ONNX Runtime, split (remote placement: the whole
+    call to the runner service)."""
+    compute_output: StatisticDuration
+    """Handing results back to the requests (remote placement: decoding the answer)."""
+    cache_hit: StatisticDuration
+    """Always zero: no response cache."""
+    cache_miss: StatisticDuration
+    """Always zero: no response cache."""
+
+
+class InferBatchStatistics(ResponseModel):
+    """Executed batches of one size (counts: batches; ns: their total time in the phase)."""
+
+    batch_size: Annotated[int, Field(ge=1)]
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+
+
+class ModelStatistics(ResponseModel):
+    name: Name
+    version: Name
+    last_inference: Count
+    """When the last request that reached the model ended (ms since the epoch; 0: never)."""
+    inference_count: Count
+    """Rows computed (the sum of executed batch sizes)."""
+    execution_count: Count
+    """Batches executed."""
+    inference_stats: InferStatistics
+    batch_stats: list[InferBatchStatistics]
+    """By executed batch size (empty for a remote model: its runner service batches)."""
+
+
+class ModelStatisticsResponse(ResponseModel):
+    """Triton's statistics extension: one entry per served model version asked for."""
+
+    model_stats: list[ModelStatistics]
+
+
 # --- inference -------------------------------------------------------------------------------
 
 
@@ -199,3 +261,32 @@ class InferenceResponse(ResponseModel):
     model_version: Name
     id: str | Absent = absent()
     outputs: Annotated[list[InferenceOutput], Field(min_length=1)]
+
+
+# --- model repository extension ----------------------------------------------------------------
+
+
+class RepositoryIndexRequest(RequestModel):
+    ready: StrictBool = False
+    """Only versions that are READY."""
+
+
+class RepositoryModel(ResponseModel):
+    """One model version in the store (or served), in the repository index."""
+
+    name: Name
+    version: str
+    state: Annotated[str, OneOf(["READY", "LOADING", "UNAVAILABLE"])]
+    reason: str
+    """Why it is not READY (empty when it is)."""
+
+
+class RepositoryLoadRequest(RequestModel):
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    """`config` (JSON: {"task": ..., "settings": {...}}) and `file:<path>` uploads (base64):
+    one .onnx graph, optionally labels.txt / vocab.txt. Uploads need an admin key."""
+
+
+class RepositoryUnloadRequest(RequestModel):
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    """`unload_dependents` (accepted; deepserve models have no dependents)."""

@@ -13,7 +13,8 @@ import pytest
 
 from service.core.errors import InvalidInput, ModelNotFound
 from service.core.settings import Settings
-from service.protocols.v2 import dataplane
+from service.core.statistics import ModelStatistics
+from service.protocols.v2 import dataplane, wire
 from service.protocols.v2.dataplane import InferRequest, RequestedOutput
 from service.runners.repository import ServingState
 from service.store.specs import ModelSpec
@@ -53,6 +54,7 @@ class FakeRunner:
     def __init__(self, spec: ModelSpec) -> None:
         self.name, self.spec, self.submitted = spec.name, spec, []
         self.admission = self
+        self.statistics = ModelStatistics()
         self.config = Settings(max_batch_size=3, max_batch_items=4).for_model(spec.name)
         self.admitted = 0
 
@@ -161,3 +163,25 @@ def test_flag_parameters_are_json_booleans(value):
         return
     with pytest.raises(InvalidInput, match="must be true or false"):
         dataplane.flag_parameter(value, "binary_data")
+
+
+def test_statistics_of_every_model_of_one_model_and_of_one_version():
+    runner = FakeRunner(image_spec())
+    other = FakeRunner(image_spec().model_copy(update={"version": "v2"}))
+    state = serving(runner)
+    state.versions["tiny"]["v2"] = other  # type: ignore[assignment]
+    runner.statistics.batch_done(2, 1, 2, 3)
+    everything = run(dataplane.statistics(state))
+    wire.ModelStatisticsResponse.model_validate(everything)  # the REST body's model
+    assert [(s["name"], s["version"]) for s in everything["model_stats"]] == [
+        ("tiny", "v1"),
+        ("tiny", "v2"),
+    ]
+    assert run(dataplane.statistics(state, "tiny")) == everything  # every served version
+    (one,) = run(dataplane.statistics(state, "tiny", "v1"))["model_stats"]
+    assert one["execution_count"] == 1 and one["batch_stats"][0]["batch_size"] == 2
+    with pytest.raises(ModelNotFound, match="unknown model 'nope'"):
+        run(dataplane.statistics(state, "nope"))
+    with pytest.raises(ModelNotFound, match="no served version 'v9'"):
+        run(dataplane.statistics(state, "tiny", "v9"))
+    assert "statistics" in dataplane.server_metadata()["extensions"]

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from service.core.errors import ServingError
 from service.core.model_settings import ModelSettings
 from service.core.settings import Settings
-from service.protocols.auth import ApiKeys, open_paths
+from service.protocols.auth import MANAGEMENT_PATH, ApiKeys, open_paths
 from service.protocols.http import wire
 from service.protocols.http.openapi import paths as ops
 from service.protocols.http.openapi.schema import TEXT_PLAIN, components, fill
@@ -34,6 +34,9 @@ BODIES: list[type[BaseModel]] = [
     *(wire.TranscribeResult, wire.CaptionResult, wire.ModelInfo, wire.ModelList),
     *(v2.V2Error, v2.ServerMetadata, v2.ServerLive, v2.ServerReady, v2.ModelReady),
     *(v2.ModelMetadata, v2.ModelConfig, v2.InferenceRequest, v2.InferenceResponse),
+    v2.ModelStatisticsResponse,
+    *(v2.RepositoryIndexRequest, v2.RepositoryModel),
+    *(v2.RepositoryLoadRequest, v2.RepositoryUnloadRequest),
 ]
 """The wire models the document's operations name (and, through them, every other)."""
 
@@ -74,7 +77,7 @@ def error_codes() -> list[str]:
 def generated() -> tuple[dict[str, Any], dict[str, Any]]:
     """(paths, component schemas) before their `filled` values are known."""
     return (
-        {**ops.v1_paths(), **ops.v2_paths(), **ops.probe_paths()},
+        {**ops.v1_paths(), **ops.v2_paths(), **ops.repository_paths(), **ops.probe_paths()},
         components(BODIES),
     )
 
@@ -120,11 +123,13 @@ def unroutable(paths: dict[str, Any]) -> None:
 
 
 def secure(paths: dict[str, Any], settings: Settings) -> None:
-    """Mark every operation outside the open paths as needing the API key (401 without, 429
-    after too many refused keys)."""
+    """Mark every operation outside the open paths that needs a key (401 without, 429 after too
+    many refused keys; management with admin keys set: 403 for an inference key)."""
     open_ = open_paths(settings)
+    keys = ApiKeys.from_settings(settings)
     for path, operations in paths.items():
-        if path in open_:
+        management = path.startswith(MANAGEMENT_PATH)
+        if path in open_ or not keys.needs_key(management):
             continue
         for operation in operations.values():
             operation["security"] = [{"apiKey": []}]
@@ -165,6 +170,11 @@ def document(
         "tags": [
             {"name": ops.TASK_API, "description": 'errors: {"error": {"code", "message"}}'},
             {"name": ops.V2, "description": 'errors: {"error": "..."}'},
+            {
+                "name": ops.REPOSITORY,
+                "description": "management (admin keys when admin_key is set); load and unload "
+                'need model_control explicit; errors: {"error": "..."}',
+            },
             {"name": ops.PROBES},
         ],
         "paths": paths,

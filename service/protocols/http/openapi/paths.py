@@ -27,11 +27,14 @@ from service.protocols.http.openapi.schema import (
 IMAGE_TYPES = ["image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp", "image/tiff"]
 AUDIO_TYPES = ["audio/wav", "audio/x-wav", "audio/wave"]
 TASK_API, V2, PROBES = "task API", "open inference protocol", "probes"
+REPOSITORY = "model repository"
 WHY = {
     400: "Invalid input: malformed body, undecodable media, a value out of range",
     401: "Missing or invalid API key (Authorization: Bearer <key>)",
+    403: "The key may not do this (management calls need an admin key when admin_key is set)",
     404: "Unknown model (or a model of another task), or no such model version",
     408: "The request body stopped arriving (setting http_body_timeout_s)",
+    409: "Not allowed in this model control mode (load/unload need model_control explicit)",
     413: "The body (or a decoded image) exceeds its limit",
     415: "A content type (or Content-Encoding) the endpoint does not accept",
     429: "Too many refused API keys from this address (setting auth_failure_limit)",
@@ -306,6 +309,15 @@ def v2_model_paths(prefix: str, suffix: str, path: type[RequestModel]) -> Schema
             {**ok(ref("ModelConfig")), **missing},
             params,
         ),
+        prefix + "/stats": get(
+            V2,
+            "modelStatistics" + suffix,
+            "Inference statistics (Triton's extension): every served version of the model"
+            if not suffix
+            else "Inference statistics (Triton's extension) of this version",
+            {**ok(ref("ModelStatisticsResponse")), **missing},
+            params,
+        ),
         prefix + "/infer": {"post": infer},
     }
 
@@ -321,9 +333,56 @@ def v2_paths() -> dict[str, Any]:
         "/v2/health/ready": get(
             V2, "serverReady", "Server readiness", {**ok(ref("ServerReady")), "503": not_ready}
         ),
+        "/v2/models/stats": get(
+            V2,
+            "serverStatistics",
+            "Inference statistics (Triton's extension) of every served model version",
+            ok(ref("ModelStatisticsResponse")),
+        ),
         **v2_model_paths("/v2/models/{model_name}", "", wire.V2ModelPath),
         **v2_model_paths(
             "/v2/models/{model_name}/versions/{model_version}", "Version", wire.V2VersionPath
+        ),
+    }
+
+
+def repository_paths() -> dict[str, Any]:
+    """The model repository extension (KServe V2 / Triton)."""
+    params = parameters(wire.V2ModelPath, "path")
+
+    def post(operation_id: str, summary: str, body: str, responses: dict[str, Any]) -> Schema:
+        request = {"required": False, "content": json_content(ref(body))}
+        operation: dict[str, Any] = {
+            "operationId": operation_id,
+            "tags": [REPOSITORY],
+            "summary": summary,
+        }
+        if operation_id != "repositoryIndex":
+            operation["parameters"] = params
+        return {"post": {**operation, "requestBody": request, "responses": responses}}
+
+    done = {"200": {"description": "Done (empty body)"}}
+    return {
+        "/v2/repository/index": post(
+            "repositoryIndex",
+            "Every model version in the store with its state (READY, LOADING, UNAVAILABLE)",
+            "RepositoryIndexRequest",
+            {
+                **ok({"type": "array", "items": ref("RepositoryModel")}),
+                **errors("V2Error", 400, 403),
+            },
+        ),
+        "/v2/repository/models/{model_name}/load": post(
+            "repositoryModelLoad",
+            "Load a model (or pick up its new versions); uploads need an admin key",
+            "RepositoryLoadRequest",
+            {**done, **errors("V2Error", 400, 403, 404, 409, 413, 503)},
+        ),
+        "/v2/repository/models/{model_name}/unload": post(
+            "repositoryModelUnload",
+            "Unload a model: out of routing at once, queued requests finish",
+            "RepositoryUnloadRequest",
+            {**done, **errors("V2Error", 400, 403, 404, 409)},
         ),
     }
 
