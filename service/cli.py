@@ -234,6 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from service.core.settings import PROJECT_ROOT
+    from service.runners.service import REMOTE_MODELS_ENV, remote_models
     from service.store import runtime_home
 
     settings = Settings()
@@ -244,6 +245,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = Path(os.environ.get("BENTOML_HOME") or settings.store)
     home = runtime_home.prepare(store, settings.runtime_dir or runtime_home.default_home(port))
     os.environ["BENTOML_HOME"], os.environ["DEEPSERVE_STORE"] = str(home), str(store.resolve())
+    os.environ["DEEPSERVE_RUNTIME_DIR"] = str(home)
+    # NOTE: which models get a runner service is fixed here, once, for every process the server
+    # starts (a runner respawned later must find its own service even if the store changed)
+    os.environ.pop(REMOTE_MODELS_ENV, None)
+    os.environ[REMOTE_MODELS_ENV] = json.dumps(remote_models(Settings()))
     os.chdir(PROJECT_ROOT)
     command = [sys.executable, "-m", "bentoml", "serve", "service.gateway:Gateway"]
     # NOTE: BentoML's default waits for in-flight HTTP requests without limit (and circus for

@@ -61,7 +61,7 @@ class GatewayBase:
 
     def runner_client(self, model: str, version: str) -> Any:
         """The dependency client of a model version's runner service (remote placement)."""
-        return getattr(self, attribute_name(model, version), None)
+        return getattr(self, attribute_name(model), None)
 
     @bentoml.on_startup
     async def start_runners(self) -> None:

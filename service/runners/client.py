@@ -29,7 +29,7 @@ from service.core.metrics import ModelMetrics, batch_totals, note_inferred, reco
 from service.core.settings import Settings
 from service.core.statistics import ModelStatistics, RequestScope, ns
 from service.runners.base import admission_for
-from service.runners.service import EXPIRED, FAILED
+from service.runners.service import EXPIRED, FAILED, desire, held
 from service.runtime.kernels import Kernel
 from service.store.specs import ModelSpec
 
@@ -45,6 +45,8 @@ ClientOf = Callable[[str, str], Any]
 def failure_error(answer: dict[str, Any], model: str) -> ServingError:
     if answer.get("status") == 400:
         return InvalidInput(str(answer.get("message")))
+    if answer.get("status") == 503:
+        return NotReady(str(answer.get("message")), headers={"Retry-After": "1"})
     return InferenceFailed(f"{model}: {answer.get('message')}")
 
 
@@ -60,6 +62,17 @@ async def until_deadline(call: Any, deadline: float) -> Any:
     task.cancel()
     task.add_done_callback(lambda finished: finished.cancelled() or finished.exception())
     raise TimeoutError
+
+
+_wanted: dict[str, set[str]] = {}
+"""Versions this gateway wants each remote model's runner service to hold (one gateway process
+per server: the desired-versions file is written from here only)."""
+
+
+def want(settings: Settings, model: str, version: str, wanted: bool) -> None:
+    versions = _wanted.setdefault(model, set())
+    (versions.add if wanted else versions.discard)(version)
+    desire(settings, model, sorted(versions))
 
 
 class RemoteRunner:
@@ -94,12 +107,22 @@ class RemoteRunner:
         self.described = False
         self.remote_stats: dict[str, int] = {}
         self._probe: asyncio.Task[None] | None = None
+        self.processes = 1 if self.config.device == "gpu" else self.config.workers_per_model
+        """Worker processes of the model's runner service, each of which must hold this
+        version before it takes traffic."""
+        self.holding = 0
+        """How many of them hold this version now (their status files)."""
         self.lost_since: float | None = None
         """time.monotonic() when calls to the runner service started failing (None: healthy)."""
 
     @property
     def ready(self) -> bool:
-        return self.client is not None and self.described and self.error is None
+        return (
+            self.client is not None
+            and self.described
+            and self.error is None
+            and self.holding >= self.processes
+        )
 
     def _unavailable(self, error: Exception) -> NotReady:
         """The runner service stopped answering (crashed, restarting): not ready until the
@@ -123,8 +146,12 @@ class RemoteRunner:
     async def start(self) -> None:
         self.client = self.client_of(self.name, self.spec.version)
         if self.client is None:
-            self.error = "no runner service dependency declared for this model"
+            self.error = (
+                "no runner service for this model: the remote models are fixed when the server "
+                "starts; restart it to serve a model newly placed remote"
+            )
             return
+        want(self.settings, self.name, self.spec.version, True)
         self._probe = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
     async def _supervise(self) -> None:
@@ -146,18 +173,27 @@ class RemoteRunner:
                 await asyncio.sleep(0.2 if not self.described else PROBE_PERIOD_S / 4)
                 continue
             failures = 0
+            self._check_held()
             if not self.described:
                 self._described(info)
-            await asyncio.sleep(PROBE_PERIOD_S)
+            await asyncio.sleep(PROBE_PERIOD_S if self.ready else 0.1)
+
+    def _check_held(self) -> None:
+        """How many worker processes hold this version; a process that failed to load it makes
+        it fail (the versions served before stay)."""
+        version, holding = self.spec.version, 0
+        for process in held(self.settings, self.name):
+            versions = process["versions"]
+            if version in versions and versions[version] is None:
+                holding += 1
+            elif versions.get(version):
+                self.error = f"runner service failed to load the model: {versions[version]}"
+        self.holding = holding
 
     def _described(self, info: dict[str, Any]) -> None:
-        self.remote_provider = info["provider"]
-        if info.get("error"):
-            self.error = f"runner service failed to load the model: {info['error']}"
-            log.error("model %s: %s", self.name, self.error)
-        elif info["version"] != self.spec.version:
-            self.error = f"runner serves {info['version']}, gateway expects {self.spec.version}"
-            log.error("model %s: %s", self.name, self.error)
+        self.remote_provider = info.get("providers", {}).get(self.spec.version, "unknown")
+        if self.error:
+            log.error("model %s: %s", self.spec.tag, self.error)
         self.described = True
         if self.lost_since is not None:
             back_after = time.monotonic() - self.lost_since
@@ -192,6 +228,8 @@ class RemoteRunner:
     async def stop(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
+        if self.client is not None:  # drained by now: the runner service may drop it
+            want(self.settings, self.name, self.spec.version, False)
         self.client = None
 
     async def submit(self, item: Any, key: Hashable = 0, deadline: float | None = None) -> Any:
@@ -220,7 +258,9 @@ class RemoteRunner:
         for attempt in (1, 2):
             try:
                 sent = time.monotonic()
-                call = self.client.to_async.call("infer", [(key, item, wall_deadline)])
+                call = self.client.to_async.call(
+                    "infer", [(key, item, wall_deadline, self.spec.version)]
+                )
                 if deadline is None:
                     (result,) = await call
                 else:

@@ -1,6 +1,8 @@
-"""Remote placement, the runner service's side: one BentoML service per model version (its own
-process), declared by the gateway as a dependency (bentoml.depends) and reached from
-service/runners/client.py.
+"""Remote placement, the runner service's side: one BentoML service per remote model (its own
+processes), declared by the gateway as a dependency (bentoml.depends) and reached from
+service/runners/client.py. The set of remote models is fixed at start (REMOTE_MODELS_ENV); the
+versions each one holds follow the gateway's live repository through a desired-versions file
+that every worker process of the service follows (class Versions).
 
 Each runner service is its own process (own device, scaled on its own: one per GPU) and batches
 with BentoML's adaptive (CORK) batching: `@bentoml.api(batchable=True)`. The gateway sends each
@@ -16,21 +18,29 @@ transport error, so a refresh that still happens cannot fail a request.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import glob
+import json
 import logging
+import os
 import re
+import threading
 import time
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Any
 
 import bentoml
 
 from service.batching.batcher import BatchStats, run_isolated
-from service.core.errors import InferenceFailed, ServingError
+from service.core.errors import NotReady, ServingError
 from service.core.metrics import ModelMetrics
 from service.core.settings import Settings
 from service.runners.base import KernelOf
 from service.runtime.kernels import Kernel
-from service.store.specs import ModelSpec, load_spec, select_versions
+from service.store.runtime_home import default_home
+from service.store.specs import load_spec, select_versions
 
 log = logging.getLogger("deepserve.remote")
 
@@ -50,15 +60,143 @@ def failure(error: Exception) -> dict[str, Any]:
     return {FAILED: {"status": 500, "message": "inference failed"}}
 
 
-def attribute_name(model: str, version: str) -> str:
-    return "runner_" + re.sub(r"\W", "_", f"{model}_{version}")
+def attribute_name(model: str) -> str:
+    return "runner_" + re.sub(r"\W", "_", model)
 
 
-def runner_service(spec: ModelSpec, settings: Settings, kernel_of: KernelOf) -> Any:
-    """Create the BentoML runner service class for one model version (import time,
-    deterministic)."""
-    model, version = spec.name, spec.version
-    config = settings.for_model(model, spec.settings)
+DESIRED_DIR = "runner-versions"
+"""Folder (in this server's runtime directory) of the versions each remote model's runner
+service must hold: `<model>.json`, written by the gateway; each worker process answers with
+`<model>.<pid>.json` (what it holds, or why a version failed)."""
+REMOTE_MODELS_ENV = "DEEPSERVE_REMOTE_MODELS"
+"""The remote models and their runner services' settings, fixed by `deepserve serve` at start
+and inherited by every process (gateway workers, runner services, respawned ones)."""
+FOLLOW_PERIOD_S = 0.1
+
+
+def versions_dir(settings: Settings) -> Path:
+    return (settings.runtime_dir or default_home(settings.port)) / DESIRED_DIR
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Replace `path` in one rename (readers never see a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(value))
+    os.replace(partial, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def desire(settings: Settings, model: str, versions: list[str]) -> None:
+    """The gateway's side: the versions `model`'s runner service must hold from now on."""
+    write_json(versions_dir(settings) / f"{model}.json", versions)
+
+
+def held(settings: Settings, model: str) -> list[dict[str, Any]]:
+    """What each live worker process of `model`'s runner service holds: [{"pid", "versions":
+    {version: None or the error}}]; files of processes that died are left out."""
+    found = []
+    for path in versions_dir(settings).glob(f"{glob.escape(model)}.*.json"):
+        pid_text = path.name[len(model) + 1 : -len(".json")]
+        if not pid_text.isdigit() or not alive(int(pid_text)):
+            continue
+        status = read_json(path)
+        if isinstance(status, dict):
+            found.append({"pid": int(pid_text), "versions": status})
+    return found
+
+
+class Versions:
+    """One runner-service process's kernels by version, following the desired versions file."""
+
+    def __init__(self, settings: Settings, model: str, kernel_of: KernelOf, config: Any):
+        self.settings, self.model, self.kernel_of, self.config = settings, model, kernel_of, config
+        self.kernels: dict[str, Kernel] = {}
+        self.metrics: dict[str, ModelMetrics] = {}
+        self.errors: dict[str, str] = {}
+        self.desired_file = versions_dir(settings) / f"{model}.json"
+        self.status_file = versions_dir(settings) / f"{model}.{os.getpid()}.json"
+        self._seen: float | None = None
+        self.lock = threading.Lock()
+
+    def follow(self) -> None:
+        """Load what the desired file adds, drop what it removes (the gateway drained those),
+        then say what this process holds."""
+        try:
+            stamp = self.desired_file.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp == self._seen and self.status_file.exists():
+            return
+        desired = read_json(self.desired_file) if stamp is not None else None
+        if not isinstance(desired, list):
+            desired = []
+        for version in desired:
+            if version not in self.kernels and version not in self.errors:
+                self._load(str(version))
+        with self.lock:
+            for version in [v for v in self.kernels if v not in desired]:
+                del self.kernels[version]
+                log.info("runner %s:%s unloaded", self.model, version)
+            for version in [v for v in self.errors if v not in desired]:
+                del self.errors[version]
+        self._seen = stamp
+        status = {v: None for v in self.kernels} | self.errors
+        write_json(self.status_file, status)
+
+    def _load(self, version: str) -> None:
+        started = time.perf_counter()
+        try:  # NOTE: a broken version must not crash-loop the process; the status says why
+            spec = load_spec(f"{self.model}:{version}")
+            kernel = self.kernel_of(spec.task)(
+                spec, self.config.device, self.config.intra_op_threads
+            )
+            kernel.warmup()
+        except Exception as error:
+            self.errors[version] = f"{type(error).__name__}: {error}"
+            log.error("runner %s:%s failed to load: %s", self.model, version, self.errors[version])
+            return
+        metrics = ModelMetrics(self.model, version)
+        metrics.loaded(time.perf_counter() - started)
+        with self.lock:
+            self.kernels[version] = kernel
+            self.metrics[version] = metrics
+        log.info("runner %s:%s ready (%s)", self.model, version, kernel.provider)
+
+    def run_forever(self) -> None:
+        while True:
+            try:
+                self.follow()
+            except Exception:  # never let the follower die: the next round retries
+                log.exception("runner %s: following the desired versions failed", self.model)
+            time.sleep(FOLLOW_PERIOD_S)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.status_file.unlink()
+
+
+def runner_service(model: str, own: dict[str, Any], settings: Settings, kernel_of: KernelOf) -> Any:
+    """Create the BentoML runner service class of one remote model (import time,
+    deterministic: `own` is the model's settings fixed at start). It holds every version the
+    gateway wants (see Versions) and runs each item on the version the item names."""
+    config = settings.for_model(model, own)
     gpu = config.device == "gpu"
     resources: dict[str, Any] = {"gpu": 1} if gpu else {"cpu": str(config.workers_per_model)}
     max_batch = config.gpu_max_batch_size if gpu else config.max_batch_size
@@ -67,21 +205,12 @@ def runner_service(spec: ModelSpec, settings: Settings, kernel_of: KernelOf) -> 
         def __init__(self) -> None:
             settings.apply_store()
             self.stats = BatchStats()
-            self.error: str | None = None
-            self.kernel: Kernel | None = None
-            self.version = version
-            started = time.perf_counter()
-            try:  # NOTE: a broken model must not crash-loop the process; describe() says why
-                spec = load_spec(f"{model}:{version}")
-                self.kernel = kernel_of(spec.task)(spec, config.device, config.intra_op_threads)
-                self.kernel.warmup()
-            except Exception as error:
-                self.error = f"{type(error).__name__}: {error}"
-                log.error("runner %s failed to load: %s", model, self.error)
-                return
-            self.metrics = ModelMetrics(spec.name, spec.version)
-            self.metrics.loaded(time.perf_counter() - started)
-            log.info("runner %s ready (%s)", spec.tag, self.kernel.provider)
+            self.versions = Versions(settings, model, kernel_of, config)
+            self.versions.follow()  # what is wanted now, loaded before the first request
+            threading.Thread(
+                target=self.versions.run_forever, name=f"follow-{model}", daemon=True
+            ).start()
+            atexit.register(self.versions.close)
 
         @bentoml.api(
             batchable=True,
@@ -89,48 +218,55 @@ def runner_service(spec: ModelSpec, settings: Settings, kernel_of: KernelOf) -> 
             max_latency_ms=int(config.remote_max_latency_ms),
         )
         def infer(self, items: list[Any]) -> list[Any]:
-            """items: (queue key, payload, deadline) triples; runs each key's items as one batch.
+            """items: (queue key, payload, deadline, version) tuples; runs each (version, key)'s
+            items as one batch.
 
             The deadline is wall-clock (time.time(); None = none): items whose deadline passed
             while BentoML queued them are answered EXPIRED instead of being computed.
             """
-            if self.kernel is None:
-                raise InferenceFailed(f"{model} is not loaded: {self.error}")
             results: list[Any] = [None] * len(items)
-            groups: dict[Hashable, list[int]] = {}
+            groups: dict[tuple[str, Hashable], list[int]] = {}
             now = time.time()
-            for index, (key, _, deadline) in enumerate(items):
-                if deadline is not None and now >= deadline:
+            with self.versions.lock:
+                kernels = dict(self.versions.kernels)
+                metrics = dict(self.versions.metrics)
+            for index, (key, _, deadline, version) in enumerate(items):
+                if version not in kernels:
+                    why = self.versions.errors.get(version, "not loaded in this runner process")
+                    results[index] = failure(NotReady(f"{model}:{version}: {why}"))
+                elif deadline is not None and now >= deadline:
                     self.stats.expired += 1
-                    self.metrics.rejected("deadline")
+                    metrics[version].rejected("deadline")
                     results[index] = EXPIRED
                 else:
-                    groups.setdefault(key, []).append(index)
-            for key, rows in groups.items():  # one executed batch per queue key
+                    groups.setdefault((version, key), []).append(index)
+            for (version, key), rows in groups.items():  # one executed batch per queue key
+                kernel = kernels[version]
                 started = time.perf_counter()
-                outputs = run_isolated(self.kernel.run, key, [items[i][1] for i in rows], model)
+                outputs = run_isolated(kernel.run, key, [items[i][1] for i in rows], model)
                 self.stats.record(len(rows))
-                self.metrics.batch_done(len(rows), [], time.perf_counter() - started)
+                metrics[version].batch_done(len(rows), [], time.perf_counter() - started)
                 for row, output in zip(rows, outputs):  # one bad item fails alone
                     failed = isinstance(output, Exception)
-                    results[row] = failure(output) if failed else self.kernel.to_wire(output)
+                    results[row] = failure(output) if failed else kernel.to_wire(output)
             return results
 
         @bentoml.api
         def describe(self) -> dict[str, Any]:
+            with self.versions.lock:
+                providers = {v: k.provider for v, k in self.versions.kernels.items()}
             return {
-                "provider": self.kernel.provider if self.kernel else "none",
-                "version": self.version,
-                "error": self.error,
+                "providers": providers,
+                "errors": dict(self.versions.errors),
                 "batches": self.stats.batches,
                 "samples": self.stats.samples,
                 "largest_batch": self.stats.largest,
                 "expired": self.stats.expired,
             }
 
-    ModelRunner.__name__ = ModelRunner.__qualname__ = f"Runner_{attribute_name(model, version)}"
+    ModelRunner.__name__ = ModelRunner.__qualname__ = f"Runner_{attribute_name(model)}"
     return bentoml.service(
-        name=f"runner-{model}-{version}".lower(),
+        name=f"runner-{model}".lower(),
         # NOTE: BentoML's CORK dispatcher runs one batch at a time per worker process, so on CPU
         # the runner gets a process per parallel inference slot; a GPU gets one worker
         workers=1 if gpu else config.workers_per_model,
@@ -141,25 +277,29 @@ def runner_service(spec: ModelSpec, settings: Settings, kernel_of: KernelOf) -> 
     )(ModelRunner)
 
 
-def remote_versions(settings: Settings) -> list[ModelSpec]:
-    """The model versions served by runner services (the version policy's selection)."""
+def remote_models(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The models served by runner services, with the settings their services are built with
+    (the newest selected version's own settings): from REMOTE_MODELS_ENV when `deepserve serve`
+    fixed them at start, else read from the store now."""
+    fixed = os.environ.get(REMOTE_MODELS_ENV)
+    if fixed:
+        return dict(json.loads(fixed))
     if not settings.may_place_remote():
-        return []  # NOTE: no store listing at import time when every model is local
-    selected = select_versions(settings.models, settings.version_policy_of)
-    return [
-        spec
+        return {}  # NOTE: no store listing at import time when every model is local
+    # NOTE: in explicit mode any stored model may be loaded later: each gets its service
+    names = ["*"] if settings.model_control == "explicit" else settings.models
+    selected = select_versions(names, settings.version_policy_of)
+    return {
+        name: specs[0].settings
         for name, specs in selected.items()
         if settings.placement_of(name) == "remote"
-        for spec in specs
-    ]
+    }
 
 
 def build_runner_services(settings: Settings, kernel_of: KernelOf) -> dict[str, Any]:
-    """The gateway's dependencies: one runner service per remote model version, by the
-    attribute name RemoteRunner finds its client under."""
+    """The gateway's dependencies: one runner service per remote model, by the attribute name
+    RemoteRunner finds its client under."""
     return {
-        attribute_name(spec.name, spec.version): bentoml.depends(
-            runner_service(spec, settings, kernel_of)
-        )
-        for spec in remote_versions(settings)
+        attribute_name(model): bentoml.depends(runner_service(model, own, settings, kernel_of))
+        for model, own in remote_models(settings).items()
     }
