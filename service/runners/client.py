@@ -174,8 +174,8 @@ class RemoteRunner:
                 continue
             failures = 0
             self._check_held()
-            if not self.described:
-                self._described(info)
+            if not self.described and (self.holding >= self.processes or self.error):
+                self._described(info)  # every worker holds it (or one failed): settled
             await asyncio.sleep(PROBE_PERIOD_S if self.ready else 0.1)
 
     def _check_held(self) -> None:

@@ -1,4 +1,5 @@
-"""Readiness when some models cannot serve: the others are served unless all are required."""
+"""Readiness when some models cannot serve (the others are served unless all are required), and
+live changes of what is served: new versions beside the old, drains, refusals, control modes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from service.core.errors import Conflict, ModelNotFound
 from service.core.settings import Settings
 from service.runners.repository import ServingState
 from service.tasks import registry
@@ -107,3 +109,106 @@ def test_a_model_of_an_unknown_task_fails_alone(monkeypatch) -> None:
             await state.stop()
 
     asyncio.run(start_and_stop())
+
+
+# --- live changes: new versions beside the old, drains, refusals ---------------------------------
+
+
+class FakeAdmission:
+    def __init__(self) -> None:
+        self.inside = 0
+
+
+class FakeRunner:
+    """A runner whose load succeeds or fails as told, counting admitted requests."""
+
+    def __init__(self, spec: SimpleNamespace, fails: bool) -> None:
+        self.spec, self.fails = spec, fails
+        self.ready, self.error, self.stopped = False, None, False
+        self.admission = FakeAdmission()
+
+    async def start(self) -> None:
+        if self.fails:
+            self.error = "SHA-256 of model.onnx does not match its spec"
+        else:
+            self.ready = True
+
+    async def stop(self) -> None:
+        self.stopped, self.ready = True, False
+
+
+def spec(version: str) -> SimpleNamespace:
+    return SimpleNamespace(name="m", version=version, tag=f"m:{version}", settings={})
+
+
+def live_state(mode: str = "explicit", failing: tuple[str, ...] = ()) -> ServingState:
+    state = ServingState(Settings(model_control=mode, unload_drain_s=5), registry.kernel_of)
+    state.make_runner = lambda s: FakeRunner(s, s.version in failing)  # type: ignore[method-assign]
+    state.started = True
+    return state
+
+
+def test_a_new_version_takes_traffic_once_ready_and_the_old_one_drains_first() -> None:
+    async def scenario() -> None:
+        state = live_state()
+        await state._serve("m", [spec("v1")])
+        old = state.runner("m")
+        old.admission.inside = 1  # a request admitted on v1, still running
+        await state._serve("m", [spec("v2")])
+        assert state.runner("m").spec.version == "v2"  # new requests go to v2 at once
+        assert list(state.versions["m"]) == ["v2"]
+        await asyncio.sleep(0.1)
+        assert not old.stopped  # v1 waits for its admitted request
+        old.admission.inside = 0
+        await asyncio.wait_for(state.drained(), 5)
+        assert old.stopped
+        state.preprocess_pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_version_that_fails_to_load_is_refused_and_the_old_one_keeps_serving() -> None:
+    async def scenario() -> None:
+        state = live_state(failing=("v2",))
+        await state._serve("m", [spec("v1")])
+        await state._serve("m", [spec("v2")])
+        assert state.runner("m").spec.version == "v1"
+        assert "does not match" in state.refused["m:v2"]
+        assert not state.runner("m").stopped
+        state.preprocess_pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_explicit_mode_is_ready_with_nothing_loaded_the_others_are_not() -> None:
+    for mode, expected in (("explicit", True), ("poll", False), ("none", False)):
+        state = live_state(mode)
+        assert state.ready is expected, mode
+        state.preprocess_pool.shutdown()
+
+
+def test_load_and_unload_need_explicit_mode() -> None:
+    async def scenario() -> None:
+        state = live_state("poll")
+        with pytest.raises(Conflict, match="explicit"):
+            await state.load("m")
+        with pytest.raises(Conflict, match="explicit"):
+            await state.unload("m")
+        state.preprocess_pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_unload_takes_the_model_out_of_routing_at_once() -> None:
+    async def scenario() -> None:
+        state = live_state()
+        await state._serve("m", [spec("v1")])
+        runner = state.runner("m")
+        await state.unload("m")
+        with pytest.raises(ModelNotFound, match="not loaded"):
+            state.runner("m")
+        await asyncio.wait_for(state.drained(), 5)
+        assert runner.stopped
+        state.preprocess_pool.shutdown()
+
+    asyncio.run(scenario())
