@@ -157,9 +157,12 @@ def test_poll_mode_serves_an_imported_version_and_refuses_load_calls(tmp_path, g
         done = deepserve(home, "models", "import", str(graphs["v1"]), "--name", "gen-b")
         assert done.returncode == 0, done.stdout + done.stderr
         eventually(lambda: served_names(server) == {"gen-a", "gen-b"})
-        done = deepserve(home, "models", "delete", "gen-b", "--yes")
-        if done.returncode == 0:  # the CLI may not have delete: remove the folder like an rm
-            eventually(lambda: served_names(server) == {"gen-a"})
+        staged = tmp_path / "gen-b-removed"  # out of the store in one rename, as `mv` does
+        (home / "models" / "gen-b").rename(staged)
+        eventually(lambda: served_names(server) == {"gen-a"})
+        assert "gen-b" not in {r["name"] for r in client.get_model_repository_index()}
+        gone = requests.post(f"{server.url}/v2/models/gen-b/infer", json=BODY, timeout=10)
+        assert gone.status_code == 404 and "removed from the model store" in gone.text
     finally:
         stop_server(server)
 

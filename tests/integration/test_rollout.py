@@ -279,3 +279,38 @@ def test_respawned_runner_finds_its_service_after_the_store_changed(tmp_path, gr
         assert runner_processes(server.process.pid, "gen-a"), "the runner was not respawned"
     finally:
         stop_server(server)
+
+
+def test_unload_under_load_answers_every_request_cleanly(tmp_path, graphs):
+    """Requests admitted before the unload finish (200); later ones get 404 "not loaded" (REST)
+    / NOT_FOUND (gRPC) or 503; never a 5xx from a half-unloaded runner."""
+    home = tmp_path / "home"
+    home.mkdir()
+    import_version(home, graphs["v1"], "gen-a")
+    server = start_server(
+        tmp_path,
+        {
+            "BENTOML_HOME": str(home),
+            "DEEPSERVE_STORE": str(home),
+            "DEEPSERVE_MODEL_CONTROL": "explicit",
+        },
+        timeout=120,
+    )
+    try:
+        client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+        with Load(server, "gen-a") as load:
+            time.sleep(2)
+            unloaded = time.monotonic()
+            client.unload_model("gen-a")
+            time.sleep(2)
+    finally:
+        stop_server(server)
+    before = [a for a in load.answers if a.end < unloaded]
+    after = [a for a in load.answers if a.start > unloaded + 0.5]
+    assert before and all(a.outcome == "ok" for a in before)
+    assert after, "no request after the unload"
+    clean = ("404", "503", "StatusCode.NOT_FOUND", "StatusCode.UNAVAILABLE")
+    unclean = [a.outcome for a in load.answers if a.outcome != "ok" and a.outcome.split(" ")[0]
+               .strip("[]") not in clean]  # fmt: skip
+    assert not unclean, unclean[:5]
+    assert all(a.outcome != "ok" for a in after)

@@ -86,8 +86,8 @@ class FakeRunnerService:
 
     async def call(self, api: str, payload: Any = None) -> Any:
         if api == "describe":
-            return {"provider": "CPU", "version": "v1", "error": None, "batches": 2, "samples": 3}
-        ((_, item, _),) = payload
+            return {"providers": {"v1": "CPU"}, "errors": {}, "batches": 2, "samples": 3}
+        ((_, item, _, _),) = payload
         if item == "bad":
             return [{FAILED: {"status": 400, "message": "bad item"}}]
         await asyncio.sleep(0.005)
@@ -99,6 +99,10 @@ def test_remote_runner_records_call_times_and_the_runner_services_counts(monkeyp
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     service = FakeRunnerService()
     runner = RemoteRunner(spec("remote-stats"), Settings(), Kernel, lambda m, v: service)
+    # every worker process of the runner service holds v1 (their status files)
+    monkeypatch.setattr("service.runners.client.desire", lambda *a: None)
+    holding = [{"pid": n, "versions": {"v1": None}} for n in range(runner.processes)]
+    monkeypatch.setattr("service.runners.client.held", lambda *a: holding)
 
     async def scenario() -> None:
         await runner.start()
