@@ -313,3 +313,27 @@ def grpc_scenario(limiter: FailedAuthLimiter, clock: Clock) -> None:
 def test_grpc_interceptor_refuses_repeats_and_limits_an_address() -> None:
     clock = Clock()
     grpc_scenario(FailedAuthLimiter(limit=3, window_s=2, max_clients=100, clock=clock), clock)
+
+
+def test_admin_keys_guard_management_and_leave_inference_to_api_keys() -> None:
+    from service.core.errors import Forbidden
+
+    both = ApiKeys(["user-key"], ["admin-key"])
+    both.check("Bearer user-key")  # inference: either key
+    both.check("Bearer admin-key")
+    both.check("Bearer admin-key", management=True)
+    with pytest.raises(Forbidden, match="admin key"):
+        both.check("Bearer user-key", management=True)
+    with pytest.raises(Unauthenticated):
+        both.check("Bearer nobody", management=True)
+    assert both.is_admin(["Bearer admin-key"]) and not both.is_admin(["Bearer user-key"])
+    assert not both.is_admin(["Bearer admin-key", "Bearer admin-key"])  # one Authorization only
+
+    admin_only = ApiKeys([], ["admin-key"])
+    assert not admin_only.needs_key() and admin_only.needs_key(management=True)
+    admin_only.check(None)  # inference stays open
+    with pytest.raises(Unauthenticated):
+        admin_only.check(None, management=True)
+
+    none = ApiKeys([])
+    assert not none.needs_key(management=True) and not none.is_admin(["Bearer anything"])
