@@ -174,8 +174,13 @@ class RemoteRunner:
                 continue
             failures = 0
             self._check_held()
-            if not self.described and (self.holding >= self.processes or self.error):
-                self._described(info)  # every worker holds it (or one failed): settled
+            # settled: every worker holds it, and this answer (from one of them, maybe asked
+            # before it had loaded) knows it; or a worker failed to load it
+            held_here = self.spec.version in info.get("providers", {})
+            if not self.described and (
+                self.error or (self.holding >= self.processes and held_here)
+            ):
+                self._described(info)
             await asyncio.sleep(PROBE_PERIOD_S if self.ready else 0.1)
 
     def _check_held(self) -> None:
