@@ -257,6 +257,11 @@ class AdaptiveBatcher:
             except Exception as error:  # executor shut down, etc.
                 results, began, ended = [error] * len(batch), started, started
                 ran = False
+            except asyncio.CancelledError:  # stopped mid-batch: its requests get 503, not a hang
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(NotReady(f"{self.name} was unloaded"))
+                raise
             finally:
                 self._busy -= 1
             finished = time.monotonic()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -29,7 +30,7 @@ from service.core.metrics import ModelMetrics, batch_totals, note_inferred, reco
 from service.core.settings import Settings
 from service.core.statistics import ModelStatistics, RequestScope, ns
 from service.runners.base import admission_for
-from service.runners.service import EXPIRED, FAILED, desire, held
+from service.runners.service import EXPIRED, FAILED, desire, held, remote_models
 from service.runtime.kernels import Kernel
 from service.store.specs import ModelSpec
 
@@ -64,15 +65,16 @@ async def until_deadline(call: Any, deadline: float) -> Any:
     raise TimeoutError
 
 
-_wanted: dict[str, set[str]] = {}
-"""Versions this gateway wants each remote model's runner service to hold (one gateway process
-per server: the desired-versions file is written from here only)."""
+_wanted: dict[str, Counter[str]] = {}
+"""Versions this gateway wants each remote model's runner service to hold, counted per runner
+that wants it (a version reloaded while its old runner still drains is wanted twice; one gateway
+process per server: the desired-versions file is written from here only)."""
 
 
 def want(settings: Settings, model: str, version: str, wanted: bool) -> None:
-    versions = _wanted.setdefault(model, set())
-    (versions.add if wanted else versions.discard)(version)
-    desire(settings, model, sorted(versions))
+    versions = _wanted.setdefault(model, Counter())
+    versions[version] += 1 if wanted else -1
+    desire(settings, model, sorted(v for v, n in versions.items() if n > 0))
 
 
 class RemoteRunner:
@@ -107,7 +109,11 @@ class RemoteRunner:
         self.described = False
         self.remote_stats: dict[str, int] = {}
         self._probe: asyncio.Task[None] | None = None
-        self.processes = 1 if self.config.device == "gpu" else self.config.workers_per_model
+        # NOTE: the runner service was built at start with its model's settings then, which a
+        # later version's own settings cannot change
+        service_config = settings.for_model(spec.name, remote_models(settings).get(spec.name))
+        gpu = service_config.device == "gpu"
+        self.processes = 1 if gpu else service_config.workers_per_model
         """Worker processes of the model's runner service, each of which must hold this
         version before it takes traffic."""
         self.holding = 0
@@ -191,7 +197,7 @@ class RemoteRunner:
             versions = process["versions"]
             if version in versions and versions[version] is None:
                 holding += 1
-            elif versions.get(version):
+            elif versions.get(version) and not self.described:  # later: that worker retries
                 self.error = f"runner service failed to load the model: {versions[version]}"
         self.holding = holding
 

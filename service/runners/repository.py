@@ -65,6 +65,8 @@ class ServingState:
         self.changes = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._leaving: set[Any] = set()
+        """Runners out of routing, draining (stopped at shutdown if still there)."""
         # Decoding and preprocessing run here, off the event loop, overlapping inference.
         self.preprocess_pool = ThreadPoolExecutor(
             settings.preprocess_threads, thread_name_prefix="preprocess"
@@ -117,7 +119,7 @@ class ServingState:
             self._poller.cancel()
         for task in list(self._retiring):
             task.cancel()
-        leaving = self.all_runners() + list(self.loading.values())
+        leaving = self.all_runners() + list(self.loading.values()) + list(self._leaving)
         await asyncio.gather(*(runner.stop() for runner in leaving))
         self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -187,10 +189,10 @@ class ServingState:
             raise NotReady(f"the model store {settings.store} is not readable")
         problems: dict[str, str] = {}
         wanted = settings.models if names is None else names
-        selected = await asyncio.to_thread(
-            select_versions, wanted, settings.version_policy_of, problems
-        )
-        async with self.changes:
+        async with self.changes:  # NOTE: read the store inside: two loads never roll back
+            selected = await asyncio.to_thread(
+                select_versions, wanted, settings.version_policy_of, problems
+            )
             for name, specs in selected.items():  # forget refusals of versions no longer chosen
                 chosen = {spec.tag for spec in specs}
                 for tag in [t for t in self.refused if t.split(":")[0] == name]:
@@ -217,23 +219,27 @@ class ServingState:
         New versions load beside the served ones; the old ones are retired only once every
         selected version is ready, so a version that fails leaves the old ones serving."""
         current = self.versions.get(name, {})
-        fresh = [spec for spec in specs if spec.version not in current]
-        if not fresh and list(current) == [spec.version for spec in specs]:
+        # a version refused before is not retried by every poll (an explicit load retries it)
+        usable = [s for s in specs if s.tag not in self.refused or s.version in current]
+        fresh = [spec for spec in usable if spec.version not in current]
+        if not fresh and list(current) == [spec.version for spec in usable]:
             return False
         loaded = await asyncio.gather(*(self._load(spec) for spec in fresh))
         ready = {spec.version: runner for spec, runner in zip(fresh, loaded) if runner}
         if not ready and fresh and current:
             return False  # every new version was refused: the served ones stay as they are
-        complete = len(ready) == len(fresh)
+        complete = len(ready) == len(fresh) and len(usable) == len(specs)
         keep = {
             spec.version: current.get(spec.version) or ready[spec.version]
-            for spec in specs
+            for spec in usable
             if spec.version in current or spec.version in ready
         }
         leaving = [] if not complete else [v for v in current if v not in keep]
         for version in current:  # not selected now, but kept while a selected one failed
             if version not in keep and version not in leaving:
                 keep[version] = current[version]
+        if list(keep) == list(current) and all(keep[v] is current[v] for v in keep):
+            return False
         self._route(name, keep)
         for version in leaving:
             self._retire(current[version], "replaced")
@@ -290,6 +296,7 @@ class ServingState:
     def _retire(self, runner: Runner, why: str) -> None:
         """Out of routing already: drain in the background (requests admitted finish), then
         stop; requests still queued after unload_drain_s get 503."""
+        self._leaving.add(runner)
         task = asyncio.create_task(self._drain(runner, why), name=f"retire-{runner.spec.tag}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -300,6 +307,7 @@ class ServingState:
             await asyncio.sleep(0.02)
         left = runner.admission.inside
         await runner.stop()
+        self._leaving.discard(runner)
         log.info("model %s unloaded (%s)%s", runner.spec.tag, why,
                  f"; {left} requests still queued got 503" if left else "")  # fmt: skip
 
@@ -316,6 +324,8 @@ class ServingState:
         """The repository API's load: serve what the store and version policy select for `name`
         now (a model served already picks up new versions). Explicit mode only."""
         self.check_explicit("load")
+        for tag in [t for t in self.refused if t.split(":")[0] == name]:
+            del self.refused[tag]  # asked again: refused versions get another try
         problems = await self.follow_store([name])
         versions = self.versions.get(name, {})
         if not versions:

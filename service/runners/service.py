@@ -66,12 +66,14 @@ def attribute_name(model: str) -> str:
 
 DESIRED_DIR = "runner-versions"
 """Folder (in this server's runtime directory) of the versions each remote model's runner
-service must hold: `<model>.json`, written by the gateway; each worker process answers with
-`<model>.<pid>.json` (what it holds, or why a version failed)."""
+service must hold: desired/<model>.json, written by the gateway; each worker process answers
+with held/<model>.<pid>.json (what it holds, or why a version failed)."""
 REMOTE_MODELS_ENV = "DEEPSERVE_REMOTE_MODELS"
 """The remote models and their runner services' settings, fixed by `deepserve serve` at start
 and inherited by every process (gateway workers, runner services, respawned ones)."""
 FOLLOW_PERIOD_S = 0.1
+RETRY_FAILED_S = 10.0
+"""A worker retries a version it failed to load this often while the gateway still wants it."""
 
 
 def versions_dir(settings: Settings) -> Path:
@@ -105,14 +107,14 @@ def alive(pid: int) -> bool:
 
 def desire(settings: Settings, model: str, versions: list[str]) -> None:
     """The gateway's side: the versions `model`'s runner service must hold from now on."""
-    write_json(versions_dir(settings) / f"{model}.json", versions)
+    write_json(versions_dir(settings) / "desired" / f"{model}.json", versions)
 
 
 def held(settings: Settings, model: str) -> list[dict[str, Any]]:
     """What each live worker process of `model`'s runner service holds: [{"pid", "versions":
     {version: None or the error}}]; files of processes that died are left out."""
     found = []
-    for path in versions_dir(settings).glob(f"{glob.escape(model)}.*.json"):
+    for path in (versions_dir(settings) / "held").glob(f"{glob.escape(model)}.*.json"):
         pid_text = path.name[len(model) + 1 : -len(".json")]
         if not pid_text.isdigit() or not alive(int(pid_text)):
             continue
@@ -130,21 +132,30 @@ class Versions:
         self.kernels: dict[str, Kernel] = {}
         self.metrics: dict[str, ModelMetrics] = {}
         self.errors: dict[str, str] = {}
-        self.desired_file = versions_dir(settings) / f"{model}.json"
-        self.status_file = versions_dir(settings) / f"{model}.{os.getpid()}.json"
-        self._seen: float | None = None
+        self.failed_at: dict[str, float] = {}
+        self.desired_file = versions_dir(settings) / "desired" / f"{model}.json"
+        self.status_file = versions_dir(settings) / "held" / f"{model}.{os.getpid()}.json"
+        self._seen: str | None = None
         self.lock = threading.Lock()
 
     def follow(self) -> None:
         """Load what the desired file adds, drop what it removes (the gateway drained those),
         then say what this process holds."""
         try:
-            stamp = self.desired_file.stat().st_mtime_ns
+            text = self.desired_file.read_text()
         except OSError:
-            stamp = None
-        if stamp == self._seen and self.status_file.exists():
+            text = "[]"
+        now = time.monotonic()
+        retry = [v for v, at in self.failed_at.items() if now - at >= RETRY_FAILED_S]
+        if text == self._seen and not retry and self.status_file.exists():
             return
-        desired = read_json(self.desired_file) if stamp is not None else None
+        for version in retry:  # e.g. a respawn that found the device still busy: try again
+            self.errors.pop(version, None)
+            self.failed_at.pop(version, None)
+        try:
+            desired = json.loads(text)
+        except ValueError:
+            desired = []
         if not isinstance(desired, list):
             desired = []
         for version in desired:
@@ -156,7 +167,8 @@ class Versions:
                 log.info("runner %s:%s unloaded", self.model, version)
             for version in [v for v in self.errors if v not in desired]:
                 del self.errors[version]
-        self._seen = stamp
+                self.failed_at.pop(version, None)
+        self._seen = text
         status = {v: None for v in self.kernels} | self.errors
         write_json(self.status_file, status)
 
@@ -170,6 +182,7 @@ class Versions:
             kernel.warmup()
         except Exception as error:
             self.errors[version] = f"{type(error).__name__}: {error}"
+            self.failed_at[version] = time.monotonic()
             log.error("runner %s:%s failed to load: %s", self.model, version, self.errors[version])
             return
         metrics = ModelMetrics(self.model, version)

@@ -178,3 +178,21 @@ def test_statistics_count_failed_requests_and_unscoped_items_as_executions_only(
     assert counts["queue"]["count"] == 0  # phases are a succeeded request's
     assert snapshot["execution_count"] == 2  # [3, "bad"] (retried alone inside) and [5]
     assert snapshot["inference_count"] == 3
+
+
+def test_stopping_mid_batch_answers_its_requests_not_ready_instead_of_leaving_them_waiting():
+    from service.core.errors import NotReady
+
+    async def scenario() -> None:
+        batcher = AdaptiveBatcher(
+            "fake", Recorder(delay=0.5), max_batch_size=8, max_latency_ms=1, workers=1,
+            max_queue=100,
+        )  # fmt: skip
+        await batcher.start()
+        running = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.1)  # its batch is in the model now
+        await batcher.stop()
+        with pytest.raises(NotReady, match="unloaded"):
+            await asyncio.wait_for(running, 5)
+
+    asyncio.run(scenario())

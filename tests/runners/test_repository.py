@@ -212,3 +212,40 @@ def test_unload_takes_the_model_out_of_routing_at_once() -> None:
         state.preprocess_pool.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_refused_version_is_not_retried_by_every_poll_but_by_an_explicit_load() -> None:
+    async def scenario() -> None:
+        state = live_state(failing=("v2",))
+        made: list[str] = []
+        make = state.make_runner
+
+        def counting(s):
+            made.append(s.version)
+            return make(s)
+
+        state.make_runner = counting  # type: ignore[method-assign]
+        await state._serve("m", [spec("v1")])
+        await state._serve("m", [spec("v2")])
+        assert not await state._serve("m", [spec("v2")])  # the next poll: nothing to do
+        assert made == ["v1", "v2"]
+        assert state.runner("m").spec.version == "v1"
+        state.preprocess_pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_version_wanted_by_two_remote_runners_stays_wanted_until_both_stop(monkeypatch):
+    from service.runners import client
+
+    written: list[list[str]] = []
+    monkeypatch.setattr(client, "_wanted", {})
+    monkeypatch.setattr(
+        client, "desire", lambda settings, model, versions: written.append(versions)
+    )
+    client.want(Settings(), "m", "v1", True)  # the old runner of v1, still draining
+    client.want(Settings(), "m", "v1", True)  # v1 loaded again meanwhile
+    client.want(Settings(), "m", "v1", False)  # the old one stops
+    assert written[-1] == ["v1"]
+    client.want(Settings(), "m", "v1", False)
+    assert written[-1] == []

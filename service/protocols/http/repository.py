@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.core.errors import InvalidInput, PayloadTooLarge
+from service.core.errors import Forbidden, InvalidInput, PayloadTooLarge
 from service.protocols.http.common import read_json
 from service.protocols.v2 import repository, wire
 from service.runners.repository import ServingState
@@ -84,8 +84,12 @@ def routes(state: StateGetter, guarded: Callable[[Any], Any], is_admin: IsAdmin)
         serving = state()
         data = await json_body(request, serving.settings.max_body_bytes)
         asked = body_of(data, wire.RepositoryLoadRequest)
-        parameters = decoded_files(asked.parameters, serving.settings.max_upload_bytes)
         admin = is_admin(request.headers.getlist("authorization"))
+        if any(key.startswith(repository.FILE_PREFIX) for key in asked.parameters):
+            serving.check_explicit("load")  # both before any decoding
+            if not admin:
+                raise Forbidden(repository.UPLOAD_NEEDS_ADMIN)
+        parameters = decoded_files(asked.parameters, serving.settings.max_upload_bytes)
         await repository.load(serving, request.path_params["model_name"], parameters, admin)
         return Response(b"", media_type="application/json")
 

@@ -17,18 +17,31 @@ from typing import Any
 
 from service.core.errors import Forbidden, InvalidInput, PayloadTooLarge
 from service.runners.repository import ServingState
-from service.store.importing.importer import ImportRefused
+from service.store.importing.importer import NAME_PATTERN, ImportRefused
 from service.tasks import registry
 
 FILE_PREFIX = "file:"
 CONFIG_KEYS = {"task", "settings", "name", "backend", "platform"}
 """Keys a load's `config` parameter may hold: deepserve's `task` and `settings` (as `models
 import --task/--setting`); Triton's name/backend/platform are accepted and must agree."""
+UPLOAD_NEEDS_ADMIN = (
+    "uploading model files needs an admin key (the admin_key setting); inference keys and "
+    "unauthenticated clients cannot upload"
+)
 SIDE_FILES = {"labels.txt": "labels_file", "vocab.txt": "vocab_file"}
 
 
 async def index(serving: ServingState, ready_only: bool = False) -> list[dict[str, str]]:
     return await serving.index(ready_only)
+
+
+def check_name(name: str) -> None:
+    """A model name as the store names them (`*` and other patterns are not names)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise InvalidInput(
+            f"{name[:80]!r} is not a model name: lowercase letters, digits, '.', '_', '-', "
+            "starting with a letter or digit, at most 63 characters"
+        )
 
 
 def check_parameters(parameters: dict[str, Any], allowed: set[str], action: str) -> None:
@@ -44,15 +57,13 @@ def check_parameters(parameters: dict[str, Any], allowed: set[str], action: str)
 async def load(serving: ServingState, name: str, parameters: dict[str, Any], admin: bool) -> None:
     """Load (or reload: pick up new versions of) `name`; with `file:` parameters, first import
     the uploaded ONNX graph as a new version of `name`."""
+    check_name(name)
     check_parameters(parameters, {"config"}, "load")
     files = {k[len(FILE_PREFIX) :]: v for k, v in parameters.items() if k.startswith(FILE_PREFIX)}
     serving.check_explicit("load")
     if files:
         if not admin:
-            raise Forbidden(
-                "uploading model files needs an admin key (the admin_key setting); "
-                "inference keys and unauthenticated clients cannot upload"
-            )
+            raise Forbidden(UPLOAD_NEEDS_ADMIN)
         await upload(serving, name, files, parameters.get("config"))
     elif "config" in parameters:
         raise InvalidInput("a config parameter is only taken together with file: uploads")
@@ -60,6 +71,7 @@ async def load(serving: ServingState, name: str, parameters: dict[str, Any], adm
 
 
 async def unload(serving: ServingState, name: str, parameters: dict[str, Any]) -> None:
+    check_name(name)
     check_parameters(parameters, {"unload_dependents"}, "unload")
     await serving.unload(name)
 
@@ -83,6 +95,8 @@ def config_of(config: Any, name: str) -> dict[str, Any]:
         )
     if parsed.get("name", name) != name:
         raise InvalidInput(f"config names model {parsed['name']!r}, the call loads {name!r}")
+    if not isinstance(parsed.get("task", "generic"), str):
+        raise InvalidInput("config.task must be a task name (a string)")
     if not isinstance(parsed.get("settings", {}), dict):
         raise InvalidInput("config.settings must be a JSON object of per-model settings")
     return parsed
