@@ -33,6 +33,7 @@ from service.protocols.keys import (
     MANAGEMENT_METHOD,
     MANAGEMENT_PATH,
     ApiKeys,
+    grpc_authorizations,
 )
 
 Scope = MutableMapping[str, Any]
@@ -251,11 +252,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             self.open_health and method.startswith(GRPC_HEALTH)
         ):
             return await continuation(details)
-        authorizations = [
-            value if isinstance(value, str) else bytes(value).decode("latin-1")
-            for name, value in details.invocation_metadata or ()
-            if name.lower() == "authorization"
-        ]
+        authorizations = grpc_authorizations(details.invocation_metadata)
         protocol = "v2-grpc" if method.startswith("/inference.") else "grpc"
         try:
             self.keys.check_all(authorizations, management)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -64,6 +65,15 @@ def keys_from(secret: SecretStr | None, path: Path | None, name: str) -> list[st
             raise RuntimeError(f"{name}_file holds no key")
         keys.extend(from_file)
     return keys
+
+
+def grpc_authorizations(metadata: Any) -> list[str]:
+    """The `authorization` values of a gRPC call's metadata (str, or bytes as latin-1)."""
+    return [
+        value if isinstance(value, str) else bytes(value).decode("latin-1")
+        for name, value in metadata or ()
+        if name.lower() == "authorization"
+    ]
 
 
 class ApiKeys:

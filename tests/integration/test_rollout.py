@@ -18,10 +18,10 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from loadtests.server import Server, start_server, stop_server
+from loadtests.server import Server, stop_server
 from tests.integration.test_faults import runner_processes
 from tests.integration.test_own_model import deepserve, generic_graph, stored_versions
-from tests.integration.test_repository import BODY
+from tests.integration.test_repository import BODY, serve
 
 pytestmark = pytest.mark.models
 
@@ -163,16 +163,12 @@ def test_poll_mode_rollout_under_load_fails_nothing(tmp_path, graphs, placement)
     home = tmp_path / "home"
     home.mkdir()
     old = import_version(home, graphs["v1"], "gen-a")
-    server = start_server(
+    server = serve(
         tmp_path,
-        {
-            "BENTOML_HOME": str(home),
-            "DEEPSERVE_STORE": str(home),
-            "DEEPSERVE_MODEL_CONTROL": "poll",
-            "DEEPSERVE_POLL_INTERVAL_S": "1",
-            "DEEPSERVE_PLACEMENT": placement,
-        },
-        timeout=120,
+        home,
+        DEEPSERVE_MODEL_CONTROL="poll",
+        DEEPSERVE_POLL_INTERVAL_S="1",
+        DEEPSERVE_PLACEMENT=placement,
     )
     try:
         with Load(server, "gen-a") as load:
@@ -201,16 +197,12 @@ def test_explicit_mode_rollout_under_load_fails_nothing(tmp_path, graphs, placem
     home.mkdir()
     old = import_version(home, graphs["v1"], "gen-a")
     import_version(home, graphs["v1"], "gen-b")
-    server = start_server(
+    server = serve(
         tmp_path,
-        {
-            "BENTOML_HOME": str(home),
-            "DEEPSERVE_STORE": str(home),
-            "DEEPSERVE_MODEL_CONTROL": "explicit",
-            "DEEPSERVE_MODELS": '["gen-a"]',
-            "DEEPSERVE_PLACEMENT": placement,
-        },
-        timeout=120,
+        home,
+        DEEPSERVE_MODEL_CONTROL="explicit",
+        DEEPSERVE_MODELS='["gen-a"]',
+        DEEPSERVE_PLACEMENT=placement,
     )
     try:
         client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
@@ -244,16 +236,7 @@ def test_respawned_runner_finds_its_service_after_the_store_changed(tmp_path, gr
     home = tmp_path / "home"
     home.mkdir()
     old = import_version(home, graphs["v1"], "gen-a")
-    server = start_server(
-        tmp_path,
-        {
-            "BENTOML_HOME": str(home),
-            "DEEPSERVE_STORE": str(home),
-            "DEEPSERVE_MODEL_CONTROL": "none",
-            "DEEPSERVE_PLACEMENT": "remote",
-        },
-        timeout=120,
-    )
+    server = serve(tmp_path, home, DEEPSERVE_MODEL_CONTROL="none", DEEPSERVE_PLACEMENT="remote")
     try:
         import_version(home, graphs["v2"], "gen-a")
         import_version(home, graphs["v1"], "gen-new")
@@ -287,15 +270,7 @@ def test_unload_under_load_answers_every_request_cleanly(tmp_path, graphs):
     home = tmp_path / "home"
     home.mkdir()
     import_version(home, graphs["v1"], "gen-a")
-    server = start_server(
-        tmp_path,
-        {
-            "BENTOML_HOME": str(home),
-            "DEEPSERVE_STORE": str(home),
-            "DEEPSERVE_MODEL_CONTROL": "explicit",
-        },
-        timeout=120,
-    )
+    server = serve(tmp_path, home, DEEPSERVE_MODEL_CONTROL="explicit")
     try:
         client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
         with Load(server, "gen-a") as load:

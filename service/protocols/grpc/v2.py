@@ -24,6 +24,7 @@ from service.core import datatypes
 from service.core.errors import InvalidInput, ModelNotFound, NotReady, ServingError
 from service.core.metrics import track_request
 from service.protocols.grpc.errors import abort_grpc
+from service.protocols.keys import grpc_authorizations
 from service.protocols.proto.gen import inference_pb2 as pb
 from service.protocols.proto.gen import inference_pb2_grpc
 from service.protocols.v2 import codecs, dataplane, repository
@@ -282,11 +283,7 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc()
     async def RepositoryModelLoad(self, request, context):
-        authorizations = [
-            value if isinstance(value, str) else bytes(value).decode("latin-1")
-            for name, value in context.invocation_metadata() or ()
-            if name.lower() == "authorization"
-        ]
+        authorizations = grpc_authorizations(context.invocation_metadata())
         parameters = parameters_of(request.parameters)
         await repository.load(
             self.state(), request.model_name, parameters, self.is_admin(authorizations)
