@@ -132,3 +132,12 @@ class Conflict(ServingError):
     http_status = HTTPStatus.CONFLICT
     grpc_status = "FAILED_PRECONDITION"
     code = "conflict"
+
+
+class StreamTimedOut(RequestTimeout):
+    """A stream reached stream_idle_timeout_s (nothing received, nothing in progress) or
+    stream_max_seconds; `end` is its deepserve_streams end label."""
+
+    def __init__(self, message: str, end: str):
+        super().__init__(message)
+        self.end = end

@@ -12,6 +12,7 @@ nv_inference_count / nv_inference_exec_count.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,14 @@ UNMATCHED = "unmatched"
 routing: authentication, body limits): label values never come from what a client sent."""
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
 REJECT_REASONS = ("queue_full", "queue_wait", "deadline", "abandoned", "runner_overloaded")
+STREAM_PROTOCOLS = ("rest-sse", "grpc-stream", "v2-grpc-stream")
+"""Streaming transports: /v1/transcribe?stream=true (SSE), deepserve.v1.Inference/
+TranscribeStream, inference.GRPCInferenceService/ModelStreamInfer."""
+STREAM_ENDS = ("completed", "error", "client_gone", "idle_timeout", "time_limit", "closed")
+"""How a stream ended: completed (all answered), error (ended by an error event or status),
+client_gone (disconnect or cancel), idle_timeout / time_limit (stream_idle_timeout_s /
+stream_max_seconds), closed (the stream quota or a shutdown closed it)."""
+SEGMENT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
@@ -119,6 +128,47 @@ class Metrics:
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
         )
+        self.open_streams = Gauge(
+            "deepserve_open_streams",
+            "Streams open now (SSE transcriptions, TranscribeStream, ModelStreamInfer).",
+            ["protocol"],
+            multiprocess_mode="livesum",
+        )
+        self.streams = Counter(
+            "deepserve_streams",
+            "Streams ended, by protocol and how they ended (completed, error, client_gone, "
+            "idle_timeout, time_limit, closed).",
+            ["protocol", "end"],
+        )
+        for protocol in STREAM_PROTOCOLS:
+            self.open_streams.labels(protocol)
+            for end in STREAM_ENDS:
+                self.streams.labels(protocol, end)
+        self.first_result_seconds = Histogram(
+            "deepserve_stream_first_result_seconds",
+            "Time from a stream's start to its first result (segment or answer).",
+            ["protocol"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.segments = Histogram(
+            "deepserve_transcription_segments",
+            "Segments per transcription (long-form and streamed audio split at silences).",
+            model,
+            buckets=SEGMENT_BUCKETS,
+        )
+        self.segment_seconds = Histogram(
+            "deepserve_segment_result_seconds",
+            "Time from a segment's end in the audio being available (the voice-activity "
+            "detector closed it) to its transcript being ready.",
+            model,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.dropped_segments = Counter(
+            "deepserve_dropped_segments",
+            "Segments dropped unrun or unanswered because their stream ended early (client "
+            "gone, timeout, error): work freed.",
+            model,
+        )
         self.load_seconds = Gauge(
             "deepserve_model_load_seconds",
             "Time to load and warm the model up.",
@@ -196,6 +246,58 @@ class RequestRecord:
     inferred_at: float | None = None
     status: int = 500
     """The HTTP status (or its equivalent) answered; a scope left by an exception keeps 500."""
+
+
+class StreamRecord:
+    """One open stream: counted in deepserve_open_streams until `close`; `end` says how it
+    ended (a value of STREAM_ENDS), `first_result` times its first result once."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self.started = time.perf_counter()
+        self.end = "completed"
+        self._first = False
+        metrics().open_streams.labels(protocol).inc()
+
+    def first_result(self) -> None:
+        if not self._first:
+            self._first = True
+            metrics().first_result_seconds.labels(self.protocol).observe(
+                time.perf_counter() - self.started
+            )
+
+    def close(self) -> None:
+        collectors = metrics()
+        collectors.open_streams.labels(self.protocol).dec()
+        collectors.streams.labels(self.protocol, self.end).inc()
+
+
+@contextmanager
+def track_stream(protocol: str) -> Iterator[StreamRecord]:
+    """Scope one stream (see StreamRecord); cancelled = client_gone unless `end` says more."""
+    record = StreamRecord(protocol)
+    try:
+        yield record
+    except BaseException as error:
+        if record.end == "completed":
+            cancelled = isinstance(error, (GeneratorExit, asyncio.CancelledError))
+            record.end = "client_gone" if cancelled else "error"
+        raise
+    finally:
+        record.close()
+
+
+def observe_segments(model: str, version: str, count: int) -> None:
+    metrics().segments.labels(model, version).observe(count)
+
+
+def observe_segment_result(model: str, version: str, seconds: float) -> None:
+    metrics().segment_seconds.labels(model, version).observe(seconds)
+
+
+def note_dropped_segments(model: str, version: str, count: int) -> None:
+    if count:
+        metrics().dropped_segments.labels(model, version).inc(count)
 
 
 _current: ContextVar[RequestRecord | None] = ContextVar("deepserve_request", default=None)

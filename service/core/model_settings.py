@@ -155,8 +155,22 @@ class PerModelFields(BaseModel):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     """Largest decoded image (width x height); bigger declared sizes are refused (image bombs)."""
 
-    max_audio_seconds: FinitePositive = 15.0
-    """Longest audio clip accepted by /v1/transcribe."""
+    max_audio_seconds: FinitePositive = 600.0
+    """Longest recording accepted for transcription (413 beyond; checked before resampling).
+    Audio longer than the model's utterance limit (its spec's preprocessing.max_seconds, else
+    max_segment_seconds) is split at silences and transcribed segment by segment."""
+
+    max_segment_seconds: FinitePositive = 5.0
+    """Longest segment sent to a speech model as one item: speech running longer without a pause
+    is cut at its quietest point within this length. The built-in speech-ctc was trained on
+    utterances up to its spec's max_seconds (5 s), which caps this further."""
+
+    max_segments: int = Field(default=512, ge=1)
+    """Most speech segments in one transcription (400 beyond)."""
+
+    segment_window: int = Field(default=16, ge=1)
+    """Segments of one transcription in the model's queue at once: the others wait, so one long
+    recording cannot fill the queue that other requests share."""
 
     max_text_chars: int = Field(default=5000, ge=1)
     """Longest text accepted by /v1/sentiment, per text."""
@@ -166,6 +180,15 @@ class PerModelFields(BaseModel):
 
     max_beam: int = Field(default=8, ge=1)
     """Largest beam width /v1/caption accepts."""
+
+    caption_decoding: Literal["step", "batch"] = "batch"
+    """How the local placement batches a model that decodes step by step (the captioner):
+    "step" = continuous batching, requests join and leave a running set between decoder steps
+    (service/batching/iteration.py; at most max_batch_size join at once, and a step runs at most
+    max_batch_size x max_beam rows); "batch" = a batch is decoded until its every caption ends
+    (service/batching/batcher.py). The remote placement always decodes batch at once (BentoML's
+    batching). "batch" by default: step wins at 8-32 clients but sheds at 64 here
+    (reports/caption_batching, loadtests/caption_batching.py)."""
 
 
 class ModelSettings(PerModelFields):

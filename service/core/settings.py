@@ -69,8 +69,16 @@ class Settings(BaseSettings, PerModelFields):
     client reconnects), so never-ending Watch streams cannot fill the server."""
 
     grpc_max_streams: int = Field(default=128, ge=0)
-    """Other streaming RPCs at once (server reflection, ...). A new one beyond this closes the
-    oldest with UNAVAILABLE."""
+    """Other streaming RPCs at once (TranscribeStream, ModelStreamInfer, server reflection). A
+    new one beyond this closes the oldest with UNAVAILABLE."""
+
+    stream_idle_timeout_s: FinitePositive = 30.0
+    """A stream (SSE transcription, TranscribeStream, ModelStreamInfer) that receives nothing
+    and has nothing in progress for this long is ended (DEADLINE_EXCEEDED, an SSE error
+    event). Streams are exempt from the 60 s request timeout and live under grpc_max_streams."""
+
+    stream_max_seconds: FinitePositive = 3600.0
+    """Longest a stream may stay open, however busy (then ended as above)."""
 
     grpc_request_timeout_s: FinitePositive = 10.0
     """A unary call whose request message has not arrived this long after the call started is

@@ -3,7 +3,9 @@
 The encoder maps uint8 NHWC images to `features`, `h0`, `c0`; the decoder maps the previous
 token, the features and the LSTM state to next-token `log_probs` and the new state. The loop
 runs here so greedy search and beam search share the same graphs. Both decode a whole batch of
-images at once (the beam search runs batch x beam rows through the decoder per step).
+images at once (the beam search runs batch x beam rows through the decoder per step). One step's
+bookkeeping (greedy_advance, beam_advance, beam_settled) is shared with the step-by-step decoding
+of service/processing/caption_steps.py, so both give the same captions.
 """
 
 from __future__ import annotations
@@ -67,12 +69,53 @@ def encode_images(encoder: Session, images: np.ndarray) -> tuple[np.ndarray, ...
     return features, h, c
 
 
-def _step(
+def decoder_step(
     decoder: Session, tokens: np.ndarray, features: np.ndarray, h: np.ndarray, c: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One decoder call over every row: (log_probs [R, V], h_out, c_out)."""
     feed = {"tokens": tokens.astype(np.int64), "features": features, "h": h, "c": c}
     log_probs, h_out, c_out = decoder.run(DECODER_OUTPUTS, feed)
     return np.asarray(log_probs, dtype=np.float32), h_out, c_out
+
+
+def greedy_advance(
+    log_probs: np.ndarray, finished: np.ndarray, scores: np.ndarray, pad: int, eos: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One greedy step for n rows: (chosen tokens, finished, scores); a finished row takes <pad>
+    at no cost."""
+    best = log_probs.argmax(axis=1)
+    scores = scores + np.where(finished, 0.0, log_probs[np.arange(len(best)), best])
+    tokens = np.where(finished, pad, best).astype(np.int64)
+    return tokens, finished | (tokens == eos), scores
+
+
+def beam_advance(
+    log_probs: np.ndarray, scores: np.ndarray, finished: np.ndarray, pad: int, eos: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One beam step for n images x k beams (log_probs rows image-major, [n * k, V]):
+    (scores, finished, parent beam, token), each [n, k]; the caller reorders its per-beam state
+    (sequences, LSTM rows) by the parent beam."""
+    n, k = scores.shape
+    vocab_size = log_probs.shape[1]
+    step_scores = log_probs.reshape(n, k, vocab_size).astype(np.float64)
+    # A finished beam may only continue with <pad>, at no cost, so its score is kept.
+    done_row = np.full(vocab_size, -np.inf)
+    done_row[pad] = 0.0
+    step_scores = np.where(finished[..., None], done_row, step_scores)
+    candidates = (scores[..., None] + step_scores).reshape(n, k * vocab_size)
+    best = np.argsort(-candidates, axis=1, kind="stable")[:, :k]
+    beam, token = best // vocab_size, best % vocab_size
+    scores = np.take_along_axis(candidates, best, axis=1)
+    finished = np.take_along_axis(finished, beam, axis=1) | (token == eos)
+    return scores, finished, beam, token
+
+
+def beam_settled(scores: np.ndarray, finished: np.ndarray) -> np.ndarray:
+    """Per image: whether its answer can no longer change. Log-probs are <= 0, so an open beam
+    can only lose score: once the best finished beam is ahead of all open beams, it has won."""
+    best_done = np.where(finished, scores, -np.inf).max(axis=1)
+    best_open = np.where(finished, -np.inf, scores).max(axis=1)
+    return best_done >= best_open
 
 
 def greedy_decode(
@@ -106,12 +149,9 @@ def greedy_decode_scored(
     finished = np.zeros(n, dtype=bool)
     scores = np.zeros(n, dtype=np.float64)
     for step in range(max_length):
-        log_probs, h, c = _step(decoder, tokens, features, h, c)
-        best = log_probs.argmax(axis=1)
-        scores += np.where(finished, 0.0, log_probs[np.arange(n), best])
-        tokens = np.where(finished, pad, best).astype(np.int64)
+        log_probs, h, c = decoder_step(decoder, tokens, features, h, c)
+        tokens, finished, scores = greedy_advance(log_probs, finished, scores, pad, eos)
         out[:, step] = tokens
-        finished |= tokens == eos
         if finished.all():
             break
     return [
@@ -159,29 +199,15 @@ def beam_search_decode_scored(
     finished = np.zeros((n, k), dtype=bool)
     tokens = np.full(n * k, bos, dtype=np.int64)
     for _ in range(max_length):
-        log_probs, h, c = _step(decoder, tokens, features, h, c)
-        vocab_size = log_probs.shape[1]
-        step_scores = log_probs.reshape(n, k, vocab_size).astype(np.float64)
-        # A finished beam may only continue with <pad>, at no cost, so its score is kept.
-        done_row = np.full(vocab_size, -np.inf)
-        done_row[pad] = 0.0
-        step_scores = np.where(finished[..., None], done_row, step_scores)
-        candidates = (scores[..., None] + step_scores).reshape(n, k * vocab_size)
-        best = np.argsort(-candidates, axis=1, kind="stable")[:, :k]
-        beam, token = best // vocab_size, best % vocab_size
-        scores = np.take_along_axis(candidates, best, axis=1)
+        log_probs, h, c = decoder_step(decoder, tokens, features, h, c)
+        scores, finished, beam, token = beam_advance(log_probs, scores, finished, pad, eos)
         sequences = np.concatenate(
             [np.take_along_axis(sequences, beam[..., None], axis=1), token[..., None]], axis=2
         )
-        finished = np.take_along_axis(finished, beam, axis=1) | (token == eos)
         rows = (np.arange(n)[:, None] * k + beam).reshape(-1)
         h, c = h[rows], c[rows]
         tokens = token.reshape(-1)
-        # Log-probs are <= 0, so an open beam can only lose score: once the best finished beam
-        # of every image is ahead of all its open beams, the answer cannot change.
-        best_done = np.where(finished, scores, -np.inf).max(axis=1)
-        best_open = np.where(finished, -np.inf, scores).max(axis=1)
-        if np.all(best_done >= best_open):
+        if np.all(beam_settled(scores, finished)):  # every image's answer is final
             break
     choice = scores.argmax(axis=1)
     winners = sequences[np.arange(n), choice]

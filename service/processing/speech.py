@@ -32,13 +32,7 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
         (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
         body = pos + 8
         if chunk_id == b"fmt ":
-            if size < 16 or body + 16 > len(data):
-                raise ValueError("WAV fmt chunk is truncated")
-            tag, channels, rate = struct.unpack("<HHI", data[body : body + 8])
-            (bits,) = struct.unpack("<H", data[body + 14 : body + 16])
-            if tag == 0xFFFE and size >= 26 and body + 26 <= len(data):  # WAVE_FORMAT_EXTENSIBLE
-                (tag,) = struct.unpack("<H", data[body + 24 : body + 26])
-            fmt = (tag, channels, rate, bits)
+            fmt = _read_fmt(data, body, size)
         elif chunk_id == b"data":
             if fmt is None:
                 raise ValueError("WAV data chunk before its fmt chunk")
@@ -91,9 +85,134 @@ def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndar
     return (np.fft.irfft(out, n=n_out) * (n_out / audio.size)).astype(np.float32)
 
 
+class Resampler:
+    """Streaming resampling to `target`: FFT resampling of 1 s blocks that overlap by
+    `margin_s` on each side, the overlaps discarded (no seams from the FFT's periodic edges).
+    Memory and time per block are constant, however long the audio."""
+
+    def __init__(self, rate: int, target: int = SAMPLE_RATE, margin_s: float = 0.1) -> None:
+        self.rate, self.target = rate, target
+        self.margin = max(1, round(rate * margin_s))
+        self._buffer = np.zeros(self.margin, dtype=np.float32)  # left margin: silence
+        self._fed = 0
+
+    def feed(self, audio: np.ndarray) -> np.ndarray:
+        """Add audio at `rate`; resampled audio that is final so far."""
+        if self.rate == self.target:
+            return np.asarray(audio, dtype=np.float32)
+        self._buffer = np.concatenate([self._buffer, np.asarray(audio, dtype=np.float32)])
+        self._fed += len(audio)
+        out = []
+        while len(self._buffer) >= self.rate + 2 * self.margin:
+            out.append(self._block(self._buffer[: self.rate + 2 * self.margin], self.rate))
+            self._buffer = self._buffer[self.rate :]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def finish(self) -> np.ndarray:
+        """The rest, once the audio has ended."""
+        if self.rate == self.target:
+            return np.zeros(0, dtype=np.float32)
+        body = len(self._buffer) - self.margin
+        if body <= 0:
+            return np.zeros(0, dtype=np.float32)
+        padded = np.concatenate([self._buffer, np.zeros(self.margin, dtype=np.float32)])
+        self._buffer = np.zeros(self.margin, dtype=np.float32)
+        return self._block(padded, body)
+
+    def _block(self, block: np.ndarray, body: int) -> np.ndarray:
+        """Resample a block of margin + body + margin samples; the body's share of it."""
+        out = resample(block, self.rate, self.target)
+        scale = len(out) / len(block)
+        start = round(self.margin * scale)
+        return out[start : start + round(body * self.target / self.rate)]
+
+
+LONG_RESAMPLE_S = 30.0
+"""Longer audio is resampled block by block (Resampler): one FFT over 10 minutes at 48 kHz
+would hold ~0.5 GB of complex spectra."""
+
+
 def to_model_rate(audio: np.ndarray, rate: int) -> np.ndarray:
     """Decoded mono audio -> the model's input: 16 kHz float32, clipped to [-1, 1]."""
+    if rate != SAMPLE_RATE and len(audio) > LONG_RESAMPLE_S * rate:
+        resampler = Resampler(rate)
+        audio = np.concatenate([resampler.feed(audio), resampler.finish()])
+        return np.clip(audio, -1.0, 1.0)
     return np.clip(resample(audio, rate), -1.0, 1.0)
+
+
+class WavStream:
+    """A WAV file read as its bytes arrive (a streamed upload, a live recording): `feed` bytes,
+    get the mono float32 samples decoded so far. The header (every chunk up to `data`) must fit
+    in `max_header_bytes`. The audio ends where the data chunk's size says (anything after it is
+    not audio), or with the bytes when that size is 0 or 0xFFFFFFFF (what streamed WAVs write,
+    not knowing it). Errors as decode_wav's (ValueError)."""
+
+    def __init__(self, max_header_bytes: int = 64 * 1024) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.rate = 0
+        """The sample rate, once the header is read (0 before)."""
+        self._header = b""
+        self._format: tuple[int, int, int, int] | None = None
+        self._rest = b""
+        self._left: int | None = None
+        """Bytes of the data chunk still to come; None: to the end of the stream."""
+
+    def feed(self, data: bytes) -> np.ndarray:
+        if self._format is None:
+            self._header += data
+            data = self._parse()
+            if self._format is None:
+                return np.zeros(0, dtype=np.float32)
+        if self._left is not None:  # the data chunk's declared size: a pad byte or chunks
+            data, self._left = data[: self._left], max(0, self._left - len(data))  # after it
+        tag, channels, rate, bits = self._format
+        data = self._rest + data
+        frame = bits // 8 * channels
+        usable = len(data) - len(data) % frame
+        self._rest = data[usable:]
+        if not usable:
+            return np.zeros(0, dtype=np.float32)
+        return _pcm_to_float(data[:usable], tag, channels, rate, bits)
+
+    def _parse(self) -> bytes:
+        """Read the header if it is complete; the data bytes after it."""
+        data = self._header
+        if len(data) >= 12 and (data[:4] != b"RIFF" or data[8:12] != b"WAVE"):
+            decode_wav(data[:12])  # raises, saying what the bytes look like
+        fmt = None
+        pos = 12
+        while len(data) >= 12 and pos + 8 <= len(data):
+            chunk_id = data[pos : pos + 4]
+            (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+            body = pos + 8
+            if chunk_id == b"data":
+                if fmt is None:
+                    raise ValueError("WAV data chunk before its fmt chunk")
+                _pcm_to_float(b"", *fmt)  # checks the format before any audio
+                self._format, self.rate = fmt, fmt[2]
+                # NOTE: streamed WAVs cannot know the size: they write 0 or 0xFFFFFFFF
+                self._left = None if size in (0, 0xFFFFFFFF) else size
+                self._header = b""
+                return data[body:]
+            if body + size > len(data):
+                break  # the chunk is not complete yet
+            if chunk_id == b"fmt ":
+                fmt = _read_fmt(data, body, size)
+            pos = body + size + (size & 1)
+        if len(data) > self.max_header_bytes:
+            raise ValueError(f"no WAV data chunk in the first {self.max_header_bytes} bytes")
+        return b""
+
+
+def _read_fmt(data: bytes, body: int, size: int) -> tuple[int, int, int, int]:
+    if size < 16 or body + 16 > len(data):
+        raise ValueError("WAV fmt chunk is truncated")
+    tag, channels, rate = struct.unpack("<HHI", data[body : body + 8])
+    (bits,) = struct.unpack("<H", data[body + 14 : body + 16])
+    if tag == 0xFFFE and size >= 26 and body + 26 <= len(data):  # WAVE_FORMAT_EXTENSIBLE
+        (tag,) = struct.unpack("<H", data[body + 24 : body + 26])
+    return tag, channels, rate, bits
 
 
 def load_audio(data: bytes) -> np.ndarray:

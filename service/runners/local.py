@@ -1,5 +1,6 @@
-"""Local placement: the model's kernel in the gateway process, fed by our adaptive batcher; items
-are passed by reference, nothing is copied or serialized between gateway and runner."""
+"""Local placement: the model's kernel in the gateway process, fed by our adaptive batcher (or,
+for a kernel that decodes step by step, the step batcher: caption_decoding); items are passed by
+reference, nothing is copied or serialized between gateway and runner."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from service.batching.batcher import AdaptiveBatcher
+from service.batching.iteration import StepBatcher, StepModel
 from service.core.errors import NotReady
 from service.core.metrics import ModelMetrics, note_inferred, record_model
 from service.core.settings import Settings
@@ -34,7 +36,7 @@ class LocalRunner:
         self.config = settings.for_model(spec.name, spec.settings)
         """This model's settings (the global ones with its own overrides)."""
         self.kernel: Kernel | None = None
-        self.batcher: AdaptiveBatcher | None = None
+        self.batcher: AdaptiveBatcher | StepBatcher | None = None
         self.load_seconds = 0.0
         self.error: str | None = None
         self.statistics = ModelStatistics()
@@ -68,19 +70,34 @@ class LocalRunner:
         self.load_seconds = time.perf_counter() - started
         kernel = self.kernel
         observer = ModelMetrics(self.spec.name, self.spec.version)
-        self.batcher = AdaptiveBatcher(
-            self.name,
-            kernel.run,
-            # NOTE: an imported graph with a fixed batch dim runs one item at a time
-            max_batch_size=self.config.batch_size_for(kernel.provider)
-            if self.spec.extra.get("batchable", True) is not False
-            else 1,
-            max_latency_ms=self.config.max_latency_ms,
-            workers=self.config.workers_per_model,
-            max_queue=self.config.max_queue,
-            observer=observer,
-            statistics=self.statistics,
-        )
+        batch_size = self.config.batch_size_for(kernel.provider)
+        steps = self.config.caption_decoding == "step" and self.config.batching
+        if steps and isinstance(kernel, StepModel):  # it decodes step by step: continuous batching
+            self.batcher = StepBatcher(
+                self.name,
+                kernel,
+                # NOTE: a step never runs more rows than a batch-at-once batch could
+                max_rows=batch_size * self.config.max_beam,
+                max_join=batch_size,
+                workers=self.config.workers_per_model,
+                max_queue=self.config.max_queue,
+                observer=observer,
+                statistics=self.statistics,
+            )
+        else:
+            self.batcher = AdaptiveBatcher(
+                self.name,
+                kernel.run,
+                # NOTE: an imported graph with a fixed batch dim runs one item at a time
+                max_batch_size=batch_size
+                if self.spec.extra.get("batchable", True) is not False
+                else 1,
+                max_latency_ms=self.config.max_latency_ms,
+                workers=self.config.workers_per_model,
+                max_queue=self.config.max_queue,
+                observer=observer,
+                statistics=self.statistics,
+            )
         await self.batcher.start()
         observer.loaded(self.load_seconds)
         opsets = [graph.opset for graph in self.spec.graphs.values()]
@@ -125,5 +142,19 @@ class LocalRunner:
                 "largest_batch": stats.largest if stats else 0,
                 "expired": stats.expired if stats else 0,
                 "abandoned": stats.abandoned if stats else 0,
+                **self._step_counts(),
             },
+        }
+
+    def _step_counts(self) -> dict[str, Any]:
+        """Continuous batching's own counters (a batch there is one join of new requests)."""
+        if not isinstance(self.batcher, StepBatcher):
+            return {}
+        stats = self.batcher.stats
+        return {
+            "decoding": "step",
+            "max_rows": self.batcher.max_rows,
+            "steps": stats.steps,
+            "average_step_rows": round(stats.step_rows / stats.steps, 2) if stats.steps else 0,
+            "largest_step_rows": stats.largest_step,
         }

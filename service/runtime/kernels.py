@@ -19,7 +19,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from service.core import datatypes
 from service.core.errors import InvalidInput
-from service.processing import captioning
+from service.processing import caption_steps, captioning
 from service.processing.speech import SAMPLE_RATE, Transcript, ctc_greedy_transcripts, pad_batch
 from service.processing.text import collate_padded
 from service.runtime.sessions import LoadedGraph, load_graph
@@ -165,6 +165,22 @@ class Captioner(Kernel):
         image = np.zeros((64, 64, 3), np.uint8)
         return [(1, [image, image]), (3, [image])]
 
+    # --- step by step (service/batching/iteration.py StepModel) ------------------------------
+
+    @staticmethod
+    def rows(key: Hashable) -> int:
+        """Decoder rows one item of this queue key (beam width) occupies per step."""
+        return caption_steps.width_of(key)
+
+    def running(self) -> CaptionSteps:
+        """An empty running set: items join it, advance one decoder step at a time, leave."""
+        return CaptionSteps(
+            self.graphs["encoder"].session,
+            self.graphs["decoder"].session,
+            self.spec.extra,
+            self.spec.vocabulary or [],
+        )
+
     @staticmethod
     def to_wire(result: Any) -> Any:
         return [result.text, result.score]
@@ -172,6 +188,13 @@ class Captioner(Kernel):
     @staticmethod
     def from_wire(data: Any) -> Any:
         return Caption(str(data[0]), float(data[1]))
+
+
+class CaptionSteps(caption_steps.RunningCaptions):
+    """Captioner's running set, answering Captions."""
+
+    def step(self) -> list[tuple[int, Any]]:
+        return [(i, Caption(text, score)) for i, (text, score) in super().step()]
 
 
 class GenericKernel(Kernel):

@@ -3,40 +3,77 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import Field
 
 from service.core.errors import InvalidInput
 from service.core.model_settings import ModelSettings
-from service.core.wire import Probability, TaskAnswer
-from service.processing.speech import SAMPLE_RATE, decode_wav, to_model_rate
+from service.core.streaming import StreamClock
+from service.core.wire import Probability, ResponseModel, TaskAnswer
+from service.processing.speech import (
+    RATE_RANGE,
+    SAMPLE_RATE,
+    WavStream,
+    decode_wav,
+    to_model_rate,
+)
 from service.runners.base import Runner
 from service.runners.repository import ServingState
 from service.runtime.kernels import SpeechRecognizer
 from service.store.importing.contracts import prepare_speech
 from service.store.importing.importer import ImportRule
 from service.tasks.base import Task
-from service.tasks.tensors import InferRequest, Signature, Tensor, batch_of, check_rows
+from service.tasks.tensors import InferRequest, Part, Signature, Tensor, batch_of, check_rows
+from service.tasks.transcription import (
+    SegmentResult,
+    Transcription,
+    check_recording,
+    joined,
+    utterance_seconds,
+)
 
 NAME = "speech-recognition"
 DEFAULT_MODEL = "speech-ctc"
 
 
-def check_duration(config: ModelSettings, samples: int, rate: int = SAMPLE_RATE) -> None:
-    seconds = samples / rate
-    limit = config.max_audio_seconds
-    if seconds > limit:
-        raise InvalidInput(f"audio is {seconds:.1f} s long; the limit is {limit:g} s")
-
-
 def check_audio(config: ModelSettings, audio: np.ndarray) -> np.ndarray:
-    check_duration(config, len(audio))
+    """One utterance at the model's rate: at least 50 ms."""
     seconds = len(audio) / SAMPLE_RATE
     if len(audio) < SAMPLE_RATE // 20:
         raise InvalidInput(f"audio is {seconds * 1000:.0f} ms long; send at least 50 ms")
     return audio
+
+
+def check_utterance(runner: Runner, audio: np.ndarray) -> np.ndarray:
+    """A V2 waveform row: one utterance (V2 rows are never split), 50 ms up to the model's
+    utterance limit."""
+    limit = utterance_seconds(runner)
+    if len(audio) > limit * SAMPLE_RATE:
+        raise InvalidInput(
+            f"waveform row is {len(audio) / SAMPLE_RATE:.1f} s long; one row is one utterance "
+            f"of at most {limit:g} s (longer audio: /v1/transcribe, TranscribeStream, or "
+            "ModelStreamInfer with the stream parameter)"
+        )
+    return check_audio(runner.config, audio)
+
+
+def decode(runner: Runner, wav: bytes) -> tuple[np.ndarray, int]:
+    """WAV bytes -> (mono audio, rate), its length checked before anything costs per sample."""
+    try:
+        audio, rate = decode_wav(wav)
+    except ValueError as error:
+        raise InvalidInput(f"not a usable WAV file ({error}); send PCM WAV audio") from None
+    check_recording(runner.config, len(audio), rate)
+    return audio, rate
+
+
+def one_segment(transcript: Any, seconds: float) -> dict[str, Any]:
+    """The answer of audio sent to the model whole (one utterance)."""
+    result = SegmentResult(0, 0.0, seconds, transcript.text, float(transcript.confidence))
+    return joined([result], seconds) | {"text": transcript.text}
 
 
 async def transcribe(
@@ -46,28 +83,133 @@ async def transcribe(
     deadline: float | None = None,
     version: str | None = None,
 ) -> dict[str, Any]:
-    """WAV bytes (any common rate, mono or stereo) -> {"text", "confidence", "duration_s"}."""
+    """WAV bytes (any common rate, mono or stereo) -> {"text", "confidence", "duration_s",
+    "segments"}. Audio up to the model's utterance limit is one item; longer audio is split at
+    silences (service/tasks/transcription.py)."""
     name = model or DEFAULT_MODEL
     runner = serving.runner(name, NAME, version)
-
-    def prepare() -> np.ndarray:
-        try:
-            audio, rate = decode_wav(wav)
-        except ValueError as error:
-            raise InvalidInput(f"not a usable WAV file ({error}); send PCM WAV audio") from None
-        check_duration(runner.config, len(audio), rate)  # before resampling, which costs per sample
-        return check_audio(runner.config, to_model_rate(audio, rate))
-
     with runner.admission.admit():
-        audio = await serving.preprocess(prepare)
-        transcript = await runner.submit(audio, runner.bucket(audio), deadline)
-    return {
-        "model": runner.spec.name,
-        "version": runner.spec.version,
-        "text": transcript.text,
-        "confidence": round(transcript.confidence, 6),
-        "duration_s": round(len(audio) / SAMPLE_RATE, 3),
+        audio, rate = await serving.preprocess(decode, runner, wav)
+        if len(audio) <= utterance_seconds(runner) * rate:
+            clip = await serving.preprocess(
+                lambda: check_audio(runner.config, to_model_rate(audio, rate))
+            )
+            transcript = await runner.submit(clip, runner.bucket(clip), deadline)
+            answer = one_segment(transcript, len(clip) / SAMPLE_RATE)
+            return {"model": runner.spec.name, "version": runner.spec.version, **answer}
+    # NOTE: outside the admission scope: each segment is admitted as a request of its own, so
+    # a long recording never looks like one request stuck in the queue
+    transcription = Transcription(runner, serving.preprocess, deadline)
+    try:
+        await transcription.feed(audio, rate)
+        await transcription.finish()
+        answer = await transcription.all()
+    finally:
+        transcription.close()
+    return {"model": runner.spec.name, "version": runner.spec.version, **answer}
+
+
+# --- streamed transcription (SSE, TranscribeStream, ModelStreamInfer) ----------------------
+
+
+class AudioDecoder(Protocol):
+    """Bytes as they arrive -> mono float32 samples; `rate` is known once samples come out."""
+
+    @property
+    def rate(self) -> int: ...
+
+    def feed(self, data: bytes) -> np.ndarray: ...
+
+
+class PcmStream:
+    """Headerless little-endian PCM: "s16le" (16-bit integers) or "f32le" (32-bit floats)."""
+
+    ENCODINGS: ClassVar[dict[str, tuple[str, float]]] = {
+        "s16le": ("<i2", 32768.0),
+        "f32le": ("<f4", 1.0),
     }
+
+    def __init__(self, rate: int, encoding: str = "s16le") -> None:
+        if encoding not in self.ENCODINGS:
+            raise InvalidInput(f"encoding {encoding!r} is not supported; send s16le, f32le or wav")
+        if not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
+            raise InvalidInput(
+                f"sample rate {rate} Hz not supported; send {RATE_RANGE[0]} to {RATE_RANGE[1]} Hz"
+            )
+        self.rate = rate
+        self.dtype, self.scale = self.ENCODINGS[encoding]
+        self.width = np.dtype(self.dtype).itemsize
+        self._rest = b""
+
+    def feed(self, data: bytes) -> np.ndarray:
+        data = self._rest + data
+        usable = len(data) - len(data) % self.width
+        self._rest = data[usable:]
+        audio = np.frombuffer(data[:usable], self.dtype).astype(np.float32) / self.scale
+        if not np.isfinite(audio).all():
+            raise InvalidInput("the audio holds NaN or infinite samples")
+        return audio
+
+
+class WavBytes:
+    """A WAV file as it arrives (service/processing/speech.py WavStream), errors as 400s."""
+
+    def __init__(self) -> None:
+        self._stream = WavStream()
+
+    @property
+    def rate(self) -> int:
+        return self._stream.rate
+
+    def feed(self, data: bytes) -> np.ndarray:
+        try:
+            return self._stream.feed(data)
+        except ValueError as error:
+            raise InvalidInput(f"not a usable WAV stream ({error}); send PCM WAV audio") from None
+
+
+async def stream_transcription(
+    serving: ServingState,
+    runner: Runner,
+    source: AsyncIterator[bytes],
+    decoder: AudioDecoder,
+    deadline: float | None = None,
+    clock: StreamClock | None = None,
+    *,
+    whole_if_short: bool = False,
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """Transcribe audio bytes as they arrive: ("segment", its answer) as each segment is done,
+    in order, then ("transcript", the whole answer). `clock` bounds how long the source may
+    idle (while no segment is in progress) and how long it may run. Whatever ends the iteration
+    early (the client went away, an error) drops the unfinished segments."""
+    transcription = Transcription(
+        runner, serving.preprocess, deadline, whole_if_short=whole_if_short
+    )
+    if clock is not None:
+        clock.busy = lambda: transcription.busy
+        source = clock.bounded(source)
+
+    async def pump() -> None:
+        try:
+            async for data in source:
+                audio = decoder.feed(data)
+                if len(audio):
+                    await transcription.feed(audio, decoder.rate)
+            await transcription.finish()
+        except asyncio.CancelledError:
+            raise
+        except Exception as failure:  # handed to the reader of the results
+            transcription.fail(failure)
+
+    pumping = asyncio.ensure_future(pump())
+    try:
+        async for result in transcription.results():
+            yield "segment", result.answer()
+        answer = joined(transcription.results_so_far, transcription.duration_s)
+        yield "transcript", {"model": runner.spec.name, "version": runner.spec.version, **answer}
+    finally:
+        pumping.cancel()
+        transcription.close()
 
 
 def signature(runner: Runner) -> Signature:
@@ -85,7 +227,7 @@ def signature(runner: Runner) -> Signature:
         if not np.isfinite(waveform).all():
             raise InvalidInput("waveform holds NaN or infinite samples")
         clips = [
-            check_audio(runner.config, np.ascontiguousarray(waveform[i, : int(lengths[i])]))
+            check_utterance(runner, np.ascontiguousarray(waveform[i, : int(lengths[i])]))
             for i in range(count)
         ]
         transcripts = await asyncio.gather(
@@ -95,7 +237,58 @@ def signature(runner: Runner) -> Signature:
         confidence = np.array([t.confidence for t in transcripts], dtype=np.float32)
         return {"transcript": texts, "confidence": confidence}
 
+    async def stream(serving: ServingState, runner: Runner, request: InferRequest):
+        """One recording of any length (one waveform row), answered segment by segment as
+        each is transcribed, then whole; each part's parameters say which segment it is."""
+        waveform = batch_of(request, "waveform", "FP32", 2)
+        if waveform.shape[0] != 1:
+            raise InvalidInput(
+                f"with the stream parameter, send one waveform row (one recording of any "
+                f"length), got {waveform.shape[0]}"
+            )
+        samples = waveform.shape[1]
+        if "lengths" in request.inputs:
+            lengths = batch_of(request, "lengths", "INT64", 1)
+            check_rows(request, runner, waveform, lengths)
+            samples = int(lengths[0])
+            if not 1 <= samples <= waveform.shape[1]:
+                raise InvalidInput(f"lengths must be between 1 and {waveform.shape[1]}")
+        audio = np.ascontiguousarray(waveform[0, :samples], dtype="<f4")
+        if not np.isfinite(audio).all():
+            raise InvalidInput("waveform holds NaN or infinite samples")
+        check_recording(runner.config, len(audio), SAMPLE_RATE)
+
+        async def source() -> AsyncIterator[bytes]:
+            yield audio.tobytes()
+
+        decoder = PcmStream(SAMPLE_RATE, "f32le")
+        events = stream_transcription(
+            serving, runner, source(), decoder, request.deadline, whole_if_short=True
+        )
+        async for kind, answer in events:
+            outputs = {
+                "transcript": np.array([answer["text"].encode()], dtype=object),
+                "confidence": np.array([answer["confidence"]], dtype=np.float32),
+            }
+            if kind == "segment":
+                parameters: dict[str, bool | int | float | str] = {
+                    "segment_index": answer["index"],
+                    "segment_start_s": float(answer["start_s"]),
+                    "segment_end_s": float(answer["end_s"]),
+                }
+                if "error" in answer:
+                    parameters["segment_error"] = answer["error"]
+            else:
+                parameters = {"segments": len(answer["segments"])}
+            yield Part(outputs, parameters)
+
     return Signature(
+        stream=stream,
+        parameters={
+            "stream": "ModelStreamInfer only: true answers one recording (one waveform row, any "
+            "length) segment by segment, then whole (parameters segment_index, "
+            "segment_start_s, segment_end_s; the last response: segments)"
+        },
         inputs=[
             Tensor("waveform", "FP32", [-1, -1], description=f"mono {SAMPLE_RATE} Hz, [-1, 1]"),
             Tensor("lengths", "INT64", [-1], optional=True, description="valid samples per row"),
@@ -108,11 +301,31 @@ def signature(runner: Runner) -> Signature:
 # --- the JSON answer (/v1) ---------------------------------------------------------------
 
 
-class TranscribeResult(TaskAnswer):
+Seconds = Annotated[float, Field(ge=0)]
+
+
+class TranscribedSegment(ResponseModel):
+    """One stretch of speech between silences (the whole clip when it is one utterance)."""
+
+    index: Annotated[int, Field(ge=0)]
+    start_s: Seconds
+    end_s: Seconds
     text: str
     confidence: Probability
-    duration_s: Annotated[float, Field(ge=0)]
-    """The clip's length after resampling."""
+    error: str | None = None
+    """Why this segment has no transcript (the others are unaffected)."""
+
+
+class TranscribeResult(TaskAnswer):
+    text: str
+    """The segments' texts in order."""
+    confidence: Probability
+    """The segments' confidences, weighted by their length (0 without speech)."""
+    duration_s: Seconds
+    """The audio's length."""
+    segments: list[TranscribedSegment]
+    """Audio longer than the model's utterance limit is split at silences, each segment
+    transcribed on its own; shorter audio is one segment."""
 
 
 TASK = Task(
@@ -122,7 +335,7 @@ TASK = Task(
     kernel=SpeechRecognizer,
     signature=signature,
     default_model=DEFAULT_MODEL,
-    results=(TranscribeResult,),
+    results=(TranscribeResult, TranscribedSegment),
     builtin_models=("speech-ctc",),
     importing=ImportRule(NAME, prepare_speech, needs_vocabulary=True, strip_vocabulary=False),
 )

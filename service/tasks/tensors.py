@@ -4,7 +4,7 @@ into an InferRequest (service/protocols/v2/), each task's signature validates an
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,9 +56,23 @@ class InferResponse:
     version: str
     id: str
     outputs: list[tuple[RequestedOutput, np.ndarray]]
+    parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
 
 
 Infer = Callable[[ServingState, Runner, InferRequest], Awaitable[dict[str, np.ndarray]]]
+
+
+@dataclass
+class Part:
+    """One response of a request answered in parts: its outputs and response parameters."""
+
+    outputs: dict[str, np.ndarray]
+    parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
+
+
+StreamInfer = Callable[[ServingState, Runner, InferRequest], AsyncIterator[Part]]
+"""A request answered in parts (ModelStreamInfer with the `stream` parameter): one Part per
+response, in order; the last one is the whole answer."""
 
 
 @dataclass
@@ -75,6 +89,8 @@ class Signature:
     """False: the first dim is no batch dim (model config max_batch_size 0, Triton's way)."""
     batching: str = ""
     """Why requests are not batched, when they are not."""
+    stream: StreamInfer | None = None
+    """Partial answers for requests that set the `stream` parameter (None: one answer only)."""
 
 
 def batch_of(request: InferRequest, name: str, datatype: str, ndim: int) -> np.ndarray:

@@ -72,6 +72,11 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("http_body_timeout_s", "inf"),
     ("max_image_pixels", "0"),
     ("max_audio_seconds", "0"),
+    ("max_segment_seconds", "inf"),
+    ("max_segments", "0"),
+    ("segment_window", "0"),
+    ("stream_idle_timeout_s", "0"),
+    ("stream_max_seconds", "-1"),
     ("max_text_chars", "0"),
     ("max_batch_items", "0"),
     ("max_json_bytes", "0"),
@@ -90,6 +95,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("unload_drain_s", "-1"),
     ("max_upload_bytes", "0"),
     ("model_control", "sometimes"),
+    ("caption_decoding", "tokens"),
 ]
 CHECKED_BY_VALIDATOR = {"version_policy", "versions"}
 
@@ -144,10 +150,14 @@ def test_defaults_are_unchanged() -> None:
         "placement": "local",
         "device": "auto",
         "max_image_pixels": 40_000_000,
-        "max_audio_seconds": 15.0,
+        "max_audio_seconds": 600.0,
+        "max_segment_seconds": 5.0,
+        "max_segments": 512,
+        "segment_window": 16,
         "max_text_chars": 5000,
         "max_batch_items": 64,
         "max_beam": 8,
+        "caption_decoding": "batch",
         "version_policy": {"latest": 1, "all": False, "pinned": ()},
     }
 

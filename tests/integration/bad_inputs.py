@@ -928,12 +928,24 @@ def audio_cases() -> list[Case]:
         bad(
             "rest-transcribe-nan-samples", 400, "NaN", transcribe(float_wav(np.full(16000, np.nan)))
         ),
-        bad("rest-transcribe-too-long", 400, "limit", transcribe(silence_wav(16)), remote=True),
+        # max_audio_seconds (600 s): 655 s and 35 minutes of 8 kHz 8-bit audio
+        bad(
+            "rest-transcribe-too-long",
+            413,
+            "max_audio_seconds",
+            transcribe(wav_file(bytes(5 * MB), rate=8000, bits=8)),
+            remote=True,
+        ),
         bad(
             "rest-transcribe-hours-at-8khz",
-            400,
+            413,
             "limit",
-            transcribe(wav_file(bytes(4 * MB), rate=8000, bits=8)),
+            transcribe(wav_file(bytes(16 * MB), rate=8000, bits=8)),
+        ),
+        ok(
+            "rest-transcribe-long-silence-ok",
+            transcribe(silence_wav(30.0)),
+            well_formed_transcript(30.0),
         ),
         bad("rest-transcribe-10ms", 400, "50 ms", transcribe(silence_wav(0.01))),
         bad(
@@ -1520,9 +1532,11 @@ def grpc_cases() -> list[Case]:
         ),
         bad(
             "grpc-transcribe-too-long",
-            "INVALID_ARGUMENT",
-            "limit",
-            rpc("Transcribe", pb.TranscribeRequest(audio=silence_wav(20, rate=8000))),
+            "OUT_OF_RANGE",
+            "max_audio_seconds",
+            rpc(
+                "Transcribe", pb.TranscribeRequest(audio=wav_file(bytes(5 * MB), rate=8000, bits=8))
+            ),
         ),
         ok(
             "grpc-transcribe-silence-ok",

@@ -18,15 +18,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
+from service.core.errors import InvalidInput, ServingError, StreamTimedOut
+from service.core.metrics import track_stream
 from service.core.settings import Settings
+from service.core.streaming import StreamClock
 from service.protocols.auth import GRPC_HEALTH, ApiKeyInterceptor, ApiKeys, FailedAuthLimiter
+from service.protocols.grpc.errors import abort_grpc
 from service.protocols.grpc.streams import (
     HEALTH_SERVICE,
     CallQuotaInterceptor,
     HealthServicer,
     connection_options,
 )
-from service.protocols.grpc.v2 import MalformedRequestInterceptor, V2Servicer, deadline_of, rpc
+from service.protocols.grpc.v2 import (
+    MalformedRequest,
+    MalformedRequestInterceptor,
+    V2Servicer,
+    deadline_of,
+    rpc,
+)
 from service.protocols.proto.gen import deepserve_pb2 as pb
 from service.protocols.proto.gen import deepserve_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.runners.repository import ServingState
@@ -91,7 +101,61 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
             deadline_of(context),
             request.version or None,
         )
-        return pb.TranscribeResponse(**answer)
+        return transcribe_response(answer)
+
+    async def TranscribeStream(self, requests, context):
+        """Audio chunks in, each segment's text out as soon as the speaker pauses, then the
+        whole transcript once the client half-closes (service/tasks/transcription.py). Bounded
+        by the stream settings (idle, total time) and the call's deadline; a cancelled call
+        drops its unfinished segments."""
+        with track_stream("grpc-stream") as record:
+            try:
+                async for event in self._transcribe_stream(requests, context, record):
+                    record.first_result()
+                    yield event
+            except ServingError as error:
+                record.end = error.end if isinstance(error, StreamTimedOut) else "error"
+                await abort_grpc(context, error)
+
+    async def _transcribe_stream(self, requests, context, record):
+        serving = self.state()
+        clock = StreamClock(serving.settings)
+        messages = aiter(requests)
+        try:
+            first = await asyncio.wait_for(anext(messages), min(clock.idle_s, clock.remaining()))
+        except StopAsyncIteration:
+            raise InvalidInput("no audio chunk was sent") from None
+        except TimeoutError:
+            raise StreamTimedOut(
+                f"no audio chunk within {clock.idle_s:g} s (setting stream_idle_timeout_s)",
+                "idle_timeout",
+            ) from None
+        first = checked_chunk(first)
+        runner = serving.runner(
+            first.model or speech_recognition.DEFAULT_MODEL,
+            speech_recognition.NAME,
+            first.version or None,
+        )
+        encoding = first.encoding or "s16le"
+        decoder: speech_recognition.AudioDecoder = (
+            speech_recognition.WavBytes()
+            if encoding == "wav"
+            else speech_recognition.PcmStream(first.sample_rate or 16000, encoding)
+        )
+
+        async def chunks():
+            yield first.audio
+            async for message in messages:
+                yield checked_chunk(message).audio
+
+        events = speech_recognition.stream_transcription(
+            serving, runner, chunks(), decoder, deadline_of(context), clock
+        )
+        async for kind, answer in events:
+            if kind == "segment":
+                yield pb.TranscribeEvent(segment=pb.TranscribedSegment(**answer))
+            else:
+                yield pb.TranscribeEvent(transcript=transcribe_response(answer))
 
     @rpc("grpc")
     async def Caption(self, request, context):
@@ -123,6 +187,19 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
                 for m in models
             ]
         )
+
+
+def transcribe_response(answer: dict) -> pb.TranscribeResponse:
+    segments = [pb.TranscribedSegment(**segment) for segment in answer["segments"]]
+    return pb.TranscribeResponse(**{**answer, "segments": segments})
+
+
+def checked_chunk(message: object) -> pb.AudioChunk:
+    """A stream's message, or INVALID_ARGUMENT for bytes that are not an AudioChunk."""
+    if isinstance(message, MalformedRequest):
+        raise InvalidInput(message.message)
+    assert isinstance(message, pb.AudioChunk)
+    return message
 
 
 class GrpcServer:

@@ -13,21 +13,26 @@ A health or stream call beyond its quota closes the oldest call of its class (UN
 health-watching client reconnects) and is admitted; a unary call beyond its quota is refused
 (RESOURCE_EXHAUSTED). grpc.aio's own limit is set above the sum of the quotas (server_limit), so
 it never refuses a call that its class has room for.
+
+Inside one stream of requests (ModelStreamInfer), `answer_concurrently` answers them as they
+arrive, at most STREAM_WINDOW at once, under the stream's StreamClock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.core.errors import Overloaded, RequestTimeout
 from service.core.settings import Settings
+from service.core.streaming import StreamClock
 from service.protocols.grpc.errors import abort_grpc
 
 log = logging.getLogger("deepserve.grpc")
@@ -48,7 +53,15 @@ CLOSED_STATUS = grpc.StatusCode.UNAVAILABLE
 """Status that ends a stream closed for a newer one: clients (grpc's client-side health checks
 included) retry on UNAVAILABLE."""
 
+STREAM_WINDOW = 4
+"""Requests of one stream answered at once: reading the stream pauses while this many are in
+flight (its client waits on gRPC flow control), so one stream cannot flood a model's queue nor,
+with a few others, fill its admission floor; more concurrency takes more streams."""
+
 _MAX_CACHED_HANDLERS = 512
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
 # --- quotas ---------------------------------------------------------------------------------------
@@ -249,6 +262,88 @@ def same_kind(
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+async def answer_concurrently(
+    requests: AsyncIterable[Request],
+    answer: Callable[[Request], AsyncIterator[Response]],
+    settings: Settings,
+    window: int = STREAM_WINDOW,
+) -> AsyncGenerator[Response, None]:
+    """The responses to a stream's requests, as each is ready: every request is answered (by
+    `answer`, its responses in order) as soon as it arrives, at most `window` at once. Ends when
+    the client has half-closed and every request is answered; StreamTimedOut when the stream
+    idles (nothing received, nothing in flight) or outlives its limit (StreamClock).
+
+    Close it (contextlib.aclosing) when leaving early: that cancels the answers in flight."""
+    in_flight: set[asyncio.Task[None]] = set()
+    ready: asyncio.Queue[Response] = asyncio.Queue(maxsize=window)  # a slow reader holds answers
+    room = asyncio.Semaphore(window)
+    clock = StreamClock(settings, busy=lambda: bool(in_flight))
+
+    async def run(request: Request) -> None:
+        try:
+            responses = answer(request)
+            try:
+                async for response in responses:
+                    await ready.put(response)
+            finally:
+                await aclose(responses)
+        finally:
+            room.release()
+
+    async def read() -> None:
+        incoming = clock.bounded(requests)
+        try:
+            while True:
+                await room.acquire()  # NOTE: before reading: a full window stops reading
+                try:
+                    request = await anext(incoming)
+                except StopAsyncIteration:
+                    break
+                task = asyncio.create_task(run(request))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            while in_flight:
+                await asyncio.wait(set(in_flight))
+        finally:
+            await aclose(incoming)
+
+    reader = asyncio.create_task(read())
+    getter: asyncio.Future[Response] | None = None
+    try:
+        while True:
+            getter = asyncio.ensure_future(ready.get())
+            done, _ = await asyncio.wait(
+                {getter, reader},
+                timeout=max(0.0, clock.remaining()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()  # NOTE: an item it was about to take stays in the queue
+            if reader in done:
+                reader.result()  # the reader's StreamTimedOut, if any
+                while not ready.empty():
+                    yield ready.get_nowait()
+                return
+            clock.check()
+    finally:
+        if getter is not None:
+            getter.cancel()
+        for task in (reader, *in_flight):
+            task.cancel()  # the batcher drops items whose request was cancelled
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(reader, *in_flight, return_exceptions=True)
+
+
+async def aclose(iterator: AsyncIterator[Any]) -> None:
+    """Close an async generator now (its `finally` runs); other async iterators have nothing to
+    close."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def connection_options(settings: Settings) -> list[tuple[str, int]]:

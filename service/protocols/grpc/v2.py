@@ -2,16 +2,18 @@
 
 Inputs are read from raw_input_contents when the client sends them (tritonclient does), else from
 the typed `contents` fields; outputs always go back in raw_output_contents, which is all that
-tritonclient's as_numpy() reads.
+tritonclient's as_numpy() reads. ModelStreamInfer (Triton's bidirectional stream) answers each
+request of a stream as ModelInfer would, concurrently, matched to it by id (see its docstring).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -21,9 +23,10 @@ from google.protobuf.json_format import ParseDict
 
 import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols.proto.gen first)
 from service.core import datatypes
-from service.core.errors import InvalidInput, ModelNotFound, NotReady, ServingError
-from service.core.metrics import track_request
+from service.core.errors import InvalidInput, ModelNotFound, NotReady, ServingError, StreamTimedOut
+from service.core.metrics import track_request, track_stream
 from service.protocols.grpc.errors import abort_grpc
+from service.protocols.grpc.streams import answer_concurrently
 from service.protocols.keys import grpc_authorizations
 from service.protocols.proto.gen import inference_pb2 as pb
 from service.protocols.proto.gen import inference_pb2_grpc
@@ -34,6 +37,12 @@ IsAdmin = Callable[[Sequence[str]], bool]
 log = logging.getLogger("deepserve.grpc")
 StateGetter = Callable[[], ServingState]
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+FINAL_RESPONSE = "triton_final_response"
+"""Response parameter of ModelStreamInfer answers: true on the last one of its request."""
+EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
+"""Request parameter (tritonclient's enable_empty_final_response): parts go out as they come and
+an empty response closes them."""
 
 
 def _contents_field(datatype: str) -> str | None:
@@ -137,9 +146,17 @@ def tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return parse_or_mark
 
 
+def answers_malformed(method: Any) -> Any:
+    """Mark an RPC that takes MalformedRequest in place of request messages and answers it."""
+    method.answers_malformed = True
+    return method
+
+
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     """Unary requests whose bytes are not the method's protobuf message get INVALID_ARGUMENT with
-    what is wrong (RPCs decorated with `rpc` answer it themselves, so it is counted)."""
+    what is wrong (RPCs decorated with `rpc` answer it themselves, so it is counted). Streaming
+    RPCs marked `answers_malformed` get a MalformedRequest for each such message of their stream
+    (grpc.aio would end the whole call); other streaming RPCs are left as they are."""
 
     def __init__(self) -> None:
         self._wrapped: dict[Any, grpc.RpcMethodHandler] = {}  # by the handler it wraps
@@ -150,12 +167,13 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or handler.request_streaming
-            or handler.request_deserializer is None
-        ):
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        if handler.request_streaming:
+            behaviour = handler.stream_stream or handler.stream_unary
+            if not getattr(behaviour, "answers_malformed", False):
+                return handler
+        elif handler.unary_unary is None:
             return handler
         if handler not in self._wrapped:
             self._wrapped[handler] = self._wrap(handler)
@@ -163,6 +181,17 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.request_streaming:  # its behaviour answers MalformedRequest itself
+            make = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.response_streaming
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return make(
+                handler.stream_stream or handler.stream_unary,
+                request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
         behaviour = handler.unary_unary
         if getattr(behaviour, "answers_malformed", False):
             guarded = behaviour
@@ -363,25 +392,151 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc("v2-grpc")
     async def ModelInfer(self, request, context):
+        parsed = self.infer_request_of(request, deadline_of(context))
+        return infer_response_of(await dataplane.infer(self.state(), parsed))
+
+    def infer_request_of(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> dataplane.InferRequest:
         parsed = dataplane.InferRequest(
             model=request.model_name,
             version=request.model_version,
             id=request.id,
             parameters=parameters_of(request.parameters),
             inputs=read_inputs(request, codecs.TensorLimits.of(self.state().settings)),
-            deadline=deadline_of(context),
+            deadline=deadline,
         )
         for wanted in request.outputs:
             k = parameters_of(wanted.parameters).get("classification")
             k = dataplane.classification_parameter(k, wanted.name)
             parsed.outputs.append(dataplane.RequestedOutput(wanted.name, k))
-        result = await dataplane.infer(self.state(), parsed)
-        response = pb.ModelInferResponse(
-            model_name=result.model, model_version=result.version, id=result.id
-        )
-        for wanted, array in result.outputs:
-            response.outputs.add(
-                name=wanted.name, datatype=codecs.datatype_of(array), shape=list(array.shape)
+        return parsed
+
+    @answers_malformed
+    async def ModelStreamInfer(self, requests, context):
+        """Triton's bidirectional stream: each request is answered as soon as it arrives, as
+        ModelInfer would answer it, at most STREAM_WINDOW at once (reading pauses meanwhile);
+        answers come in the order they are ready, each with its request's id. A request that
+        fails (bad input, unknown model, overload, bytes that are not a ModelInferRequest) gets
+        one response with error_message, and the stream carries on.
+
+        Every answer carries the response parameter triton_final_response. Without the
+        request parameter `stream` = true, or for a model whose signature does not stream, the
+        request gets one answer, final (Triton's non-decoupled models, which never send an empty
+        final response). With `stream` = true and a streaming model (Triton's decoupled ones)
+        it gets one answer per part: by default each part is held until the next one comes, so
+        that the last part carries true; with enable_empty_final_response the parts go out at
+        once, all false, and an empty response (no outputs) carrying true follows them.
+
+        The call's deadline applies to every request in it. The stream ends with
+        DEADLINE_EXCEEDED after stream_idle_timeout_s with nothing received and nothing in
+        flight, or after stream_max_seconds. When the client cancels or goes away, grpc.aio
+        cancels this handler, which cancels the requests in flight: their items still queued
+        in a batcher are dropped there, unrun (its `abandoned` count)."""
+        deadline = deadline_of(context)
+        with track_stream("v2-grpc-stream") as record:
+            answers = answer_concurrently(
+                requests,
+                lambda request: self.stream_answers(request, deadline),
+                self.state().settings,
             )
-            response.raw_output_contents.append(codecs.to_raw(array))
-        return response
+            try:
+                async with contextlib.aclosing(answers):
+                    async for response in answers:
+                        if not response.error_message:
+                            record.first_result()
+                        await context.write(response)
+            except StreamTimedOut as error:
+                record.end = error.end
+                await abort_grpc(context, error)
+
+    async def stream_answers(
+        self, request: pb.ModelInferRequest | MalformedRequest, deadline: float | None
+    ) -> AsyncGenerator[pb.ModelStreamInferResponse, None]:
+        """The responses to one request of a ModelStreamInfer stream (an error_message when it
+        fails), counted in the request metrics as ModelInfer counts its requests."""
+        name, version, request_id = "", "", ""
+        if isinstance(request, pb.ModelInferRequest):
+            name, version, request_id = request.model_name, request.model_version, request.id
+        with track_request("v2-grpc") as record:
+            try:
+                if isinstance(request, MalformedRequest):
+                    raise InvalidInput(request.message)
+                parsed = self.infer_request_of(request, deadline)
+                empty_final = dataplane.flag_parameter(
+                    parsed.parameters.get(EMPTY_FINAL_RESPONSE), EMPTY_FINAL_RESPONSE
+                )
+                at_once = empty_final and dataplane.in_parts(self.state(), parsed)
+                held: pb.ModelInferResponse | None = None
+                async with contextlib.aclosing(
+                    dataplane.infer_stream(self.state(), parsed)
+                ) as parts:
+                    async for part in parts:
+                        if held is not None:
+                            yield final_marked(held, False)
+                        held = infer_response_of(part)
+                        version = part.version
+                        if at_once:
+                            yield final_marked(held, False)
+                            held = None
+                if at_once:
+                    empty = pb.ModelInferResponse(
+                        model_name=name, model_version=version, id=request_id
+                    )
+                    yield final_marked(empty, True)
+                elif held is not None:
+                    yield final_marked(held, True)
+            except ServingError as error:
+                record.status = error.http_status
+                yield stream_error(error.message, name, version, request_id)
+                return
+            except (asyncio.CancelledError, GeneratorExit):  # the stream ended, or the deadline
+                expired = deadline is not None and time.monotonic() >= deadline
+                record.status = 504 if expired else 499
+                raise
+            except Exception:
+                log.exception("ModelStreamInfer request failed")  # a bug, answered without details
+                record.status = 500
+                yield stream_error("internal error (logged)", name, version, request_id)
+                return
+            record.status = 200
+
+
+def infer_response_of(result: dataplane.InferResponse) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(
+        model_name=result.model, model_version=result.version, id=result.id
+    )
+    for wanted, array in result.outputs:
+        response.outputs.add(
+            name=wanted.name, datatype=codecs.datatype_of(array), shape=list(array.shape)
+        )
+        response.raw_output_contents.append(codecs.to_raw(array))
+    for key, value in result.parameters.items():
+        parameter = response.parameters[key]
+        if isinstance(value, bool):
+            parameter.bool_param = value
+        elif isinstance(value, int):
+            parameter.int64_param = value
+        elif isinstance(value, float):
+            parameter.double_param = value
+        else:
+            parameter.string_param = value
+    return response
+
+
+def final_marked(response: pb.ModelInferResponse, final: bool) -> pb.ModelStreamInferResponse:
+    response.parameters[FINAL_RESPONSE].bool_param = final
+    return pb.ModelStreamInferResponse(infer_response=response)
+
+
+def stream_error(
+    message: str, name: str, version: str, request_id: str
+) -> pb.ModelStreamInferResponse:
+    """A failed request's answer on a stream: as Triton, its id leads the message (all that
+    tritonclient's callback gets) and is in infer_response too."""
+    if request_id:
+        message = f"[request id: {request_id}] {message}"
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(model_name=name, model_version=version, id=request_id),
+    )

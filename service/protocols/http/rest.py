@@ -6,10 +6,11 @@ Mounted on the BentoML gateway with @bentoml.asgi_app so raw image/audio bodies 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,6 +25,7 @@ from service.core.errors import (
     ServingError,
     UnsupportedMediaType,
 )
+from service.core.streaming import StreamClock
 from service.protocols.http import wire
 from service.protocols.http.common import (
     Fallback,
@@ -35,6 +37,8 @@ from service.protocols.http.common import (
     read_json,
 )
 from service.protocols.http.errors import method_not_allowed
+from service.protocols.http.limits import plain_int
+from service.protocols.http.sse import EventStream
 from service.runners.repository import ServingState
 from service.tasks import (
     catalog,
@@ -111,6 +115,17 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     return value
 
 
+def flag_param(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise InvalidInput(f"query parameter {name}={raw!r:.40} must be true or false")
+
+
 def build_app(state: StateGetter) -> Starlette:
     """The /v1 app; `state` returns the gateway's ServingState at request time."""
 
@@ -147,11 +162,60 @@ def build_app(state: StateGetter) -> Starlette:
     async def transcribe(request: Request) -> Response:
         serving = state()
         deadline = deadline_of(request)
-        data = await read_media(request, "audio", ("audio/",), *media_limits(serving))
         model = request.query_params.get("model")
         version = request.query_params.get("version")
+        if flag_param(request, "stream"):
+            return await transcribe_events(request, serving, model, version, deadline)
+        data = await read_media(request, "audio", ("audio/",), *media_limits(serving))
         result = await speech_recognition.transcribe(serving, data, model, deadline, version)
         return answer(wire.TranscribeResult.model_validate(result))
+
+    async def transcribe_events(
+        request: Request,
+        serving: ServingState,
+        model: str | None,
+        version: str | None,
+        deadline: float | None,
+    ) -> Response:
+        """?stream=true: server-sent events, one per segment as it is done, then the whole
+        transcript. A raw WAV body is transcribed as it arrives (events can come before it
+        ends); multipart and JSON bodies are read whole first."""
+        name = model or speech_recognition.DEFAULT_MODEL
+        runner = serving.runner(name, speech_recognition.NAME, version)  # 404/503 before 200
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body_read = asyncio.Event()
+        limit, json_limit = media_limits(serving)
+        if content_type.startswith("audio/") or content_type == "application/octet-stream":
+            declared = plain_int(request.headers.get("content-length", ""))
+            whole = declared is not None  # a file, not a live recording: short = one utterance
+            if declared is not None and declared > limit:
+                raise PayloadTooLarge(
+                    f"body is {declared} bytes; the limit is {limit}", unread_body=True
+                )
+
+            async def source() -> AsyncIterator[bytes]:
+                async for chunk in request.stream():  # bounded by BodyLimitMiddleware
+                    if chunk:
+                        yield chunk
+                body_read.set()
+        else:
+            data = await read_media(request, "audio", ("audio/",), limit, json_limit)
+            body_read.set()
+            whole = True
+
+            async def source() -> AsyncIterator[bytes]:
+                yield data
+
+        events = speech_recognition.stream_transcription(
+            serving,
+            runner,
+            source(),
+            speech_recognition.WavBytes(),
+            deadline,
+            StreamClock(serving.settings),
+            whole_if_short=whole,
+        )
+        return EventStream(events, error_json, body_read)
 
     async def caption(request: Request) -> Response:
         serving = state()

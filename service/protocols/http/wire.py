@@ -150,6 +150,10 @@ class SentimentResponse(RootModel[SentimentResult | SentimentBatchResult]):
 class TranscribeQuery(RequestModel):
     model: str = model_param(speech_recognition.NAME, speech_recognition.DEFAULT_MODEL)
     version: str = version_param(speech_recognition.NAME)
+    stream: bool = False
+    """true: answer text/event-stream (server-sent events): a `segment` event per stretch of
+    speech as it is transcribed, then a `transcript` event with the whole answer; an `error`
+    event if it fails midway. A raw WAV body is transcribed while it uploads."""
 
 
 # --- caption: image -> caption -------------------------------------------------------------------

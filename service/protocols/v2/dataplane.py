@@ -9,6 +9,7 @@ inputs.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -203,7 +204,8 @@ def classification(probabilities: np.ndarray, k: int, labels: list[str] | None) 
     return out
 
 
-async def infer(serving: ServingState, request: InferRequest) -> InferResponse:
+def checked(serving: ServingState, request: InferRequest) -> tuple[Runner, Signature]:
+    """The runner and signature that answer `request`, once its inputs and outputs are known."""
     runner = resolve(serving, request.model, request.version)
     sig = signature(runner)
     check_unknown_inputs(request, sig)
@@ -216,8 +218,57 @@ async def infer(serving: ServingState, request: InferRequest) -> InferResponse:
             )
         if wanted.classification and (sig.labels is None or wanted.name != sig.labelled_output):
             raise InvalidInput(f"output {wanted.name} does not support classification")
+    return runner, sig
+
+
+async def infer(serving: ServingState, request: InferRequest) -> InferResponse:
+    runner, sig = checked(serving, request)
     with runner.admission.admit():
         results = await sig.infer(serving, runner, request)
+    return answer(request, runner, sig, results)
+
+
+def in_parts(serving: ServingState, request: InferRequest) -> bool:
+    """Whether `request` is answered in parts: it sets the `stream` parameter (a boolean) and its
+    model's signature streams (Triton's decoupled models). Otherwise it gets one answer."""
+    runner = resolve(serving, request.model, request.version)
+    wants_parts = flag_parameter(request.parameters.get("stream"), "parameter stream")
+    return bool(wants_parts) and signature(runner).stream is not None
+
+
+async def infer_stream(
+    serving: ServingState, request: InferRequest
+) -> AsyncGenerator[InferResponse, None]:
+    """`request` answered in parts when `in_parts` (Signature.stream: the last part is the whole
+    answer), else its one answer as `infer` gives it. Close it (contextlib.aclosing) when leaving
+    early, so that the work it holds ends at once."""
+    runner, sig = checked(serving, request)
+    if sig.stream is None or not in_parts(serving, request):
+        with runner.admission.admit():
+            results = await sig.infer(serving, runner, request)
+        yield answer(request, runner, sig, results)
+        return
+    # NOTE: no admission place around the parts: the signature admits its own work (as long
+    # transcriptions do), so a long stream never looks like one request stuck in the queue
+    parts = sig.stream(serving, runner, request)
+    try:
+        async for part in parts:
+            yield answer(request, runner, sig, part.outputs, part.parameters)
+    finally:
+        close = getattr(parts, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def answer(
+    request: InferRequest,
+    runner: Runner,
+    sig: Signature,
+    results: dict[str, np.ndarray],
+    parameters: dict[str, bool | int | float | str] | None = None,
+) -> InferResponse:
+    """The requested outputs of `results` (all of the signature's when none are named), with
+    response `parameters`."""
     wanted_outputs = request.outputs or [RequestedOutput(t.name) for t in sig.outputs]
     outputs = []
     for wanted in wanted_outputs:
@@ -225,4 +276,4 @@ async def infer(serving: ServingState, request: InferRequest) -> InferResponse:
         if wanted.classification:
             array = classification(array, wanted.classification, sig.labels)
         outputs.append((wanted, array))
-    return InferResponse(request.model, runner.spec.version, request.id, outputs)
+    return InferResponse(request.model, runner.spec.version, request.id, outputs, parameters or {})

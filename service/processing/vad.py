@@ -1,0 +1,170 @@
+"""Split speech at silences: a streaming voice-activity segmenter over 16 kHz mono audio.
+
+Frames of 30 ms are classified by WebRTC's voice-activity detector (`webrtcvad-wheels`: Google's
+GMM detector in C, no model download, no torch), then smoothed:
+
+- a segment opens when `START_VOICED` of the last `START_WINDOW` frames are voiced (a click or a
+  single noisy frame does not open one);
+- it closes after `min_silence_s` of unvoiced frames (the gaps between the words of a digit
+  string are shorter);
+- it keeps `pad_s` of audio on both sides (word onsets and releases are quiet), never reaching
+  into the previous segment;
+- speech that runs on past `max_segment_s` is cut at its quietest frame in the last third of that
+  window, so that no segment exceeds what the model was trained on.
+
+The same object serves a whole recording (`feed` it all, then `finish`) and a live stream (`feed`
+each chunk as it arrives: segments are returned as soon as their trailing silence is heard). It
+keeps only the audio of the open segment and its leading pad, so memory is bounded by
+`max_segment_s` however long the stream runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import webrtcvad
+
+FRAME_MS = 30
+START_WINDOW = 5
+START_VOICED = 3
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech: [start, end) in samples from the start of the audio."""
+
+    index: int
+    start: int
+    end: int
+    audio: np.ndarray
+
+    def seconds(self, rate: int) -> tuple[float, float]:
+        return self.start / rate, self.end / rate
+
+
+class Segmenter:
+    def __init__(
+        self,
+        rate: int = 16000,
+        *,
+        max_segment_s: float = 5.0,
+        min_silence_s: float = 0.3,
+        pad_s: float = 0.35,
+        aggressiveness: int = 2,
+    ) -> None:
+        if rate not in (8000, 16000, 32000, 48000):
+            raise ValueError(f"voice-activity detection runs at 8/16/32/48 kHz, not {rate} Hz")
+        self.rate = rate
+        self.frame = rate * FRAME_MS // 1000
+        self.max_frames = max(2 * START_WINDOW, int(max_segment_s * 1000) // FRAME_MS)
+        self.silence_frames = max(1, round(min_silence_s * 1000 / FRAME_MS))
+        self.pad = round(pad_s * rate)
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._buffer = np.zeros(0, dtype=np.float32)
+        """Audio kept: from `_origin` (samples since the start) to the last fed sample."""
+        self._origin = 0
+        self._done = 0
+        """Samples classified so far (whole frames)."""
+        self._recent: list[bool] = []
+        self._open: int | None = None
+        """Start (samples) of the first voiced frame of the open segment."""
+        self._last_voiced = 0
+        """End (samples) of the open segment's last voiced frame."""
+        self._unvoiced = 0
+        self._energy: list[float] = []
+        """Per frame of the open segment: its energy (where to cut an overlong one)."""
+        self._floor = 0
+        """No segment may start before this sample (the previous one's end)."""
+        self._count = 0
+
+    @property
+    def position(self) -> int:
+        """Samples fed so far."""
+        return self._origin + len(self._buffer)
+
+    def feed(self, audio: np.ndarray) -> list[Segment]:
+        """Add audio (float32 in [-1, 1]); the segments it closed."""
+        if len(audio):
+            self._buffer = np.concatenate([self._buffer, np.asarray(audio, dtype=np.float32)])
+        closed: list[Segment] = []
+        while self.position - self._done >= self.frame:
+            closed.extend(self._classify(self._done))
+            self._done += self.frame
+        self._trim()
+        return closed
+
+    def finish(self) -> list[Segment]:
+        """The audio has ended: close the open segment, if any."""
+        if self._open is None:
+            return []
+        return [self._close(min(self.position, self._last_voiced + self.pad))]
+
+    def _samples(self, start: int, end: int) -> np.ndarray:
+        return self._buffer[start - self._origin : end - self._origin]
+
+    def _classify(self, start: int) -> list[Segment]:
+        frame = self._samples(start, start + self.frame)
+        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        voiced = self._vad.is_speech(pcm, self.rate)
+        self._recent = [*self._recent[-(START_WINDOW - 1) :], voiced]
+        end = start + self.frame
+        if self._open is None:
+            if voiced and sum(self._recent) >= START_VOICED:
+                first = start - (len(self._recent) - 1 - self._recent.index(True)) * self.frame
+                self._open = max(first, self._floor)
+                self._energy = [
+                    float(np.mean(self._samples(s, s + self.frame) ** 2))
+                    for s in range(self._open, end, self.frame)
+                ]
+                self._last_voiced, self._unvoiced = end, 0
+            return []
+        self._energy.append(float(np.mean(frame**2)))
+        if voiced:
+            self._last_voiced, self._unvoiced = end, 0
+        else:
+            self._unvoiced += 1
+        if self._unvoiced >= self.silence_frames:
+            return [self._close(min(end, self._last_voiced + self.pad))]
+        if len(self._energy) >= self.max_frames:
+            return [self._cut()]
+        return []
+
+    def _close(self, end: int) -> Segment:
+        assert self._open is not None
+        start = max(self._floor, self._open - self.pad, self._origin)
+        segment = Segment(self._count, start, end, self._samples(start, end).copy())
+        self._count += 1
+        self._floor = end
+        self._open = None
+        self._energy = []
+        self._recent = []
+        return segment
+
+    def _cut(self) -> Segment:
+        """The open segment reached max_segment_s: end it at its quietest frame in the last
+        third and open the next one there."""
+        assert self._open is not None
+        begin = len(self._energy) * 2 // 3
+        quietest = begin + int(np.argmin(self._energy[begin:]))
+        cut = self._open + (quietest + 1) * self.frame
+        pad, self.pad = self.pad, 0  # the cut is inside speech: no pad on either side
+        segment = self._close(cut)
+        self.pad = pad
+        self._open, self._floor = cut, cut
+        self._energy = [
+            float(np.mean(self._samples(s, s + self.frame) ** 2))
+            for s in range(cut, self._done + self.frame, self.frame)
+        ]
+        self._last_voiced, self._unvoiced = self._done + self.frame, 0
+        return segment
+
+    def _trim(self) -> None:
+        """Drop audio no segment can reach any more."""
+        keep = self._done - self.pad - START_WINDOW * self.frame
+        if self._open is not None:
+            keep = min(keep, self._open - self.pad)
+        keep = max(keep, self._floor, self._origin)
+        if keep > self._origin:
+            self._buffer = self._buffer[keep - self._origin :]
+            self._origin = keep
