@@ -1,14 +1,16 @@
 """Split speech at silences: a streaming voice-activity segmenter over 16 kHz mono audio.
 
 Frames of 30 ms are classified by WebRTC's voice-activity detector (`webrtcvad-wheels`: Google's
-GMM detector in C, no model download, no torch), then smoothed:
+GMM detector in C, no model download, no torch) and must also be 6 dB above the recent noise floor
+(the quietest frame of the last 1.5 s: the detector calls any first frames of a stream voiced,
+and a click's few following frames), then smoothed:
 
 - a segment opens when `START_VOICED` of the last `START_WINDOW` frames are voiced (a click or a
   single noisy frame does not open one);
 - it closes after `min_silence_s` of unvoiced frames (the gaps between the words of a digit
   string are shorter);
 - it keeps `pad_s` of audio on both sides (word onsets and releases are quiet), never reaching
-  into the previous segment;
+  into the previous segment; at the very start or end of the audio the pad is digital silence;
 - speech that runs on past `max_segment_s` is cut at its quietest frame in the last third of that
   window, so that no segment exceeds what the model was trained on.
 
@@ -20,6 +22,7 @@ keeps only the audio of the open segment and its leading pad, so memory is bound
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +31,11 @@ import webrtcvad
 FRAME_MS = 30
 START_WINDOW = 5
 START_VOICED = 3
+FLOOR_WINDOW_S = 1.5
+"""The noise floor is the quietest frame of this much recent audio (minimum statistics: speech
+has quiet gaps between syllables, so the floor stays below it)."""
+GATE = 4.0
+"""A voiced frame must carry this many times the floor's energy (6 dB)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,8 @@ class Segmenter:
         self._floor = 0
         """No segment may start before this sample (the previous one's end)."""
         self._count = 0
+        self._levels: deque[float] = deque(maxlen=max(1, round(FLOOR_WINDOW_S * 1000 / FRAME_MS)))
+        """Energy of the last frames: their minimum is the noise floor."""
 
     @property
     def position(self) -> int:
@@ -98,7 +108,7 @@ class Segmenter:
         """The audio has ended: close the open segment, if any."""
         if self._open is None:
             return []
-        return [self._close(min(self.position, self._last_voiced + self.pad))]
+        return [self._close(min(self.position, self._last_voiced + self.pad), ended=True)]
 
     def _samples(self, start: int, end: int) -> np.ndarray:
         return self._buffer[start - self._origin : end - self._origin]
@@ -106,7 +116,13 @@ class Segmenter:
     def _classify(self, start: int) -> list[Segment]:
         frame = self._samples(start, start + self.frame)
         pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-        voiced = self._vad.is_speech(pcm, self.rate)
+        energy = float(np.mean(frame.astype(np.float64) ** 2))
+        self._levels.append(energy)
+        floor = min(self._levels)
+        # NOTE: WebRTC's detector calls the first frames of a stream voiced whatever they hold
+        # (its noise model starts empty) and holds "voiced" for a few frames after a click; a
+        # frame counts only if it is also well above the recent noise floor
+        voiced = self._vad.is_speech(pcm, self.rate) and energy > GATE * floor
         self._recent = [*self._recent[-(START_WINDOW - 1) :], voiced]
         end = start + self.frame
         if self._open is None:
@@ -130,10 +146,18 @@ class Segmenter:
             return [self._cut()]
         return []
 
-    def _close(self, end: int) -> Segment:
+    def _close(self, end: int, *, ended: bool = False) -> Segment:
         assert self._open is not None
         start = max(self._floor, self._open - self.pad, self._origin)
-        segment = Segment(self._count, start, end, self._samples(start, end).copy())
+        audio = self._samples(start, end)
+        # NOTE: speech at the very start or end of the audio gets its pad as digital silence:
+        # the model was trained on utterances with some silence around them
+        lead = self.pad - (self._open - start) if self._open - self.pad < 0 else 0
+        trail = self._last_voiced + self.pad - end if ended else 0
+        if lead > 0 or trail > 0:
+            audio = np.concatenate([np.zeros(max(0, lead), np.float32), audio])
+            audio = np.concatenate([audio, np.zeros(max(0, trail), np.float32)])
+        segment = Segment(self._count, start, end, audio.copy())
         self._count += 1
         self._floor = end
         self._open = None

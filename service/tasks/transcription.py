@@ -176,6 +176,8 @@ class Transcription:
 
         def segments() -> list[Segment]:
             if held is not None:  # one utterance: whole, resampled as one clip
+                if not self._received:
+                    return []
                 clip = to_model_rate(np.concatenate([np.zeros(0, np.float32), *held]), self.rate)
                 return [Segment(0, 0, len(clip), clip)]
             tail = np.clip(self.resampler.finish(), -1.0, 1.0)

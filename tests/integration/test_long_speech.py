@@ -5,13 +5,18 @@ the TranscribeStream RPC in 100 ms chunks, with other traffic beside it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -485,3 +490,30 @@ def test_stream_metrics(stream_server: Server, recording: Recording) -> None:
             metric(stream_server, "deepserve_stream_first_result_seconds_count", protocol=protocol)
             > 0
         ), protocol
+
+
+def test_grpcurl_transcribes_a_stream(stream_server: Server, tmp_path) -> None:
+    """The real grpcurl (reflection, a WAV file in one AudioChunk): segment events, then the
+    transcript, as JSON lines."""
+    grpcurl = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    recording = build_recording(12.0, seed=5)
+    message = {
+        "model": "speech-ctc",
+        "encoding": "wav",
+        "audio": base64.b64encode(wav(recording.audio)).decode(),
+    }
+    run = subprocess.run(
+        [grpcurl, "-plaintext", "-d", "@", stream_server.grpc_target,
+         "deepserve.v1.Inference/TranscribeStream"],
+        input=json.dumps(message), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    decoder, events, text = json.JSONDecoder(), [], run.stdout.strip()
+    while text:
+        event, end = decoder.raw_decode(text)
+        events.append(event)
+        text = text[end:].strip()
+    assert [next(iter(e)) for e in events] == ["segment"] * (len(events) - 1) + ["transcript"]
+    final = events[-1]["transcript"]
+    assert final["text"] == transcribe(stream_server, wav(recording.audio))["text"]
+    assert len(final["segments"]) == len(events) - 1 >= len(recording.utterances)

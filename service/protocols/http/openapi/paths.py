@@ -197,6 +197,37 @@ V1_TASKS: list[tuple[str, str, type[RequestModel], str, str]] = [
 ]
 
 
+SSE_EVENT: Schema = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"const": kind},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": ref(model),
+                },
+            },
+        }
+        for kind, model in (
+            ("segment", "TranscribedSegment"),
+            ("transcript", "TranscribeResult"),
+            ("error", "Error"),
+        )
+    ]
+}
+"""One server-sent event of /v1/transcribe?stream=true: its `data` is one line of JSON."""
+
+SSE_EXAMPLE = (
+    'event: segment\ndata: {"index":0,"start_s":0.62,"end_s":1.9,"text":"volume up",'
+    '"confidence":0.97}\n\n'
+    'event: transcript\ndata: {"model":"speech-ctc","version":"v1","text":"volume up",'
+    '"confidence":0.97,"duration_s":2.4,"segments":[...]}\n\n'
+)
+
+
 def v1_paths() -> dict[str, Any]:
     bodies = {
         "image": media_body("image", IMAGE_TYPES),
@@ -223,6 +254,16 @@ def v1_paths() -> dict[str, Any]:
             "requestBody": bodies[body],
             "responses": {**ok(ref(answer)), **errors("Error", *INFERENCE_ERRORS, *media)},
         }
+        if operation_id == "transcribe":
+            operation["responses"]["200"]["content"]["text/event-stream"] = {
+                "schema": SSE_EVENT,  # OpenAPI 3.1: the schema of each event
+                "example": SSE_EXAMPLE,
+            }
+            operation["responses"]["200"]["description"] = (
+                "The transcript; with stream=true, server-sent events: `segment` per stretch of "
+                "speech (a TranscribedSegment), then `transcript` (a TranscribeResult), or "
+                "`error` (an Error body)"
+            )
         paths[f"/v1/{operation_id}"] = {"post": operation}
     show = [*parameters(wire.ModelPath, "path"), *parameters(wire.ShowModelQuery, "query")]
     return {
