@@ -246,7 +246,7 @@ def v1_paths() -> dict[str, Any]:
     for operation_id, summary, query, body, answer in V1_TASKS:
         # NOTE: a JSON body is parsed whatever its content type says: no 415
         media = (415,) if body != "texts" else ()
-        operation = {
+        operation: dict[str, Any] = {
             "operationId": operation_id,
             "tags": [TASK_API],
             "summary": summary,
