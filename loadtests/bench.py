@@ -77,10 +77,15 @@ end
 for name, value in string.gmatch(os.getenv("HEADERS"), "([^:\\n]+): ([^\\n]+)") do
   wrk.headers[name] = value
 end
+local paths = {}
+for path in string.gmatch(os.getenv("PATHS") or "", "[^,]+") do
+  paths[#paths + 1] = path
+end
 local counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format(nil, nil, nil, bodies[(counter % #bodies) + 1])
+  local i = (counter % #bodies) + 1
+  return wrk.format(nil, paths[i], nil, bodies[i])
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -204,8 +209,15 @@ def in_process_latency_ms(work: Workload, seconds: float, decode: bool = True) -
 
 
 def run_wrk(
-    url: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float, tmp: Path
+    url: str,
+    bodies: list[bytes],
+    headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    tmp: Path,
+    paths: list[str] | None = None,
 ) -> dict[str, float]:
+    """POST the bodies round-robin (body i to paths[i] when given, else to `url`'s path)."""
     files = []
     for index, body in enumerate(bodies):
         path = tmp / f"body{index}.bin"
@@ -217,6 +229,7 @@ def run_wrk(
         os.environ,
         BODY_FILES=",".join(files),
         HEADERS="\n".join(f"{k}: {v}" for k, v in headers.items()),
+        PATHS=",".join(paths or []),
     )
     result = subprocess.run(
         ["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{max(1, round(seconds))}s",

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -29,39 +26,13 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadtests import bench  # noqa: E402
 from loadtests.bench import batch_counts  # noqa: E402
 from loadtests.payloads import payloads  # noqa: E402
 from loadtests.server import Server, start_server, stop_server  # noqa: E402
 
 MODES = ("batch", "step")
 BEAMS = (1, 3)
-
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "image/png"
-local bodies, paths = {}, {}
-for path in string.gmatch(os.getenv("BODY_FILES"), "[^,]+") do
-  local f = io.open(path, "rb")
-  bodies[#bodies + 1] = f:read("*all")
-  f:close()
-end
-for path in string.gmatch(os.getenv("PATHS"), "[^,]+") do
-  paths[#paths + 1] = path
-end
-local counter = 0
-request = function()
-  counter = counter + 1
-  local i = (counter % #bodies) + 1
-  return wrk.format(nil, paths[i], nil, bodies[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "JSON{\\"requests\\":%d,\\"duration_us\\":%d,\\"errors\\":%d,\\"p50\\":%d,\\"p99\\":%d}\\n",
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
 
 
 @dataclass
@@ -80,32 +51,9 @@ class Point:
 
 def run_wrk(url: str, bodies: list[bytes], clients: int, seconds: float, tmp: Path) -> dict:
     """Mixed greedy / beam-3 requests: body i goes to beam BEAMS[i % 2]."""
-    files = []
-    for index, body in enumerate(bodies):
-        path = tmp / f"scene{index}.png"
-        path.write_bytes(body)
-        files.append(str(path))
     paths = [f"/v1/caption?beam={BEAMS[i % len(BEAMS)]}" for i in range(len(bodies))]
-    script = tmp / "caption.lua"
-    script.write_text(WRK_SCRIPT)
-    env = dict(os.environ, BODY_FILES=",".join(files), PATHS=",".join(paths))
-    result = subprocess.run(
-        ["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{max(1, round(seconds))}s",
-         "--timeout", "10s", "-s", str(script), url],
-        capture_output=True, text=True, env=env, check=True, timeout=seconds + 30,
-    )  # fmt: skip
-    match = re.search(r"JSON(\{.*\})", result.stdout)
-    if not match:
-        raise RuntimeError(f"wrk printed no summary:\n{result.stdout}\n{result.stderr}")
-    data = json.loads(match.group(1))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
-    failed = int(non_2xx.group(1)) if non_2xx else 0
-    return {
-        "rps": (data["requests"] - failed) / (data["duration_us"] / 1e6),
-        "p50_ms": data["p50"] / 1000,
-        "p99_ms": data["p99"] / 1000,
-        "errors": data["errors"] + failed,
-    }
+    headers = {"Content-Type": "image/png"}
+    return bench.run_wrk(url, bodies, headers, clients, seconds, tmp, paths)
 
 
 def step_counts(server: Server) -> tuple[int, float]:

@@ -16,9 +16,9 @@ Starts the real server once (local placement, speech-ctc only, loopback) and mea
   3. POST /v1/transcribe?stream=true of the 60 s recording as a whole file (server-sent
      events): time to the first event and to the transcript event (median of 3).
 Writes reports/streaming/streaming.md, .json and .png (latency after speech end vs streams).
-Not a test: numbers depend on the machine. About 7 minutes with the defaults (each live point
+Not a test: numbers depend on the machine. About 4 minutes with the defaults (each live point
 is one pass of its recording, 60 s plus the tail); `--quick` (1 and 4 streams, 30 s
-recordings, a 118 s long recording, 1 repeat): about 2 minutes.
+recordings, a 118 s long recording, 1 repeat): about 1.5 minutes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import inspect
 import json
 import statistics
 import sys
@@ -47,8 +48,12 @@ from loadtests.payloads import wav  # noqa: E402
 from loadtests.recording import Recording, build_recording  # noqa: E402
 from loadtests.server import Server, start_server, stop_server  # noqa: E402
 from service.processing.speech import SAMPLE_RATE, error_rates  # noqa: E402
+from service.processing.vad import Segmenter  # noqa: E402
 from service.protocols.proto.gen import deepserve_pb2 as pb  # noqa: E402
 from service.protocols.proto.gen import deepserve_pb2_grpc  # noqa: E402
+
+MIN_SILENCE_S = inspect.signature(Segmenter).parameters["min_silence_s"].default
+"""How long a pause the segmenter waits for before it closes a segment (part of every lag)."""
 
 MODEL = "speech-ctc"
 CHUNK_S = 0.1
@@ -459,8 +464,9 @@ def markdown(report: dict, command: str) -> str:
         "",
         "**Live streams** (gRPC TranscribeStream, 100 ms s16le chunks in real time, each stream "
         "its own recording; chunk k sent at (k + 1) x 100 ms). *Lag* = arrival of the segment "
-        "holding an utterance's speech end minus that end (includes the 0.3 s of silence the "
-        "VAD waits for, its hangover after the speech, and up to 100 ms of chunking). *Extra*: "
+        "holding an utterance's speech end minus that end (includes the "
+        f"{MIN_SILENCE_S:g} s of silence the VAD waits for, its hangover after the speech, and "
+        "up to 100 ms of chunking). *Extra*: "
         "segments with text that hold no utterance's end. *First text*: from the stream's "
         "start to its first segment with text, and to the text of its first utterance, whose "
         "speech ends at the median shown. CPU: the server's "

@@ -31,9 +31,15 @@ import webrtcvad
 FRAME_MS = 30
 START_WINDOW = 5
 START_VOICED = 3
+PRIME_FRAMES = 10
 FLOOR_WINDOW_S = 1.5
 """The noise floor is the quietest frame of this much recent audio (minimum statistics: speech
 has quiet gaps between syllables, so the floor stays below it)."""
+DIGITAL_SILENCE = 1e-10
+"""Frame energy below this (-100 dBFS) is digital silence, left out of the noise floor."""
+LOUD = 3e-4
+"""Frames above this energy (-35 dBFS) need no margin over the floor (speech right after
+digital silence has no noise floor below it yet)."""
 GATE = 4.0
 """A voiced frame must carry this many times the floor's energy (6 dB)."""
 
@@ -57,7 +63,7 @@ class Segmenter:
         rate: int = 16000,
         *,
         max_segment_s: float = 5.0,
-        min_silence_s: float = 0.3,
+        min_silence_s: float = 0.4,
         pad_s: float = 0.35,
         aggressiveness: int = 2,
     ) -> None:
@@ -69,6 +75,11 @@ class Segmenter:
         self.silence_frames = max(1, round(min_silence_s * 1000 / FRAME_MS))
         self.pad = round(pad_s * rate)
         self._vad = webrtcvad.Vad(aggressiveness)
+        # NOTE: the detector calls its first frames voiced whatever they hold: let it start on
+        # faint noise (-70 dBFS) instead of on the audio
+        prime = np.random.default_rng(0).normal(0.0, 10, (PRIME_FRAMES, self.frame))
+        for frame in prime.astype("<i2"):
+            self._vad.is_speech(frame.tobytes(), rate)
         self._buffer = np.zeros(0, dtype=np.float32)
         """Audio kept: from `_origin` (samples since the start) to the last fed sample."""
         self._origin = 0
@@ -117,12 +128,13 @@ class Segmenter:
         frame = self._samples(start, start + self.frame)
         pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         energy = float(np.mean(frame.astype(np.float64) ** 2))
-        self._levels.append(energy)
-        floor = min(self._levels)
+        floor = min(self._levels, default=0.0)  # of the frames before this one
+        if energy > DIGITAL_SILENCE:  # zeros say nothing about the room's noise
+            self._levels.append(energy)
         # NOTE: WebRTC's detector calls the first frames of a stream voiced whatever they hold
         # (its noise model starts empty) and holds "voiced" for a few frames after a click; a
         # frame counts only if it is also well above the recent noise floor
-        voiced = self._vad.is_speech(pcm, self.rate) and energy > GATE * floor
+        voiced = self._vad.is_speech(pcm, self.rate) and (energy > GATE * floor or energy > LOUD)
         self._recent = [*self._recent[-(START_WINDOW - 1) :], voiced]
         end = start + self.frame
         if self._open is None:

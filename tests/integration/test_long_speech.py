@@ -290,7 +290,7 @@ def test_transcribe_stream_live_under_load(stream_server: Server, recording: Rec
     early = [at for at, s in segments if at < sent_all]
     assert len(early) >= len(segments) - 2  # all but the last ones came while sending
     # the time from a segment's end in the audio to its text (this includes the pause the
-    # voice-activity detector waits for before it closes a segment, 0.3 s)
+    # voice-activity detector waits for before it closes a segment, 0.4 s)
     lags = [at - s.end_s for at, s in segments if s.text]
     print(
         f"\nfirst result at {segments[0][0]:.2f} s (segment ends {segments[0][1].end_s:.2f} s); "
