@@ -240,20 +240,21 @@ class StepBatcher:
                 joining = self._admit(lane)
                 if not lane.members:
                     continue
+                step = self._step(lane, joining)
+                self._settle(lane, joining, step)
+            except Exception as error:  # every sequence in the lane fails; the lane goes on
+                if self._loop is None or self._loop.is_closed():  # closed without stop()
+                    log.warning("%s: lane stopped: %s", self.name, error)
+                    return
+                log.error("%s: step failed: %r", self.name, error)
                 try:
-                    step = self._step(lane, joining)
-                except Exception as error:  # the step failed: every sequence in it fails
-                    log.error("%s: step failed: %r", self.name, error)
                     self._deliver([(s, error, None) for s in lane.members.values()])
                     with self._lock:
                         lane.members.clear()
                     lane.rows = 0
                     lane.running = self.model.running()
-                    continue
-                self._settle(lane, joining, step)
-            except RuntimeError as error:  # the event loop is gone (closed without stop())
-                log.warning("%s: lane stopped: %s", self.name, error)
-                return
+                except Exception:  # NOTE: never leave the lane: its callers would hang
+                    log.exception("%s: lane reset failed", self.name)
 
     def _admit(self, lane: _Lane) -> list[_Sequence]:
         """Move queued requests into the lane, FIFO, while its rows allow; an idle lane waits
@@ -427,4 +428,5 @@ class StepBatcher:
 
     def _report_pending(self) -> None:
         if self.observer is not None:
-            self.observer.pending(len(self._queue))
+            with self._lock:  # NOTE: lanes report from their threads: one at a time
+                self.observer.pending(len(self._queue))

@@ -138,6 +138,8 @@ class StreamTimedOut(RequestTimeout):
     """A stream reached stream_idle_timeout_s (nothing received, nothing in progress) or
     stream_max_seconds; `end` is its deepserve_streams end label."""
 
-    def __init__(self, message: str, end: str):
+    def __init__(self, message: str, end: str, *, writing: bool = False):
         super().__init__(message)
         self.end = end
+        self.writing = writing
+        """The client stopped reading the stream's output (nothing more can be sent to it)."""

@@ -39,10 +39,11 @@ REJECT_REASONS = ("queue_full", "queue_wait", "deadline", "abandoned", "runner_o
 STREAM_PROTOCOLS = ("rest-sse", "grpc-stream", "v2-grpc-stream")
 """Streaming transports: /v1/transcribe?stream=true (SSE), deepserve.v1.Inference/
 TranscribeStream, inference.GRPCInferenceService/ModelStreamInfer."""
-STREAM_ENDS = ("completed", "error", "client_gone", "idle_timeout", "time_limit", "closed")
+STREAM_ENDS = ("completed", "error", "client_gone", "idle_timeout", "time_limit")
 """How a stream ended: completed (all answered), error (ended by an error event or status),
-client_gone (disconnect or cancel), idle_timeout / time_limit (stream_idle_timeout_s /
-stream_max_seconds), closed (the stream quota or a shutdown closed it)."""
+client_gone (disconnect or cancel; grpc.aio reports a server shutdown's cancel the same way),
+idle_timeout (stream_idle_timeout_s: nothing received and nothing in progress, or a client that
+reads nothing), time_limit (stream_max_seconds)."""
 SEGMENT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -137,7 +138,7 @@ class Metrics:
         self.streams = Counter(
             "deepserve_streams",
             "Streams ended, by protocol and how they ended (completed, error, client_gone, "
-            "idle_timeout, time_limit, closed).",
+            "idle_timeout, time_limit).",
             ["protocol", "end"],
         )
         for protocol in STREAM_PROTOCOLS:

@@ -69,8 +69,12 @@ class Settings(BaseSettings, PerModelFields):
     client reconnects), so never-ending Watch streams cannot fill the server."""
 
     grpc_max_streams: int = Field(default=128, ge=0)
-    """Other streaming RPCs at once (TranscribeStream, ModelStreamInfer, server reflection). A
-    new one beyond this closes the oldest with UNAVAILABLE."""
+    """Other streaming RPCs at once (server reflection). A new one beyond this closes the oldest
+    with UNAVAILABLE."""
+
+    grpc_max_inference_streams: int = Field(default=128, ge=0)
+    """Inference streams at once (TranscribeStream, ModelStreamInfer). A new one beyond this is
+    refused with RESOURCE_EXHAUSTED: live work is never closed for a newcomer."""
 
     stream_idle_timeout_s: FinitePositive = 30.0
     """A stream (SSE transcription, TranscribeStream, ModelStreamInfer) that receives nothing

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from service.core.errors import StreamTimedOut
@@ -40,6 +40,29 @@ class StreamClock:
                 "stream_max_seconds)",
                 "time_limit",
             )
+
+    async def sent(self, sending: Awaitable[object]) -> None:
+        """Await one write of the stream's output: a client that takes none of it for
+        stream_idle_timeout_s (or past the stream's end) ends the stream, so that a client that
+        stops reading cannot hold the stream and its work forever."""
+        try:
+            await asyncio.wait_for(sending, timeout=max(0.0, min(self.idle_s, self.remaining())))
+        except TimeoutError:
+            self.check()
+            raise StreamTimedOut(
+                f"the client read nothing for {self.idle_s:g} s (setting stream_idle_timeout_s)",
+                "idle_timeout",
+                writing=True,
+            ) from None
+
+    async def within(self, work: Awaitable[T]) -> T:
+        """`work`, ended with StreamTimedOut ("time_limit") once the stream has been open
+        stream_max_seconds, whatever it is doing (reading, computing, writing)."""
+        try:
+            return await asyncio.wait_for(work, timeout=max(0.0, self.remaining()))
+        except TimeoutError:
+            self.check()
+            raise
 
     async def bounded(self, source: AsyncIterable[T]) -> AsyncIterator[T]:
         """`source`'s items as they come, until it ends; StreamTimedOut when the stream has

@@ -3,6 +3,7 @@ batch padding, greedy CTC decoding and error rates."""
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,13 +87,20 @@ def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndar
 
 
 class Resampler:
-    """Streaming resampling to `target`: FFT resampling of 1 s blocks that overlap by
-    `margin_s` on each side, the overlaps discarded (no seams from the FFT's periodic edges).
-    Memory and time per block are constant, however long the audio."""
+    """Streaming resampling to `target`: FFT resampling of short blocks (about `block_s`) that
+    overlap by about `margin_s` on each side, the overlaps discarded (no seams from the FFT's
+    periodic edges). Block and margin are whole multiples of rate / gcd(rate, target) samples,
+    so each maps to a whole number of output samples (no stretch at the seams). Memory and time
+    per block are constant however long the audio; a live stream's audio comes out at most a
+    block plus a margin (about 0.3 s) after it went in."""
 
-    def __init__(self, rate: int, target: int = SAMPLE_RATE, margin_s: float = 0.1) -> None:
+    def __init__(
+        self, rate: int, target: int = SAMPLE_RATE, margin_s: float = 0.1, block_s: float = 0.2
+    ) -> None:
         self.rate, self.target = rate, target
-        self.margin = max(1, round(rate * margin_s))
+        unit = rate // math.gcd(rate, target)
+        self.margin = unit * max(1, math.ceil(rate * margin_s / unit))
+        self.block = unit * max(1, math.ceil(rate * block_s / unit))
         self._buffer = np.zeros(self.margin, dtype=np.float32)  # left margin: silence
         self._fed = 0
 
@@ -103,9 +111,9 @@ class Resampler:
         self._buffer = np.concatenate([self._buffer, np.asarray(audio, dtype=np.float32)])
         self._fed += len(audio)
         out = []
-        while len(self._buffer) >= self.rate + 2 * self.margin:
-            out.append(self._block(self._buffer[: self.rate + 2 * self.margin], self.rate))
-            self._buffer = self._buffer[self.rate :]
+        while len(self._buffer) >= self.block + 2 * self.margin:
+            out.append(self._block(self._buffer[: self.block + 2 * self.margin], self.block))
+            self._buffer = self._buffer[self.block :]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def finish(self) -> np.ndarray:
@@ -144,19 +152,32 @@ def to_model_rate(audio: np.ndarray, rate: int) -> np.ndarray:
 class WavStream:
     """A WAV file read as its bytes arrive (a streamed upload, a live recording): `feed` bytes,
     get the mono float32 samples decoded so far. The header (every chunk up to `data`) must fit
-    in `max_header_bytes`. The audio ends where the data chunk's size says (anything after it is
-    not audio), or with the bytes when that size is 0 or 0xFFFFFFFF (what streamed WAVs write,
-    not knowing it). Errors as decode_wav's (ValueError)."""
+    in `max_header_bytes` and MAX_HEADER_CHUNKS chunks; it is parsed once, chunk by chunk as its
+    bytes arrive (a header trickled a byte at a time costs no more than one sent whole). The
+    audio ends where the data chunk's size says (anything after it is not audio), or with the
+    bytes when that size is 0 or 0xFFFFFFFF (what streamed WAVs write, not knowing it). Errors
+    as decode_wav's (ValueError)."""
+
+    MAX_HEADER_CHUNKS = 32
 
     def __init__(self, max_header_bytes: int = 64 * 1024) -> None:
         self.max_header_bytes = max_header_bytes
         self.rate = 0
         """The sample rate, once the header is read (0 before)."""
-        self._header = b""
+        self._header = bytearray()
+        self._pos = 12
+        """Where the next header chunk starts in `_header`."""
+        self._chunks = 0
+        self._fmt: tuple[int, int, int, int] | None = None
         self._format: tuple[int, int, int, int] | None = None
         self._rest = b""
         self._left: int | None = None
         """Bytes of the data chunk still to come; None: to the end of the stream."""
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes per sample frame (all channels), once the header is read (0 before)."""
+        return self._format[3] // 8 * self._format[1] if self._format else 0
 
     def feed(self, data: bytes) -> np.ndarray:
         if self._format is None:
@@ -176,31 +197,36 @@ class WavStream:
         return _pcm_to_float(data[:usable], tag, channels, rate, bits)
 
     def _parse(self) -> bytes:
-        """Read the header if it is complete; the data bytes after it."""
+        """Read the header's complete chunks so far; the data bytes after it once it ends."""
         data = self._header
         if len(data) >= 12 and (data[:4] != b"RIFF" or data[8:12] != b"WAVE"):
-            decode_wav(data[:12])  # raises, saying what the bytes look like
-        fmt = None
-        pos = 12
-        while len(data) >= 12 and pos + 8 <= len(data):
-            chunk_id = data[pos : pos + 4]
+            decode_wav(bytes(data[:12]))  # raises, saying what the bytes look like
+        while len(data) >= 12 and self._pos + 8 <= len(data):
+            pos = self._pos
+            chunk_id = bytes(data[pos : pos + 4])
             (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
             body = pos + 8
             if chunk_id == b"data":
-                if fmt is None:
+                if self._fmt is None:
                     raise ValueError("WAV data chunk before its fmt chunk")
-                _pcm_to_float(b"", *fmt)  # checks the format before any audio
-                self._format, self.rate = fmt, fmt[2]
+                _pcm_to_float(b"", *self._fmt)  # checks the format before any audio
+                self._format, self.rate = self._fmt, self._fmt[2]
                 # NOTE: streamed WAVs cannot know the size: they write 0 or 0xFFFFFFFF
                 self._left = None if size in (0, 0xFFFFFFFF) else size
-                self._header = b""
-                return data[body:]
+                rest = bytes(data[body:])
+                self._header = bytearray()
+                return rest
             if body + size > len(data):
-                break  # the chunk is not complete yet
+                if body + size > self.max_header_bytes:
+                    break  # refused below
+                return b""  # the chunk is not complete yet
             if chunk_id == b"fmt ":
-                fmt = _read_fmt(data, body, size)
-            pos = body + size + (size & 1)
-        if len(data) > self.max_header_bytes:
+                self._fmt = _read_fmt(bytes(data), body, size)
+            self._pos = body + size + (size & 1)
+            self._chunks += 1
+            if self._chunks > self.MAX_HEADER_CHUNKS:
+                raise ValueError(f"no WAV data chunk in the first {self.MAX_HEADER_CHUNKS} chunks")
+        if len(data) > self.max_header_bytes or self._pos > self.max_header_bytes:
             raise ValueError(f"no WAV data chunk in the first {self.max_header_bytes} bytes")
         return b""
 

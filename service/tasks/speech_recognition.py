@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, ClassVar, Protocol
 
 import numpy as np
@@ -121,6 +121,12 @@ class AudioDecoder(Protocol):
     def feed(self, data: bytes) -> np.ndarray: ...
 
 
+DECODE_BYTES = 64 * 1024
+"""Audio bytes decoded at a time on the event loop (a few hundred microseconds)."""
+FEED_S = 0.1
+"""Streamed audio is handed to the transcription in pieces of at least this length."""
+
+
 class PcmStream:
     """Headerless little-endian PCM: "s16le" (16-bit integers) or "f32le" (32-bit floats)."""
 
@@ -177,7 +183,7 @@ async def stream_transcription(
     clock: StreamClock | None = None,
     *,
     whole_if_short: bool = False,
-) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
     """Transcribe audio bytes as they arrive: ("segment", its answer) as each segment is done,
     in order, then ("transcript", the whole answer). `clock` bounds how long the source may
     idle (while no segment is in progress) and how long it may run. Whatever ends the iteration
@@ -190,11 +196,30 @@ async def stream_transcription(
         source = clock.bounded(source)
 
     async def pump() -> None:
+        pending: list[np.ndarray] = []
+        held = 0
+
+        async def flush() -> None:
+            nonlocal held
+            if held:
+                audio = pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending.clear()
+                held = 0
+                await transcription.feed(audio, decoder.rate)
+
         try:
             async for data in source:
-                audio = decoder.feed(data)
-                if len(audio):
-                    await transcription.feed(audio, decoder.rate)
+                # NOTE: decoded a bounded piece at a time, so that the recording's length is
+                # checked before a big message becomes float32; and fed on in pieces of at least
+                # FEED_S, so that a client sending tiny chunks does not cost a thread hop each
+                for start in range(0, len(data), DECODE_BYTES):
+                    audio = decoder.feed(data[start : start + DECODE_BYTES])
+                    if len(audio):
+                        pending.append(audio)
+                        held += len(audio)
+                        if held >= FEED_S * decoder.rate or held * 4 >= DECODE_BYTES:
+                            await flush()
+            await flush()
             await transcription.finish()
         except asyncio.CancelledError:
             raise

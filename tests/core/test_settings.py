@@ -43,6 +43,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("grpc_max_concurrent_rpcs", "0"),
     ("grpc_max_health_rpcs", "-1"),
     ("grpc_max_streams", "-1"),
+    ("grpc_max_inference_streams", "-1"),
     ("grpc_request_timeout_s", "0"),
     ("grpc_max_connection_idle_s", "-1"),
     ("grpc_max_connection_age_s", "-0.5"),

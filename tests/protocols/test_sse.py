@@ -13,6 +13,8 @@ from prometheus_client import REGISTRY
 from starlette.requests import ClientDisconnect
 
 from service.core.errors import InvalidInput, Overloaded, ServingError, StreamTimedOut
+from service.core.settings import Settings
+from service.core.streaming import StreamClock
 from service.protocols.http import sse
 from service.protocols.http.errors import renderer
 from service.protocols.http.sse import EventStream
@@ -66,18 +68,22 @@ async def serve(
     receive: Any = never,
     body_read: asyncio.Event | None = None,
     send_fails_after: int | None = None,
+    settings: Settings | None = None,
+    send_blocks: bool = False,
 ) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
         if send_fails_after is not None and len(sent) >= send_fails_after:
             raise ClientDisconnect()
+        if send_blocks and len(sent) >= 1:  # a client that reads nothing after the headers
+            await asyncio.Event().wait()
         sent.append(message)
 
     if body_read is None:
         body_read = asyncio.Event()
         body_read.set()
-    response = EventStream(events, renderer("/v1"), body_read)
+    response = EventStream(events, renderer("/v1"), body_read, StreamClock(settings or Settings()))
     await asyncio.wait_for(response(SCOPE, receive, send), 20)
     return sent
 
@@ -254,3 +260,29 @@ def test_an_idle_producer_sends_keep_alive_comments(monkeypatch: pytest.MonkeyPa
     assert data[-2:] == [b'event: transcript\ndata: {"text":""}\n\n', b""]
     keepalives = data[:-2]
     assert len(keepalives) >= 1 and set(keepalives) == {b": keep-alive\n\n"}
+
+
+def test_a_client_that_reads_nothing_ends_the_stream() -> None:
+    """Writes are bounded by stream_idle_timeout_s: the producer is stopped (its work freed),
+    and no error is queued to a client that takes nothing."""
+    recorder = Recorder()
+    events = recorder.events([("segment", {"index": 0})], hang=True)
+    before = ended("idle_timeout")
+    settings = Settings(stream_idle_timeout_s=0.2)
+    sent = asyncio.run(serve(events, settings=settings, send_blocks=True))
+    assert len(sent) == 1  # the headers only
+    assert recorder.ended in ("cancelled", "closed")
+    assert ended("idle_timeout") == before + 1
+    assert open_streams() == 0
+
+
+def test_a_stream_ends_at_its_time_limit() -> None:
+    recorder = Recorder()
+    events = recorder.events([("segment", {"index": 0})], hang=True)
+    before = ended("time_limit")
+    sent = asyncio.run(serve(events, settings=Settings(stream_max_seconds=0.3)))
+    events_sent = [parsed(body) for body in bodies(sent) if body.startswith(b"event:")]
+    assert [kind for kind, _ in events_sent] == ["segment", "error"]
+    assert "stream_max_seconds" in events_sent[-1][1]["error"]["message"]
+    assert recorder.ended in ("cancelled", "closed")
+    assert ended("time_limit") == before + 1

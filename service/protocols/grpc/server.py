@@ -34,6 +34,7 @@ from service.protocols.grpc.v2 import (
     MalformedRequest,
     MalformedRequestInterceptor,
     V2Servicer,
+    answers_malformed,
     deadline_of,
     rpc,
 )
@@ -103,23 +104,22 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
         )
         return transcribe_response(answer)
 
+    @answers_malformed
     async def TranscribeStream(self, requests, context):
         """Audio chunks in, each segment's text out as soon as the speaker pauses, then the
         whole transcript once the client half-closes (service/tasks/transcription.py). Bounded
-        by the stream settings (idle, total time) and the call's deadline; a cancelled call
-        drops its unfinished segments."""
+        by the stream settings (idle input, a client that reads nothing, total time) and the
+        call's deadline; a cancelled call drops its unfinished segments."""
+        clock = StreamClock(self.state().settings)
         with track_stream("grpc-stream") as record:
             try:
-                async for event in self._transcribe_stream(requests, context, record):
-                    record.first_result()
-                    yield event
+                await clock.within(self._transcribe_stream(requests, context, record, clock))
             except ServingError as error:
                 record.end = error.end if isinstance(error, StreamTimedOut) else "error"
                 await abort_grpc(context, error)
 
-    async def _transcribe_stream(self, requests, context, record):
+    async def _transcribe_stream(self, requests, context, record, clock) -> None:
         serving = self.state()
-        clock = StreamClock(serving.settings)
         messages = aiter(requests)
         try:
             first = await asyncio.wait_for(anext(messages), min(clock.idle_s, clock.remaining()))
@@ -151,11 +151,14 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
         events = speech_recognition.stream_transcription(
             serving, runner, chunks(), decoder, deadline_of(context), clock
         )
-        async for kind, answer in events:
-            if kind == "segment":
-                yield pb.TranscribeEvent(segment=pb.TranscribedSegment(**answer))
-            else:
-                yield pb.TranscribeEvent(transcript=transcribe_response(answer))
+        async with contextlib.aclosing(events):
+            async for kind, answer in events:
+                if kind == "segment":
+                    event = pb.TranscribeEvent(segment=pb.TranscribedSegment(**answer))
+                else:
+                    event = pb.TranscribeEvent(transcript=transcribe_response(answer))
+                record.first_result()
+                await clock.sent(context.write(event))
 
     @rpc("grpc")
     async def Caption(self, request, context):
@@ -222,7 +225,8 @@ class GrpcServer:
 
     async def start(self) -> None:
         keys = self.keys
-        quotas = CallQuotaInterceptor(self.settings, GRPC_HEALTH)
+        work = (f"/{V2_SERVICE}/", f"/{TASK_SERVICE}/")
+        quotas = CallQuotaInterceptor(self.settings, GRPC_HEALTH, work)
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1),

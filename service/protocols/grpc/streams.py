@@ -6,12 +6,15 @@ health Watch streams, which need no key and never end, could use all of it. So e
 in a class when it starts, and each class has its own bound:
 
 - health: grpc.health.v1 Check/Watch, V2 ServerLive/ServerReady (open without a key);
-- stream: every other streaming RPC (server reflection, streaming RPCs to come);
+- inference stream: a streaming RPC of the inference services (TranscribeStream,
+  ModelStreamInfer): live work that must not be closed for a newcomer;
+- stream: every other streaming RPC (server reflection);
 - unary: every other call.
 
 A health or stream call beyond its quota closes the oldest call of its class (UNAVAILABLE; a
-health-watching client reconnects) and is admitted; a unary call beyond its quota is refused
-(RESOURCE_EXHAUSTED). grpc.aio's own limit is set above the sum of the quotas (server_limit), so
+health-watching client reconnects) and is admitted; a unary or inference-stream call beyond its
+quota is refused (RESOURCE_EXHAUSTED), so that cheap streams opened in a loop can never close
+anyone's transcription. grpc.aio's own limit is set above the sum of the quotas (server_limit), so
 it never refuses a call that its class has room for.
 
 Inside one stream of requests (ModelStreamInfer), `answer_concurrently` answers them as they
@@ -116,14 +119,27 @@ class CallQuotaInterceptor(grpc.aio.ServerInterceptor):
     quota when the call starts, before its request message is read (a client that never sends
     one still counts). Place it after the auth interceptor: refused calls never take a place."""
 
-    def __init__(self, settings: Settings, health_methods: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        health_methods: tuple[str, ...],
+        work_services: tuple[str, ...] = (),
+    ) -> None:
         self.health_methods = health_methods
+        self.work_services = work_services
+        """Method prefixes ("/package.Service/") whose streams are inference work."""
         self.read_timeout_s = settings.grpc_request_timeout_s
         self.health = Quota(
             "health", settings.grpc_max_health_rpcs, "grpc_max_health_rpcs", closes_oldest=True
         )
         self.streams = Quota(
             "streaming", settings.grpc_max_streams, "grpc_max_streams", closes_oldest=True
+        )
+        self.work_streams = Quota(
+            "inference streaming",
+            settings.grpc_max_inference_streams,
+            "grpc_max_inference_streams",
+            closes_oldest=False,
         )
         self.unary = Quota(
             "unary",
@@ -136,13 +152,14 @@ class CallQuotaInterceptor(grpc.aio.ServerInterceptor):
     @property
     def server_limit(self) -> int:
         """grpc.aio's maximum_concurrent_rpcs: above every quota together."""
-        return self.health.limit + self.streams.limit + self.unary.limit + HEADROOM
+        quotas = (self.health, self.streams, self.work_streams, self.unary)
+        return sum(quota.limit for quota in quotas) + HEADROOM
 
     def quota_for(self, method: str, handler: grpc.RpcMethodHandler) -> Quota:
         if method.startswith(self.health_methods):
             return self.health
         if handler.request_streaming or handler.response_streaming:
-            return self.streams
+            return self.work_streams if method.startswith(self.work_services) else self.streams
         return self.unary
 
     async def intercept_service(

@@ -25,6 +25,7 @@ import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols
 from service.core import datatypes
 from service.core.errors import InvalidInput, ModelNotFound, NotReady, ServingError, StreamTimedOut
 from service.core.metrics import track_request, track_stream
+from service.core.streaming import StreamClock
 from service.protocols.grpc.errors import abort_grpc
 from service.protocols.grpc.streams import answer_concurrently
 from service.protocols.keys import grpc_authorizations
@@ -434,18 +435,23 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         cancels this handler, which cancels the requests in flight: their items still queued
         in a batcher are dropped there, unrun (its `abandoned` count)."""
         deadline = deadline_of(context)
+        clock = StreamClock(self.state().settings)  # for the writes and the total
         with track_stream("v2-grpc-stream") as record:
             answers = answer_concurrently(
                 requests,
                 lambda request: self.stream_answers(request, deadline),
                 self.state().settings,
             )
-            try:
+
+            async def write_all() -> None:
                 async with contextlib.aclosing(answers):
                     async for response in answers:
                         if not response.error_message:
                             record.first_result()
-                        await context.write(response)
+                        await clock.sent(context.write(response))
+
+            try:
+                await clock.within(write_all())
             except StreamTimedOut as error:
                 record.end = error.end
                 await abort_grpc(context, error)
@@ -458,6 +464,7 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         name, version, request_id = "", "", ""
         if isinstance(request, pb.ModelInferRequest):
             name, version, request_id = request.model_name, request.model_version, request.id
+        held: pb.ModelInferResponse | None = None
         with track_request("v2-grpc") as record:
             try:
                 if isinstance(request, MalformedRequest):
@@ -467,7 +474,6 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                     parsed.parameters.get(EMPTY_FINAL_RESPONSE), EMPTY_FINAL_RESPONSE
                 )
                 at_once = empty_final and dataplane.in_parts(self.state(), parsed)
-                held: pb.ModelInferResponse | None = None
                 async with contextlib.aclosing(
                     dataplane.infer_stream(self.state(), parsed)
                 ) as parts:
@@ -488,6 +494,8 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                     yield final_marked(held, True)
             except ServingError as error:
                 record.status = error.http_status
+                if held is not None:  # parts answered before the failure are not lost
+                    yield final_marked(held, False)
                 yield stream_error(error.message, name, version, request_id)
                 return
             except (asyncio.CancelledError, GeneratorExit):  # the stream ended, or the deadline
@@ -497,6 +505,8 @@ class V2Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             except Exception:
                 log.exception("ModelStreamInfer request failed")  # a bug, answered without details
                 record.status = 500
+                if held is not None:
+                    yield final_marked(held, False)
                 yield stream_error("internal error (logged)", name, version, request_id)
                 return
             record.status = 200
@@ -532,11 +542,11 @@ def final_marked(response: pb.ModelInferResponse, final: bool) -> pb.ModelStream
 def stream_error(
     message: str, name: str, version: str, request_id: str
 ) -> pb.ModelStreamInferResponse:
-    """A failed request's answer on a stream: as Triton, its id leads the message (all that
-    tritonclient's callback gets) and is in infer_response too."""
+    """A failed request's answer on a stream, its last (triton_final_response true): as Triton,
+    its id leads the message (all that tritonclient's callback gets) and is in infer_response
+    too."""
     if request_id:
         message = f"[request id: {request_id}] {message}"
-    return pb.ModelStreamInferResponse(
-        error_message=message,
-        infer_response=pb.ModelInferResponse(model_name=name, model_version=version, id=request_id),
-    )
+    response = pb.ModelInferResponse(model_name=name, model_version=version, id=request_id)
+    response.parameters[FINAL_RESPONSE].bool_param = True  # the request's last answer
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=response)

@@ -206,16 +206,17 @@ def build_app(state: StateGetter) -> Starlette:
             async def source() -> AsyncIterator[bytes]:
                 yield data
 
+        clock = StreamClock(serving.settings)
         events = speech_recognition.stream_transcription(
             serving,
             runner,
             source(),
             speech_recognition.WavBytes(),
             deadline,
-            StreamClock(serving.settings),
+            clock,
             whole_if_short=whole,
         )
-        return EventStream(events, error_json, body_read)
+        return EventStream(events, error_json, body_read, clock)
 
     async def caption(request: Request) -> Response:
         serving = state()

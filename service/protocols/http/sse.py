@@ -15,8 +15,10 @@ producer, which drops its unfinished work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.core.errors import ServingError, StreamTimedOut
 from service.core.metrics import StreamRecord, track_stream
+from service.core.streaming import StreamClock
 
 log = logging.getLogger("deepserve.http")
 
@@ -51,6 +54,7 @@ class EventStream(Response):
         events: Events,
         render: Callable[[ServingError], Response],
         body_read: asyncio.Event,
+        clock: StreamClock,
         protocol: str = "rest-sse",
     ) -> None:
         super().__init__(status_code=200, media_type="text/event-stream")
@@ -63,6 +67,8 @@ class EventStream(Response):
         self.events = events
         self.render_error = render
         self.body_read = body_read
+        self.clock = clock
+        """The stream's limits: also on writes (a client that reads nothing) and in total."""
         self.protocol = protocol
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,15 +77,35 @@ class EventStream(Response):
             producing = asyncio.ensure_future(self._produce(send, record))
             watching = asyncio.ensure_future(self._watch(receive))
             try:
-                await asyncio.wait({producing, watching}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {producing, watching},
+                    timeout=max(0.0, self.clock.remaining()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 watching.cancel()
-                if not producing.done():  # the client left: stop the work
-                    record.end = "client_gone"
+                timed_out = not producing.done() and not watching.done()
+                if not producing.done():  # the client left, or the stream's time is up
+                    record.end = "time_limit" if timed_out else "client_gone"
                     producing.cancel()
                 await asyncio.gather(producing, watching, return_exceptions=True)
+            if timed_out:
+                with contextlib.suppress(Exception):
+                    self.clock.ends_at = time.monotonic() + 1.0  # a last, short chance
+                    await self._error(send, self._time_limit())
             if record.end != "client_gone":
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        send({"type": "http.response.body", "body": b"", "more_body": False}),
+                        timeout=1.0,
+                    )
+
+    def _time_limit(self) -> StreamTimedOut:
+        return StreamTimedOut(
+            f"the stream has been open {self.clock.max_s:g} s, the limit (setting "
+            "stream_max_seconds)",
+            "time_limit",
+        )
 
     async def _watch(self, receive: Receive) -> None:
         await self.body_read.wait()
@@ -93,19 +119,22 @@ class EventStream(Response):
             while True:
                 pending = asyncio.ensure_future(anext(events))
                 while not (await asyncio.wait({pending}, timeout=KEEPALIVE_S))[0]:
-                    await send(KEEPALIVE)
+                    await self.clock.sent(send(KEEPALIVE))
                 try:
                     kind, data = pending.result()
                 except StopAsyncIteration:
                     return
                 record.first_result()
                 body = event(kind, data)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                await self.clock.sent(
+                    send({"type": "http.response.body", "body": body, "more_body": True})
+                )
         except ClientDisconnect:
             record.end = "client_gone"
         except ServingError as error:
             record.end = error.end if isinstance(error, StreamTimedOut) else "error"
-            await self._error(send, error)
+            if not (isinstance(error, StreamTimedOut) and error.writing):
+                await self._error(send, error)  # not to a client that reads nothing
         except Exception:
             log.exception("event stream failed")
             record.end = "error"
@@ -120,4 +149,6 @@ class EventStream(Response):
 
     async def _error(self, send: Send, error: ServingError) -> None:
         body = json.loads(bytes(self.render_error(error).body))
-        await send({"type": "http.response.body", "body": event("error", body), "more_body": True})
+        message = {"type": "http.response.body", "body": event("error", body), "more_body": True}
+        with contextlib.suppress(StreamTimedOut):
+            await self.clock.sent(send(message))

@@ -69,9 +69,14 @@ def test_full_refusing_quota_refuses_and_zero_means_none() -> None:
 
 
 def test_grpc_limit_sits_above_every_quota() -> None:
-    settings = Settings(grpc_max_concurrent_rpcs=16, grpc_max_health_rpcs=8, grpc_max_streams=4)
+    settings = Settings(
+        grpc_max_concurrent_rpcs=16,
+        grpc_max_health_rpcs=8,
+        grpc_max_streams=4,
+        grpc_max_inference_streams=2,
+    )
     quotas = CallQuotaInterceptor(settings, GRPC_HEALTH)
-    assert quotas.server_limit == 16 + 8 + 4 + HEADROOM
+    assert quotas.server_limit == 16 + 8 + 4 + 2 + HEADROOM
 
 
 def test_connection_options_follow_settings() -> None:
