@@ -362,6 +362,24 @@ def test_stream_refusals(stream_server: Server) -> None:
         assert error.code() == code, (messages, error)
         assert needle in error.details(), error.details()
 
+    # bytes that are not an AudioChunk, after a good one: INVALID_ARGUMENT naming the problem
+    async def malformed() -> grpc.aio.AioRpcError:
+        async with grpc.aio.insecure_channel(stream_server.grpc_target) as channel:
+            call = channel.stream_stream(
+                "/deepserve.v1.Inference/TranscribeStream",
+                request_serializer=lambda raw: raw,
+                response_deserializer=pb.TranscribeEvent.FromString,
+            )
+            good = pb.AudioChunk(audio=bytes(3200)).SerializeToString()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in call(iter([good, b"\xff\xff\xff"]), timeout=30):
+                    pass
+            return caught.value
+
+    error = asyncio.run(malformed())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "malformed" in error.details() and "AudioChunk" in error.details(), error.details()
+
 
 def test_idle_streams_are_ended(stream_server: Server) -> None:
     before = metric(stream_server, "deepserve_streams_total", end="idle_timeout")
