@@ -4,6 +4,8 @@ For every model (real held-out payloads, loadtests/payloads.py):
   1. the in-process limit: decode + preprocess + the model's kernel (collate, ONNX Runtime,
      split / decode) in this process, no HTTP, best of a few caller x micro-batch configurations,
      measured at the start and again at the end (the higher counts);
+  1b. a plain server as a user would write it (loadtests/plain_server.py: Starlette + ONNX
+     Runtime with its default threads, no batching) for imagenet-cnn, same payloads and wrk;
   2. the served API at 1, 8, 32 and 64 clients: the local placement over REST /v1 (wrk), V2 REST
      with binary tensors (wrk), the gRPC task service and V2 gRPC (loadtests/grpc_load.py); the
      local placement with batching off and the remote placement over REST. Average batch size
@@ -49,7 +51,7 @@ from loadtests.payloads import (  # noqa: E402
     v2_grpc_request,
     v2_rest_request,
 )
-from loadtests.server import Server, start_server, stop_server  # noqa: E402
+from loadtests.server import Server, free_port, start_server, stop_server  # noqa: E402
 from service.core.settings import get_settings  # noqa: E402
 from service.processing.speech import load_audio  # noqa: E402
 from service.processing.vision import (  # noqa: E402
@@ -297,6 +299,57 @@ def measure(
     return run_grpc(server.grpc_target, calls[0][0], [b for _, b in calls], clients, seconds, tmp)
 
 
+PLAIN_MODELS = ("imagenet-cnn",)
+"""Models the plain-server baseline (loadtests/plain_server.py) serves."""
+PLAIN = "plain Starlette + ORT"
+
+
+def plain_rows(
+    work: Workload, levels: list[int], seconds: float, tmp: Path, limit_rps: float
+) -> list[Row]:
+    """The plain-server baseline (one process, ORT's default threads, no batching) with the same
+    payloads, path and load generator as deepserve's REST points."""
+    port = free_port()
+    log = (tmp / "plain.log").open("wb")
+    script = ROOT / "loadtests" / "plain_server.py"
+    command = [sys.executable, str(script), "--port", str(port), "--model", work.model]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the plain server did not start: {tmp / 'plain.log'}")
+            time.sleep(0.3)
+        requests_ = [rest_request(p) for p in work.payloads]
+        path, _, headers = requests_[0]
+        bodies = [body for _, body, _ in requests_]
+        run_wrk(url + path, bodies, headers, 4, 1.0, tmp)  # warm
+        rows = []
+        for clients in levels:
+            result = run_wrk(url + path, bodies, headers, clients, seconds, tmp)
+            row = Row(
+                work.model, PLAIN, "rest", clients, result["rps"], result["p50_ms"],
+                result["p99_ms"], int(result["errors"]), None, result["rps"] / limit_rps,
+            )  # fmt: skip
+            print(
+                f"{PLAIN:<15} rest     {work.model:<15} c={clients:<3} {row.rps:8.1f} req/s "
+                f"p50 {row.p50_ms:7.1f} p99 {row.p99_ms:7.1f} ms x{row.ratio:.2f}",
+                flush=True,
+            )
+            rows.append(row)
+        return rows
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
 def batch_counts(url: str, model: str) -> tuple[float, float]:
     """(batches, samples) executed so far for `model`, from /metrics (every process)."""
     text = requests.get(f"{url}/metrics", timeout=10).text
@@ -451,6 +504,25 @@ def markdown(
             f"| {r.model} | {r.mode} | {r.protocol} | {r.p50_ms:.2f} | {floor:.2f} | "
             f"{r.p50_ms - floor:.2f} |"
         )
+    plain = {r.concurrency: r for r in rows if r.mode == PLAIN}
+    served = {
+        r.concurrency: r for r in rows if r.mode == "local" and r.protocol == "rest" and r.model
+        in PLAIN_MODELS
+    }  # fmt: skip
+    if plain and served:
+        lines += [
+            "",
+            "| clients | deepserve /v1 (local) req/s, p50, p99 | plain server req/s, p50, p99 "
+            "| deepserve / plain req/s | plain p50 / deepserve p50 |",
+            "|---|---|---|---|---|",
+        ]
+        for clients in sorted(set(plain) & set(served)):
+            d, b = served[clients], plain[clients]
+            lines.append(
+                f"| {clients} | {d.rps:.1f}, {d.p50_ms:.1f}, {d.p99_ms:.1f} ms | {b.rps:.1f}, "
+                f"{b.p50_ms:.1f}, {b.p99_ms:.1f} ms | {d.rps / b.rps:.2f}x | "
+                f"{b.p50_ms / d.p50_ms:.2f}x |"
+            )
     if buckets:
         lines += [
             "",
@@ -570,6 +642,9 @@ def main() -> int:
                         print(f"open loop at 70 %: {saturation[-1]}", flush=True)
             finally:
                 stop_server(server)
+        plain = next((w for w in works if w.model in PLAIN_MODELS), None)
+        if plain is not None:
+            rows += plain_rows(plain, levels, seconds, tmp, limits[plain.model]["rps"])
         variable = [
             Workload(w.model, mixed_lengths(w.model), w.prepare)
             for w in works
