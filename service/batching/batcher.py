@@ -69,6 +69,13 @@ class BatchStats:
     """Requests dropped unrun because their caller went away (disconnect, gRPC cancel)."""
     sizes: dict[int, int] = field(default_factory=dict)
 
+    def rejected(self, reason: str) -> None:
+        """Count a request dropped unrun (the reasons the stats keep)."""
+        if reason == "deadline":
+            self.expired += 1
+        elif reason == "abandoned":
+            self.abandoned += 1
+
     def record(self, size: int) -> None:
         self.batches += 1
         self.samples += size
@@ -168,10 +175,7 @@ class AdaptiveBatcher:
         return await future
 
     def _reject(self, reason: str) -> None:
-        if reason == "deadline":
-            self.stats.expired += 1
-        elif reason == "abandoned":
-            self.stats.abandoned += 1
+        self.stats.rejected(reason)
         if self.observer is not None:
             self.observer.rejected(reason)
 
@@ -272,17 +276,23 @@ class AdaptiveBatcher:
                 )
                 self.observer.pending(self._pending)
             for pending, result in zip(batch, results):
-                if pending.future.done():
-                    continue
-                if isinstance(result, ServingError):
-                    pending.future.set_exception(result)
-                elif isinstance(result, Exception):
-                    log.error("%s: inference failed: %r", self.name, result)
-                    pending.future.set_exception(InferenceFailed(f"{self.name}: inference failed"))
-                else:
-                    pending.future.set_result(result)
+                hand_over(pending.future, result, self.name)
             if self.statistics is not None and ran:
                 record_batch(self.statistics, batch, started, began, ended)
+
+
+def hand_over(future: asyncio.Future[Any], result: Any, name: str) -> None:
+    """Give one item its result, or its error (a ServingError as it is, any other exception as
+    InferenceFailed, logged), unless its caller went away."""
+    if future.done():
+        return
+    if isinstance(result, ServingError):
+        future.set_exception(result)
+    elif isinstance(result, Exception):
+        log.error("%s: inference failed: %r", name, result)
+        future.set_exception(InferenceFailed(f"{name}: inference failed"))
+    else:
+        future.set_result(result)
 
 
 def record_batch(

@@ -41,13 +41,11 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from service.batching.batcher import BatchObserver, BatchStats
+from service.batching.batcher import BatchObserver, BatchStats, hand_over
 from service.core.errors import (
     DeadlineExceeded,
-    InferenceFailed,
     NotReady,
     Overloaded,
-    ServingError,
 )
 from service.core.statistics import ModelStatistics, RequestScope, ns
 
@@ -398,13 +396,7 @@ class StepBatcher:
         for sequence, result, ended in answers:
             if sequence.future.done():
                 continue
-            if isinstance(result, ServingError):
-                sequence.future.set_exception(result)
-            elif isinstance(result, Exception):
-                log.error("%s: inference failed: %r", self.name, result)
-                sequence.future.set_exception(InferenceFailed(f"{self.name}: inference failed"))
-            else:
-                sequence.future.set_result(result)
+            hand_over(sequence.future, result, self.name)
             if sequence.request is not None and ended is not None:
                 sequence.request.item_done(
                     ns(sequence.taken - sequence.enqueued),
@@ -419,10 +411,7 @@ class StepBatcher:
 
     def _count_reject(self, reason: str) -> None:
         """_reject with the lock held."""
-        if reason == "deadline":
-            self.stats.expired += 1
-        elif reason == "abandoned":
-            self.stats.abandoned += 1
+        self.stats.rejected(reason)
         if self.observer is not None:
             self.observer.rejected(reason)
 

@@ -33,13 +33,16 @@ class StreamClock:
     def remaining(self) -> float:
         return self.ends_at - time.monotonic()
 
+    def too_long(self) -> StreamTimedOut:
+        """The error of a stream past stream_max_seconds."""
+        return StreamTimedOut(
+            f"the stream has been open {self.max_s:g} s, the limit (setting stream_max_seconds)",
+            "time_limit",
+        )
+
     def check(self) -> None:
         if self.remaining() <= 0:
-            raise StreamTimedOut(
-                f"the stream has been open {self.max_s:g} s, the limit (setting "
-                "stream_max_seconds)",
-                "time_limit",
-            )
+            raise self.too_long()
 
     async def sent(self, sending: Awaitable[object]) -> None:
         """Await one write of the stream's output: a client that takes none of it for

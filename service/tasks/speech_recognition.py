@@ -88,12 +88,18 @@ async def transcribe(
     silences (service/tasks/transcription.py)."""
     name = model or DEFAULT_MODEL
     runner = serving.runner(name, NAME, version)
-    with runner.admission.admit():
-        audio, rate = await serving.preprocess(decode, runner, wav)
+
+    def prepare() -> tuple[np.ndarray, int | None]:
+        """(the model's input, None) for one utterance, else (the decoded audio, its rate)."""
+        audio, rate = decode(runner, wav)
         if len(audio) <= utterance_seconds(runner) * rate:
-            clip = await serving.preprocess(
-                lambda: check_audio(runner.config, to_model_rate(audio, rate))
-            )
+            return check_audio(runner.config, to_model_rate(audio, rate)), None
+        return audio, rate
+
+    with runner.admission.admit():
+        audio, rate = await serving.preprocess(prepare)
+        if rate is None:  # one utterance: one item, as before
+            clip = audio
             transcript = await runner.submit(clip, runner.bucket(clip), deadline)
             answer = one_segment(transcript, len(clip) / SAMPLE_RATE)
             return {"model": runner.spec.name, "version": runner.spec.version, **answer}

@@ -91,21 +91,15 @@ class EventStream(Response):
                 await asyncio.gather(producing, watching, return_exceptions=True)
             if timed_out:
                 with contextlib.suppress(Exception):
+                    error = self.clock.too_long()
                     self.clock.ends_at = time.monotonic() + 1.0  # a last, short chance
-                    await self._error(send, self._time_limit())
+                    await self._error(send, error)
             if record.end != "client_gone":
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(
                         send({"type": "http.response.body", "body": b"", "more_body": False}),
                         timeout=1.0,
                     )
-
-    def _time_limit(self) -> StreamTimedOut:
-        return StreamTimedOut(
-            f"the stream has been open {self.clock.max_s:g} s, the limit (setting "
-            "stream_max_seconds)",
-            "time_limit",
-        )
 
     async def _watch(self, receive: Receive) -> None:
         await self.body_read.wait()
