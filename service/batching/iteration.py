@@ -27,6 +27,9 @@ counted apart (stats.steps, stats.step_rows). Triton statistics: a batch's compu
 encoder call, compute_infer its first step; a request's queue time ends when its lane takes it,
 its compute_input is its encoder call and its compute_infer runs from then until the step that
 finished it.
+
+Length: one scheduler (StepBatcher, its lanes and their step loop) whose parts share its locks
+and counters; split, they would have to reach into each other's state.
 """
 
 from __future__ import annotations

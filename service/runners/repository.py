@@ -3,6 +3,9 @@
 One ServingState is shared by every protocol front end. It is given, by the composition root
 (service/gateway.py), the task registry's kernel lookup and the remote runner services' clients,
 so this layer knows neither tasks nor BentoML's service object.
+
+Length: ServingState is one state machine (load, warm, route, drain, retire) over one routing
+table that is replaced, never mutated; its steps only make sense next to each other.
 """
 
 from __future__ import annotations

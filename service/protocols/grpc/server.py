@@ -24,20 +24,18 @@ from service.core.settings import Settings
 from service.core.streaming import StreamClock
 from service.protocols.auth import GRPC_HEALTH, ApiKeyInterceptor, ApiKeys, FailedAuthLimiter
 from service.protocols.grpc.errors import abort_grpc
+from service.protocols.grpc.malformed import (
+    MalformedRequest,
+    MalformedRequestInterceptor,
+    answers_malformed,
+)
 from service.protocols.grpc.streams import (
     HEALTH_SERVICE,
     CallQuotaInterceptor,
     HealthServicer,
     connection_options,
 )
-from service.protocols.grpc.v2 import (
-    MalformedRequest,
-    MalformedRequestInterceptor,
-    V2Servicer,
-    answers_malformed,
-    deadline_of,
-    rpc,
-)
+from service.protocols.grpc.v2 import V2Servicer, deadline_of, rpc
 from service.protocols.proto.gen import deepserve_pb2 as pb
 from service.protocols.proto.gen import deepserve_pb2_grpc, inference_pb2, inference_pb2_grpc
 from service.runners.repository import ServingState

@@ -19,6 +19,9 @@ it never refuses a call that its class has room for.
 
 Inside one stream of requests (ModelStreamInfer), `answer_concurrently` answers them as they
 arrive, at most STREAM_WINDOW at once, under the stream's StreamClock.
+
+Length: the quota interceptor, the per-stream answering loop and the health servicer all decide
+when a long-lived call ends; they share Ticket/Quota and are read together.
 """
 
 from __future__ import annotations

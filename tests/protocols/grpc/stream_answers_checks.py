@@ -16,6 +16,7 @@ import service.protocols.proto.stubs  # noqa: F401  (generates service.protocols
 from service.core.errors import ModelNotFound
 from service.core.settings import Settings
 from service.protocols.grpc import v2
+from service.protocols.grpc.malformed import MalformedRequest
 from service.protocols.proto.gen import inference_pb2 as pb
 from service.protocols.v2 import dataplane
 
@@ -83,7 +84,7 @@ def test_a_failed_request_is_one_error_message(monkeypatch) -> None:
     [failed] = answers_to(request("x"))
     assert failed.error_message == "[request id: x] unknown model 'toy'"
     assert failed.infer_response.id == "x"
-    [malformed] = answers_to(v2.MalformedRequest("malformed inference.ModelInferRequest"))
+    [malformed] = answers_to(MalformedRequest("malformed inference.ModelInferRequest"))
     assert malformed.error_message == "malformed inference.ModelInferRequest"
     [not_a_flag] = answers_to(
         pb.ModelInferRequest(
