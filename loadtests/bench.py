@@ -5,7 +5,9 @@ For every model (real held-out payloads, loadtests/payloads.py):
      split / decode) in this process, no HTTP, best of a few caller x micro-batch configurations,
      measured at the start and again at the end (the higher counts);
   1b. a plain server as a user would write it (loadtests/plain_server.py: Starlette + ONNX
-     Runtime with its default threads, no batching) for imagenet-cnn, same payloads and wrk;
+     Runtime with its default threads, no batching) for imagenet-cnn, same payloads and wrk,
+     measured in turns with deepserve's REST points (half a point each, deepserve / plain /
+     plain / deepserve) so that drift on a shared machine slows both alike;
   2. the served API at 1, 8, 32 and 64 clients: the local placement over REST /v1 (wrk), V2 REST
      with binary tensors (wrk), the gRPC task service and V2 gRPC (loadtests/grpc_load.py); the
      local placement with batching off and the remote placement over REST. Average batch size
@@ -20,17 +22,20 @@ Not a test: numbers depend on the machine. Loopback only; every load run is boun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +59,14 @@ from loadtests.payloads import (  # noqa: E402
 from loadtests.server import Server, free_port, start_server, stop_server  # noqa: E402
 from service.core.settings import get_settings  # noqa: E402
 from service.processing.speech import load_audio  # noqa: E402
-from service.processing.vision import (  # noqa: E402
-    decode_image,
-    digit_pixels,
-    resize_center_crop,
-    resize_exact,
-)
+from service.processing.vision import decode_image, resize_exact  # noqa: E402
 from service.runtime.kernels import Kernel  # noqa: E402
+from service.tasks.image_classification import image_pixels  # noqa: E402
 from service.tasks.registry import builtin_models, make_kernel  # noqa: E402
 
 MODEL_NAMES = builtin_models()
-from service.store.specs import latest_specs  # noqa: E402
+from service.core.model_settings import ModelSettings  # noqa: E402
+from service.store.specs import ModelSpec, latest_specs  # noqa: E402
 
 get_settings().apply_store()
 
@@ -130,10 +132,21 @@ class Row:
     ratio: float
 
 
+@cache
+def served_model(model: str) -> tuple[ModelSpec, ModelSettings]:
+    spec = latest_specs()[model]
+    return spec, get_settings().for_model(model, spec.settings)
+
+
+def served_pixels(model: str, data: bytes) -> Any:
+    return image_pixels(*served_model(model), data)
+
+
 def workloads(models: list[str]) -> list[Workload]:
     preparers: dict[str, Callable[[Payload], Any]] = {
-        "imagenet-cnn": lambda p: resize_center_crop(decode_image(p.file, 10**8), 256, 224),
-        "digits-cnn": lambda p: digit_pixels(decode_image(p.file, 10**8), 28),
+        # the service's own image preprocessing, with the settings it serves the model with
+        "imagenet-cnn": lambda p: served_pixels("imagenet-cnn", p.file),
+        "digits-cnn": lambda p: served_pixels("digits-cnn", p.file),
         "sentiment-lstm": lambda p: token_ids("sentiment-lstm", p.text),
         "speech-ctc": lambda p: load_audio(p.file),
         "captioner": lambda p: resize_exact(decode_image(p.file, 10**8), 64),
@@ -148,12 +161,12 @@ def kernel_key(kernel: Kernel, item: Any) -> Hashable:
     return 1 if kernel.spec.task == "image-captioning" else kernel.bucket(item)
 
 
-def run_items(kernel: Kernel, items: list[Any]) -> None:
+def run_items(kernel: Kernel, items: list[Any], solo: bool = False) -> None:
     groups: dict[Hashable, list[Any]] = {}
     for item in items:
         groups.setdefault(kernel_key(kernel, item), []).append(item)
     for key, group in groups.items():
-        kernel.run(key, group)
+        (kernel.run_solo if solo else kernel.run)(key, group)
 
 
 def measure_rate(work: Workload, kernel: Kernel, callers: int, micro: int, seconds: float) -> float:
@@ -194,15 +207,20 @@ def in_process_limit(work: Workload, seconds: float) -> tuple[float, str]:
 
 def in_process_latency_ms(work: Workload, seconds: float, decode: bool = True) -> float:
     """p50 of one request alone in-process with the server's session options (1 intra-op
-    thread): the floor under the service's c=1 latency. decode=False: the kernel alone."""
-    kernel = make_kernel(latest_specs()[work.model], "cpu", 1)
+    thread, and the solo sessions a request alone runs on where warm-up keeps them): the floor
+    under the service's c=1 latency. decode=False: the kernel alone."""
+    spec = latest_specs()[work.model]
+    settings = get_settings()
+    solo = settings.solo_threads_for(settings.for_model(work.model, spec.settings))
+    kernel = make_kernel(spec, "cpu", 1, solo)
+    kernel.warmup()
     prepared = work.prepare(work.payloads[0])
-    run_items(kernel, [prepared])
+    run_items(kernel, [prepared], solo=True)
     samples = []
     stop = time.perf_counter() + seconds
     while time.perf_counter() < stop or len(samples) < 20:
         started = time.perf_counter()
-        run_items(kernel, [work.prepare(work.payloads[0]) if decode else prepared])
+        run_items(kernel, [work.prepare(work.payloads[0]) if decode else prepared], solo=True)
         samples.append((time.perf_counter() - started) * 1000)
     return float(np.percentile(samples, 50))
 
@@ -304,11 +322,10 @@ PLAIN_MODELS = ("imagenet-cnn",)
 PLAIN = "plain Starlette + ORT"
 
 
-def plain_rows(
-    work: Workload, levels: list[int], seconds: float, tmp: Path, limit_rps: float
-) -> list[Row]:
-    """The plain-server baseline (one process, ORT's default threads, no batching) with the same
-    payloads, path and load generator as deepserve's REST points."""
+@contextlib.contextmanager
+def plain_server(work: Workload, tmp: Path) -> Iterator[str]:
+    """The plain-server baseline (one process, ORT's default threads, no batching) for
+    `work.model`, up for the block: its URL."""
     port = free_port()
     log = (tmp / "plain.log").open("wb")
     script = ROOT / "loadtests" / "plain_server.py"
@@ -326,28 +343,49 @@ def plain_rows(
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"the plain server did not start: {tmp / 'plain.log'}")
             time.sleep(0.3)
-        requests_ = [rest_request(p) for p in work.payloads]
-        path, _, headers = requests_[0]
-        bodies = [body for _, body, _ in requests_]
-        run_wrk(url + path, bodies, headers, 4, 1.0, tmp)  # warm
-        rows = []
-        for clients in levels:
-            result = run_wrk(url + path, bodies, headers, clients, seconds, tmp)
-            row = Row(
-                work.model, PLAIN, "rest", clients, result["rps"], result["p50_ms"],
-                result["p99_ms"], int(result["errors"]), None, result["rps"] / limit_rps,
-            )  # fmt: skip
-            print(
-                f"{PLAIN:<15} rest     {work.model:<15} c={clients:<3} {row.rps:8.1f} req/s "
-                f"p50 {row.p50_ms:7.1f} p99 {row.p99_ms:7.1f} ms x{row.ratio:.2f}",
-                flush=True,
-            )
-            rows.append(row)
-        return rows
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+def plain_point(
+    url: str, work: Workload, clients: int, seconds: float, tmp: Path, limit_rps: float
+) -> Row:
+    """One load point on the plain server: the same payloads, path and load generator as
+    deepserve's REST points."""
+    requests_ = [rest_request(p) for p in work.payloads]
+    path, _, headers = requests_[0]
+    bodies = [body for _, body, _ in requests_]
+    result = run_wrk(url + path, bodies, headers, clients, seconds, tmp)
+    return Row(
+        work.model, PLAIN, "rest", clients, result["rps"], result["p50_ms"],
+        result["p99_ms"], int(result["errors"]), None, result["rps"] / limit_rps,
+    )  # fmt: skip
+
+
+def merged(halves: list[Row], limit_rps: float) -> Row:
+    """One row from the halves of a point measured in turns: mean req/s and p50, worst p99."""
+    first = halves[0]
+    rps = statistics.fmean(r.rps for r in halves)
+    batches = [r.avg_batch for r in halves if r.avg_batch is not None]
+    return Row(
+        first.model, first.mode, first.protocol, first.concurrency, rps,
+        statistics.fmean(r.p50_ms for r in halves), max(r.p99_ms for r in halves),
+        sum(r.errors for r in halves), statistics.fmean(batches) if batches else None,
+        rps / limit_rps,
+    )  # fmt: skip
+
+
+def show(row: Row) -> None:
+    batch = f" batch {row.avg_batch:4.1f}" if row.avg_batch is not None else ""
+    print(
+        f"{row.mode:<15} {row.protocol:<8} {row.model:<15} c={row.concurrency:<3} "
+        f"{row.rps:8.1f} req/s p50 {row.p50_ms:7.1f} p99 {row.p99_ms:7.1f} ms{batch} "
+        f"x{row.ratio:.2f}",
+        flush=True,
+    )
 
 
 def batch_counts(url: str, model: str) -> tuple[float, float]:
@@ -601,9 +639,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
 
-        def point(server: Server, work: Workload, mode: str, protocol: str, clients: int) -> Row:
+        def point(
+            server: Server,
+            work: Workload,
+            mode: str,
+            protocol: str,
+            clients: int,
+            length: float = seconds,
+        ) -> Row:
             before = batch_counts(server.url, work.model)
-            result = measure(server, work, protocol, clients, seconds, tmp)
+            result = measure(server, work, protocol, clients, length, tmp)
             after = batch_counts(server.url, work.model)
             batches, samples = after[0] - before[0], after[1] - before[1]
             row = Row(
@@ -611,13 +656,25 @@ def main() -> int:
                 result["p99_ms"], int(result["errors"]), samples / batches if batches else None,
                 result["rps"] / limits[work.model]["rps"],
             )  # fmt: skip
-            print(
-                f"{mode:<15} {protocol:<8} {work.model:<15} c={clients:<3} {row.rps:8.1f} req/s "
-                f"p50 {row.p50_ms:7.1f} p99 {row.p99_ms:7.1f} ms batch "
-                f"{row.avg_batch or 0:4.1f} x{row.ratio:.2f}",
-                flush=True,
-            )
+            if length == seconds:
+                show(row)
             return row
+
+        def side_by_side(server: Server, work: Workload, url: str) -> list[Row]:
+            """deepserve's REST points and the plain server's, in turns at each load (half a
+            point each, deepserve / plain / plain / deepserve), so that a machine that drifts
+            during the run slows both alike."""
+            limit = limits[work.model]["rps"]
+            out = []
+            for clients in levels:
+                ours = [point(server, work, "local", "rest", clients, seconds / 2)]
+                theirs = [plain_point(url, work, clients, seconds / 2, tmp, limit)]
+                theirs.append(plain_point(url, work, clients, seconds / 2, tmp, limit))
+                ours.append(point(server, work, "local", "rest", clients, seconds / 2))
+                out += [merged(ours, limit), merged(theirs, limit)]
+                show(out[-2])
+                show(out[-1])
+            return out
 
         for mode in modes:
             server = start_server(tmp, {**MODES[mode], "DEEPSERVE_MODELS": names})
@@ -625,6 +682,17 @@ def main() -> int:
                 for work in works:
                     for protocol in protocols if mode == "local" else ["rest"]:
                         measure(server, work, protocol, 4, 1.0, tmp)  # warm the path
+                        if mode == "local" and protocol == "rest" and work.model in PLAIN_MODELS:
+                            with plain_server(work, tmp) as plain_url:
+                                measure(server, work, protocol, 4, 1.0, tmp)
+                                requests_ = [rest_request(p) for p in work.payloads]
+                                run_wrk(
+                                    plain_url + requests_[0][0],
+                                    [body for _, body, _ in requests_],
+                                    requests_[0][2], 4, 1.0, tmp,
+                                )  # fmt: skip
+                                rows += side_by_side(server, work, plain_url)
+                            continue
                         rows += [point(server, work, mode, protocol, c) for c in levels]
                     if experiments and mode == "local":
                         saturated = max(
@@ -642,9 +710,6 @@ def main() -> int:
                         print(f"open loop at 70 %: {saturation[-1]}", flush=True)
             finally:
                 stop_server(server)
-        plain = next((w for w in works if w.model in PLAIN_MODELS), None)
-        if plain is not None:
-            rows += plain_rows(plain, levels, seconds, tmp, limits[plain.model]["rps"])
         variable = [
             Workload(w.model, mixed_lengths(w.model), w.prepare)
             for w in works

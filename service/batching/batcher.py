@@ -62,6 +62,8 @@ class _Pending:
 class BatchStats:
     batches: int = 0
     samples: int = 0
+    solo: int = 0
+    """Batches run alone, on the solo sessions (AdaptiveBatcher.run_solo)."""
     largest: int = 0
     expired: int = 0
     """Requests dropped unrun because their deadline passed while they queued."""
@@ -83,6 +85,44 @@ class BatchStats:
         self.sizes[size] = self.sizes.get(size, 0) + 1
 
 
+class SoloChoice:
+    """Whether a batch that runs alone goes to the solo sessions, by measurement, per queue key.
+
+    Both ways are timed whenever a batch of one runs alone (an exponential average each), and
+    the faster one is taken; every EXPLORE-th such batch takes the other way, so the choice
+    follows the machine (a node whose other cores become busy makes the solo sessions slower)
+    at the cost of that one batch in EXPLORE. Until both ways have a time the two alternate; the
+    kernel's warm-up gives first times (seed)."""
+
+    EXPLORE = 16
+    WEIGHT = 0.2
+
+    def __init__(self) -> None:
+        self._times: dict[Hashable, list[float | None]] = {}  # key -> [shared, solo] seconds
+        self._count: dict[Hashable, int] = {}
+
+    def seed(self, key: Hashable, shared_s: float, solo_s: float) -> None:
+        self._times[key] = [shared_s, solo_s]
+
+    def pick(self, key: Hashable) -> bool:
+        shared, solo = self._times.get(key, [None, None])
+        count = self._count[key] = self._count.get(key, 0) + 1
+        if shared is None or solo is None:
+            return solo is None  # try whichever has no time yet
+        faster = solo < shared
+        return not faster if count % self.EXPLORE == 0 else faster
+
+    def record(self, key: Hashable, solo: bool, seconds: float) -> None:
+        times = self._times.setdefault(key, [None, None])
+        old = times[solo]
+        times[solo] = seconds if old is None else old + self.WEIGHT * (seconds - old)
+
+    def speedup(self, key: Hashable) -> float | None:
+        """Shared over solo time for `key`, when both are known."""
+        shared, solo = self._times.get(key, [None, None])
+        return shared / solo if shared is not None and solo else None
+
+
 class AdaptiveBatcher:
     def __init__(
         self,
@@ -95,11 +135,17 @@ class AdaptiveBatcher:
         max_queue: int,
         observer: BatchObserver | None = None,
         statistics: ModelStatistics | None = None,
+        run_solo: RunBatch | None = None,
     ) -> None:
         if max_batch_size < 1 or workers < 1:
             raise ValueError(f"{name}: max_batch_size and workers must be at least 1")
         self.name = name
         self.run_batch = run_batch
+        self.run_solo = run_solo
+        """Runs a batch with all the threads a request alone should get (Kernel.run_solo):
+        used when no other batch is computing and nothing is queued, and measured faster
+        (solo_choice)."""
+        self.solo_choice = SoloChoice()
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000.0
         self.workers = workers
@@ -241,22 +287,33 @@ class AdaptiveBatcher:
                 self.observer.pending(self._pending)
             return key, batch
 
-    def _run_timed(self, key: Hashable, items: list[Any]) -> tuple[list[Any], float, float]:
+    def _run_timed(
+        self, key: Hashable, items: list[Any], solo: bool
+    ) -> tuple[list[Any], float, float]:
         """(one result per item, when the model started, when it finished): in a worker thread."""
         began = time.monotonic()
-        results = run_isolated(self.run_batch, key, items, self.name)
+        run = self.run_solo if solo and self.run_solo is not None else self.run_batch
+        results = run_isolated(run, key, items, self.name)
         return results, began, time.monotonic()
+
+    def _alone(self) -> bool:
+        """Whether a batch taken now runs alone: no other batch computing, nothing queued.
+        (One arriving meanwhile runs beside it on the shared sessions: the cores are briefly
+        oversubscribed, which costs less than holding it back.)"""
+        return self.run_solo is not None and self._busy == 0 and self._pending == 0
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             key, batch = await self._take()
+            alone = self._alone() and len(batch) == 1
+            solo = alone and self.solo_choice.pick(key)
             self._busy += 1
             started = time.monotonic()
             ran = True
             try:
                 results, began, ended = await loop.run_in_executor(
-                    self._executor, self._run_timed, key, [p.item for p in batch]
+                    self._executor, self._run_timed, key, [p.item for p in batch], solo
                 )
             except Exception as error:  # executor shut down, etc.
                 results, began, ended = [error] * len(batch), started, started
@@ -269,7 +326,10 @@ class AdaptiveBatcher:
             finally:
                 self._busy -= 1
             finished = time.monotonic()
+            if alone and ran:
+                self.solo_choice.record(key, solo, ended - began)
             self.stats.record(len(batch))
+            self.stats.solo += solo
             if self.observer is not None:
                 self.observer.batch_done(
                     len(batch), [started - p.enqueued for p in batch], finished - started

@@ -132,6 +132,15 @@ class PerModelFields(BaseModel):
     """ONNX Runtime intra-op threads per run (1 x several workers beat 2 threads here); 0 = ONNX
     Runtime's own default (one per physical core)."""
 
+    solo_intra_op_threads: int = Field(default=0, ge=0)
+    """Intra-op threads of a batch that runs while nothing else of the model is queued or
+    computing (one client at a time): it runs on a second ONNX Runtime session with this many
+    threads, so the other cores do not idle (ORT's run options carry no thread count). 0 = the
+    cores this process may use (service/core/machine.py) divided by the gateway workers; 1 = off.
+    CPU only, local placement only; the batcher times both ways and takes the solo sessions only
+    while they are faster (a small LSTM's are not). Costs a second copy of the model's sessions
+    in memory."""
+
     max_queue: int = Field(default=512, ge=1)
     """Requests in progress per model (decoding, queued or computing) beyond which new ones get
     503 + Retry-After at once (gRPC RESOURCE_EXHAUSTED); bounds memory
@@ -154,6 +163,13 @@ class PerModelFields(BaseModel):
 
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     """Largest decoded image (width x height); bigger declared sizes are refused (image bombs)."""
+
+    jpeg_draft_factor: FiniteNonNegative = 2.0
+    """Image classifiers decode a JPEG at a reduced scale (libjpeg DCT scaling) while its
+    shorter side stays at least this many times the model's resize side (imagenet-cnn: 256 px),
+    then resize as always; 0 = always decode in full. At 2 the resize still has at least twice
+    the pixels it keeps, and imagenet-cnn's top-5 on held-out photos is unchanged (README,
+    loadtests/jpeg_draft.py); 1 is the fastest and changes near-tie top-1s."""
 
     max_audio_seconds: FinitePositive = 600.0
     """Longest recording accepted for transcription (413 beyond; checked before resampling).

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.core.machine import usable_cores
 from service.core.model_settings import (
     FiniteNonNegative,
     FinitePositive,
@@ -299,6 +300,17 @@ class Settings(BaseSettings, PerModelFields):
                 *self.model_layers(model, own)
             )
         return cached
+
+    def solo_threads_for(self, config: ModelSettings) -> int:
+        """Intra-op threads of a request that runs alone (config.solo_intra_op_threads; 0 = the
+        cores this process may use, shared with the other gateway workers)."""
+        if config.solo_intra_op_threads:
+            return config.solo_intra_op_threads
+        return max(1, usable_cores() // self.gateway_workers_in_force())
+
+    def gateway_workers_in_force(self) -> int:
+        """Gateway worker processes (one, for now)."""
+        return 1
 
     def placement_of(self, model: str) -> Placement:
         """Where `model` runs (for_model(model).placement)."""

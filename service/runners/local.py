@@ -57,7 +57,12 @@ class LocalRunner:
         started = time.perf_counter()
 
         def load() -> Kernel:
-            kernel = self.kernel_class(self.spec, self.config.device, self.config.intra_op_threads)
+            kernel = self.kernel_class(
+                self.spec,
+                self.config.device,
+                self.config.intra_op_threads,
+                self.settings.solo_threads_for(self.config),
+            )
             kernel.warmup()
             return kernel
 
@@ -97,7 +102,10 @@ class LocalRunner:
                 max_queue=self.config.max_queue,
                 observer=observer,
                 statistics=self.statistics,
+                run_solo=kernel.run_solo if kernel.solo else None,
             )
+            if kernel.solo_times is not None:
+                self.batcher.solo_choice.seed(*kernel.solo_times)
         await self.batcher.start()
         observer.loaded(self.load_seconds)
         opsets = [graph.opset for graph in self.spec.graphs.values()]
@@ -136,6 +144,7 @@ class LocalRunner:
                 "max_batch_size": self.batcher.max_batch_size if self.batcher else None,
                 "max_latency_ms": self.config.max_latency_ms,
                 "workers": self.config.workers_per_model,
+                **self._solo(),
                 "pending": self.batcher.pending if self.batcher else 0,
                 "batches": stats.batches if stats else 0,
                 "samples": stats.samples if stats else 0,
@@ -144,6 +153,20 @@ class LocalRunner:
                 "abandoned": stats.abandoned if stats else 0,
                 **self._step_counts(),
             },
+        }
+
+    def _solo(self) -> dict[str, Any]:
+        """Solo runs (one request alone on all its threads): threads, the measured speed-up
+        (the batcher's running estimate for the warm-up's queue), batches run solo."""
+        kernel, batcher = self.kernel, self.batcher
+        if kernel is None or not kernel.solo or not isinstance(batcher, AdaptiveBatcher):
+            return {}
+        key = kernel.solo_times[0] if kernel.solo_times is not None else 0
+        speedup = batcher.solo_choice.speedup(key)
+        return {
+            "solo_threads": kernel.solo_threads,
+            "solo_speedup": round(speedup, 2) if speedup is not None else None,
+            "solo_batches": batcher.stats.solo,
         }
 
     def _step_counts(self) -> dict[str, Any]:

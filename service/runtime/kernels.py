@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import bisect
 import logging
+import statistics
+import threading
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +25,7 @@ from service.core.errors import InvalidInput
 from service.processing import caption_steps, captioning
 from service.processing.speech import SAMPLE_RATE, Transcript, ctc_greedy_transcripts, pad_batch
 from service.processing.text import collate_padded
-from service.runtime.sessions import LoadedGraph, load_graph
+from service.runtime.sessions import CPU, LoadedGraph, load_graph
 from service.store.specs import ModelSpec, TensorSpec
 
 log = logging.getLogger("deepserve.kernels")
@@ -41,18 +44,68 @@ class Caption:
 
 
 class Kernel:
-    """Base: loads the model's graphs; subclasses define bucket / run / warm-up input."""
+    """Base: loads the model's graphs; subclasses define bucket / run / warm-up input.
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1):
+    Solo runs: with `solo_threads` above `intra_op_threads` on CPU, every graph is loaded a
+    second time with that many intra-op threads (spinning between a run's parallel sections),
+    and `run_solo` runs a batch on those sessions. The batcher calls it when nothing else of the
+    model is queued or computing, so one client at a time does not leave cores idle, and only
+    while it measures it faster (service/batching/batcher.py SoloChoice; warm-up's timing of
+    one item both ways, solo_times, is its first estimate)."""
+
+    SOLO_TRIALS = 7
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str = "auto",
+        intra_op_threads: int = 1,
+        solo_threads: int = 1,
+    ):
         self.spec = spec
-        self.graphs: dict[str, LoadedGraph] = {
+        self._graphs: dict[str, LoadedGraph] = {
             name: load_graph(spec.graph_path(name), graph, device, intra_op_threads)
             for name, graph in spec.graphs.items()
         }
+        self._solo_graphs: dict[str, LoadedGraph] | None = None
+        self._local = threading.local()
+        self.solo_threads = 1
+        self.solo_times: tuple[Hashable, float, float] | None = None
+        self.solo_speedup: float | None = None
+        """Shared over solo time on one warm-up item (median of SOLO_TRIALS); None: not
+        measured (solo off, or no warm-up yet)."""
+        if solo_threads > max(intra_op_threads, 1) and self.provider == CPU:
+            self.solo_threads = solo_threads
+            self._solo_graphs = {
+                name: load_graph(spec.graph_path(name), graph, device, solo_threads, spin=True)
+                for name, graph in spec.graphs.items()
+            }
+
+    @property
+    def graphs(self) -> dict[str, LoadedGraph]:
+        """The sessions this thread runs on: the solo ones inside run_solo, else the shared."""
+        if self._solo_graphs is not None and getattr(self._local, "solo", False):
+            return self._solo_graphs
+        return self._graphs
 
     @property
     def provider(self) -> str:
-        return next(iter(self.graphs.values())).provider
+        return next(iter(self._graphs.values())).provider
+
+    @property
+    def solo(self) -> bool:
+        """Whether run_solo runs on sessions of its own (else it is run)."""
+        return self._solo_graphs is not None
+
+    def run_solo(self, key: Hashable, items: Sequence[Any]) -> list[Any]:
+        """`run` on the solo sessions (all of solo_threads), when there are any."""
+        if self._solo_graphs is None:
+            return self.run(key, items)
+        self._local.solo = True
+        try:
+            return self.run(key, items)
+        finally:
+            self._local.solo = False
 
     @classmethod
     def bucket(cls, item: Any) -> Hashable:
@@ -76,11 +129,38 @@ class Kernel:
         return np.asarray(data, dtype=np.float32)
 
     def warmup(self) -> None:
-        """Run every bucket once (first runs allocate; keep that out of request latency)."""
+        """Run every bucket once (first runs allocate; keep that out of request latency), on
+        the solo sessions too, then time one item both ways (solo_times)."""
         batchable = self.spec.extra.get("batchable", True) is not False
         for key, items in self.warmup_items():
             for batch in [items] if batchable else [[item] for item in items]:
                 self.run(key, batch)
+                if self._solo_graphs is not None:
+                    self.run_solo(key, batch)
+        if self._solo_graphs is not None:
+            self.solo_times = self.measure_solo()
+            shared, solo = self.solo_times[1:]
+            self.solo_speedup = shared / max(solo, 1e-9)
+            log.info(
+                "%s: one request alone on %d threads: %.2fx the shared sessions at warm-up",
+                self.spec.tag,
+                self.solo_threads,
+                self.solo_speedup,
+            )
+
+    def measure_solo(self) -> tuple[Hashable, float, float]:
+        """(queue key, shared-session seconds, solo seconds) for one warm-up item, runs
+        interleaved (median of SOLO_TRIALS each), so that a busy machine slows both alike."""
+        key, items = self.warmup_items()[0]
+        batch = items[:1]
+        shared: list[float] = []
+        solo: list[float] = []
+        for _ in range(self.SOLO_TRIALS):
+            for run, times in ((self.run, shared), (self.run_solo, solo)):
+                began = time.perf_counter()
+                run(key, batch)
+                times.append(time.perf_counter() - began)
+        return key, statistics.median(shared), statistics.median(solo)
 
 
 class ImageClassifier(Kernel):
@@ -201,8 +281,14 @@ class GenericKernel(Kernel):
     """Any imported graph. Items are {input name: array}: one row each (batch dim removed) when
     the spec is batchable, else a whole request's tensors; results are {output name: array}."""
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1):
-        super().__init__(spec, device, intra_op_threads)
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str = "auto",
+        intra_op_threads: int = 1,
+        solo_threads: int = 1,
+    ):
+        super().__init__(spec, device, intra_op_threads, solo_threads)
         graph = spec.graphs["model"]
         self.batchable = spec.extra.get("batchable") is True
         self.outputs = [t.name for t in graph.outputs]

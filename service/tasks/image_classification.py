@@ -4,11 +4,13 @@ digits-cnn, imported classifiers wrapped to the same contract)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field
 
+from service.core.model_settings import ModelSettings
 from service.core.wire import Probability, ResponseModel, TaskAnswer
 from service.processing.ranking import top_k
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop
@@ -17,6 +19,7 @@ from service.runners.repository import ServingState
 from service.runtime.kernels import ImageClassifier
 from service.store.importing.importer import ImportRule
 from service.store.importing.preparers import prepare_image
+from service.store.specs import ModelSpec
 from service.tasks.base import Task, check_range
 from service.tasks.tensors import InferRequest, Signature, Tensor, image_batch
 
@@ -39,24 +42,30 @@ async def classify(
     labels = spec.labels or []
     k = check_range("top_k", 5 if k is None else k, 1, len(labels))
 
-    def prepare() -> np.ndarray:
-        decoded = decode_image(image, settings.max_image_pixels)
-        size = int(spec.preprocessing["image_size"][0])
-        if spec.preprocessing.get("channels") == 1:
-            invert = spec.preprocessing.get("invert_light_background", True)
-            return digit_pixels(decoded, size, invert)
-        resize = spec.preprocessing.get("resize")  # an int in imported models' specs
-        resize = resize if isinstance(resize, int) else round(size * 256 / 224)
-        return resize_center_crop(decoded, resize, size)
-
     with runner.admission.admit():  # before decoding: shedding must be cheap
-        pixels = await serving.preprocess(prepare)
+        pixels = await serving.preprocess(lambda: image_pixels(spec, settings, image))
         probabilities = await runner.submit(pixels, deadline=deadline)
     predictions = [
         {"label": labels[i], "index": i, "score": round(float(probabilities[i]), 6)}
         for i in top_k(probabilities, k)
     ]
     return {"model": spec.name, "version": spec.version, "predictions": predictions}
+
+
+def image_pixels(spec: ModelSpec, settings: ModelSettings, image: bytes) -> np.ndarray:
+    """Image bytes -> the model's uint8 HWC input, as the spec's preprocessing says (the bench's
+    in-process limit calls this too, so its ratios compare like with like)."""
+    size = int(spec.preprocessing["image_size"][0])
+    if spec.preprocessing.get("channels") == 1:
+        decoded = decode_image(image, settings.max_image_pixels)
+        invert = spec.preprocessing.get("invert_light_background", True)
+        return digit_pixels(decoded, size, invert)
+    resize = spec.preprocessing.get("resize")  # an int in imported models' specs
+    resize = resize if isinstance(resize, int) else round(size * 256 / 224)
+    draft = settings.jpeg_draft_factor
+    min_side = math.ceil(draft * resize) if draft > 0 else None
+    decoded = decode_image(image, settings.max_image_pixels, min_side)
+    return resize_center_crop(decoded, resize, size)
 
 
 def signature(runner: Runner) -> Signature:

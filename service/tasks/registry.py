@@ -55,13 +55,15 @@ def kernel_of(task: str) -> type[Kernel]:
     return get(task).kernel
 
 
-def make_kernel(spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1) -> Kernel:
+def make_kernel(
+    spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1, solo_threads: int = 1
+) -> Kernel:
     """Load a model's kernel (its graphs in ONNX Runtime sessions) by its spec's task."""
     try:
         kernel_class = kernel_of(spec.task)
     except KeyError:
         raise ValueError(f"{spec.tag}: no kernel for task {spec.task!r}") from None
-    return kernel_class(spec, device, intra_op_threads)
+    return kernel_class(spec, device, intra_op_threads, solo_threads)
 
 
 def builtin_models() -> list[str]:

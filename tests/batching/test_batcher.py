@@ -196,3 +196,53 @@ def test_stopping_mid_batch_answers_its_requests_not_ready_instead_of_leaving_th
             await asyncio.wait_for(running, 5)
 
     asyncio.run(scenario())
+
+
+def test_a_request_alone_runs_solo_while_that_is_faster_and_concurrent_ones_shared() -> None:
+    shared, solo = Recorder(delay=0.03), Recorder(delay=0.005)
+
+    async def scenario(batcher: AdaptiveBatcher):
+        one_by_one = [await batcher.submit(i) for i in range(6)]  # each alone
+        together = await asyncio.gather(*(batcher.submit(i) for i in range(10, 30)))
+        return one_by_one, together
+
+    one_by_one, together = asyncio.run(with_batcher(shared, scenario, run_solo=solo))
+    assert one_by_one == [0, 2, 4, 6, 8, 10] and together == [i * 2 for i in range(10, 30)]
+    # first each way once (timed), then the faster: solo
+    assert [items for _, items in solo.batches[:5]] == [[0], [2], [3], [4], [5]]
+    assert [items for _, items in shared.batches[:1]] == [[1]]
+    # under load the others ran while one was computing, or were queued: shared runs
+    assert sum(len(items) for _, items in shared.batches) >= 10
+    solo_items = sum(len(items) for _, items in solo.batches)
+    assert solo_items + sum(len(items) for _, items in shared.batches) == 26
+
+
+def test_a_solo_run_whose_batch_fails_still_isolates_the_bad_item() -> None:
+    shared, solo = Recorder(), Recorder()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        return await asyncio.gather(
+            batcher.submit("bad"), batcher.submit(3), return_exceptions=True
+        )
+
+    bad, good = asyncio.run(with_batcher(shared, scenario, run_solo=solo, workers=1))
+    assert isinstance(bad, InferenceFailed) and good == 6
+
+
+def test_solo_choice_takes_the_faster_way_and_still_tries_the_other() -> None:
+    from service.batching.batcher import SoloChoice
+
+    choice = SoloChoice()
+    assert choice.pick(0) is True  # no time yet for either: try solo
+    choice.record(0, True, 0.010)
+    assert choice.pick(0) is False  # now the shared way has no time
+    choice.record(0, False, 0.005)
+    picks = [choice.pick(0) for _ in range(4 * SoloChoice.EXPLORE)]
+    assert picks.count(True) == 4  # shared is faster: solo only when exploring
+    for _ in range(30):  # the machine changes: solo becomes the faster one
+        choice.record(0, True, 0.002)
+    assert choice.speedup(0) == pytest.approx(0.005 / 0.002, rel=0.05)
+    picks = [choice.pick(0) for _ in range(4 * SoloChoice.EXPLORE)]
+    assert picks.count(False) == 4
+    choice.seed("other", 0.004, 0.008)
+    assert choice.pick("other") is False and choice.speedup("other") == 0.5

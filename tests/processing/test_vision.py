@@ -140,3 +140,25 @@ def test_exif_orientation_is_applied(orientation: int) -> None:
 def test_damaged_exif_is_ignored() -> None:
     data = exif_rotated(Image.new("RGB", (8, 6)), 6).replace(b"Exif\x00\x00", b"Exif\x00\x00\xff")
     assert decode_image(data, 10**6).size in ((8, 6), (6, 8))
+
+
+def encoded(fmt: str, width: int, height: int) -> bytes:
+    rng = np.random.default_rng(width)
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_a_big_jpeg_decodes_reduced_but_never_below_the_side_asked_for() -> None:
+    data = encoded("JPEG", 1600, 1200)
+    assert decode_image(data, 10**8).size == (1600, 1200)
+    assert decode_image(data, 10**8, min_side=300).size == (400, 300)  # 1/4
+    assert decode_image(data, 10**8, min_side=512).size == (800, 600)  # 1/2: 1/4 would be 300
+    assert decode_image(data, 10**8, min_side=700).size == (1600, 1200)  # 1/2 would be 600
+
+
+def test_draft_applies_to_jpeg_only_and_the_pixel_limit_to_the_declared_size() -> None:
+    assert decode_image(encoded("PNG", 1600, 1200), 10**8, min_side=300).size == (1600, 1200)
+    with pytest.raises(PayloadTooLarge):
+        decode_image(encoded("JPEG", 1600, 1200), 1_000_000, min_side=300)

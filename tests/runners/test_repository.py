@@ -57,8 +57,9 @@ class NoopKernel:
     """A kernel that loads nothing: enough for a LocalRunner to start."""
 
     provider = "CPUExecutionProvider"
+    solo, solo_speedup, solo_times = False, None, None
 
-    def __init__(self, spec, device="auto", intra_op_threads=1) -> None:
+    def __init__(self, spec, device="auto", intra_op_threads=1, solo_threads=1) -> None:
         self.spec = spec
 
     @classmethod

@@ -29,8 +29,11 @@ class DoublingKernel:
     """Doubles numbers; an item "bad" fails (alone, after its batch is retried item by item)."""
 
     provider = "CPUExecutionProvider"
+    solo, solo_speedup, solo_times = False, None, None
 
-    def __init__(self, spec: Any, device: str = "auto", intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, spec: Any, device: str = "auto", intra_op_threads: int = 1, solo_threads: int = 1
+    ) -> None:
         self.spec = spec
 
     @classmethod
