@@ -128,7 +128,7 @@ Gateway = bentoml.asgi_app(http_metrics.build_app(), path="/")(
         bentoml.asgi_app(rest.build_app(current_state), path="/v1")(
             bentoml.service(
                 name="deepserve",
-                workers=1,
+                workers=settings.gateway_workers_in_force(),
                 traffic={"timeout": 60},
                 http={"host": settings.host, "port": settings.port},
                 metrics={"enabled": False},

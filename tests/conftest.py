@@ -13,6 +13,10 @@ from onnx import TensorProto, helper
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("BENTOML_HOME", str(ROOT / "model_store"))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# NOTE: test servers run one gateway worker unless a test asks for more: many tests count what
+# one process did (statistics, quotas, failed-auth limits), which several workers split.
+# tests/integration/test_gateway_workers.py runs the default's several workers.
+os.environ.setdefault("DEEPSERVE_GATEWAY_WORKERS", "1")
 
 from service.tasks.registry import builtin_models  # noqa: E402
 

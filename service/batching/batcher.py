@@ -254,7 +254,9 @@ class AdaptiveBatcher:
     def _waiting_pays(self, batch: list[_Pending]) -> bool:
         return (
             len(batch) < self.max_batch_size
-            and self._busy >= self.workers - 1  # the others are computing
+            # the others are computing (with one worker there are none: waiting would only add
+            # latency, and batches still form from what queues while it computes)
+            and self._busy >= max(1, self.workers - 1)
             and self._arrival_gap < self.max_latency
         )
 

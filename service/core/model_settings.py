@@ -126,7 +126,9 @@ class PerModelFields(BaseModel):
     would exceed it, so it is a shedding bound there, not a wait."""
 
     workers_per_model: int = Field(default=2, ge=1)
-    """Parallel inference slots per model (ORT runs concurrently on one shared session)."""
+    """Parallel inference slots per model and gateway worker (ORT runs concurrently on one
+    shared session). Unset, the cores shared out among the gateway workers (Settings.
+    model_defaults): 2 with one worker on this 2-core machine, 1 with two."""
 
     intra_op_threads: int = Field(default=1, ge=0)
     """ONNX Runtime intra-op threads per run (1 x several workers beat 2 threads here); 0 = ONNX

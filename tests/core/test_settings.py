@@ -65,6 +65,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("remote_max_latency_ms", "0"),
     ("workers_per_model", "0"),
     ("preprocess_threads", "0"),
+    ("gateway_workers", "-1"),
     ("intra_op_threads", "-1"),
     ("solo_intra_op_threads", "-1"),
     ("jpeg_draft_factor", "-0.5"),
@@ -137,8 +138,11 @@ def test_limits_themselves_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.for_model("m").max_queue_wait_ms == 0
 
 
-def test_defaults_are_unchanged() -> None:
-    defaults = Settings().model_defaults()
+def test_defaults_are_unchanged(monkeypatch) -> None:
+    from service.core import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: 2)
+    defaults = Settings(gateway_workers=1).model_defaults()
     assert defaults == ModelSettings()
     assert defaults.model_dump() == {
         "batching": True,
@@ -343,3 +347,39 @@ def test_layers_apply_in_order_and_are_validated() -> None:
 def test_every_per_model_field_is_a_global_default() -> None:
     assert set(PerModelFields.model_fields) <= set(Settings.model_fields)
     assert set(ModelSettings.model_fields) - set(PerModelFields.model_fields) == {"version_policy"}
+
+
+def test_gateway_workers_follow_the_cores_the_placement_and_the_model_control(
+    monkeypatch,
+) -> None:
+    from service.core import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: 16)
+    assert Settings(gateway_workers=0).gateway_workers_in_force() == 4  # local: every model
+    assert Settings(gateway_workers=0, placement="remote").gateway_workers_in_force() == 8
+    mixed = Settings(gateway_workers=0, placement="remote", placements={"digits-cnn": "local"})
+    assert mixed.gateway_workers_in_force() == 4
+    assert Settings(gateway_workers=0, model_control="explicit").gateway_workers_in_force() == 1
+    assert Settings(gateway_workers=3).gateway_workers_in_force() == 3
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: 2)
+    assert Settings(gateway_workers=0).gateway_workers_in_force() == 2
+    assert Settings(gateway_workers=0).solo_threads_for(Settings().model_defaults()) == 2
+
+
+def test_explicit_model_control_refuses_several_gateway_workers() -> None:
+    with pytest.raises(ValidationError, match="GATEWAY_WORKERS=2 with DEEPSERVE_MODEL_CONTROL"):
+        Settings(gateway_workers=2, model_control="explicit")
+    assert Settings(gateway_workers=1, model_control="explicit").gateway_workers_in_force() == 1
+
+
+def test_batch_runs_per_model_share_the_cores_among_the_gateway_workers(monkeypatch) -> None:
+    from service.core import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: 2)
+    assert Settings(gateway_workers=1).model_defaults().workers_per_model == 2
+    assert Settings(gateway_workers=2).model_defaults().workers_per_model == 1
+    assert Settings(gateway_workers=4).model_defaults().workers_per_model == 1
+    monkeypatch.setattr(settings_module, "usable_cores", lambda: 16)
+    assert Settings(gateway_workers=0).model_defaults().workers_per_model == 4
+    chosen = Settings(gateway_workers=2, workers_per_model=3)  # set: kept as it is
+    assert chosen.model_defaults().workers_per_model == 3
