@@ -10,8 +10,10 @@ For every model (real held-out payloads, loadtests/payloads.py):
      plain / deepserve) so that drift on a shared machine slows both alike;
   2. the served API at 1, 8, 32 and 64 clients: the local placement over REST /v1 (wrk), V2 REST
      with binary tensors (wrk), the gRPC task service and V2 gRPC (loadtests/grpc_load.py); the
-     local placement with batching off and the remote placement over REST. Average batch size
-     comes from the server's /metrics (samples / batches executed during the point);
+     local placement with batching off and the remote placement over REST; every model tuned
+     first (`deepserve models tune`, 40 s each) and served with its tuned settings over REST,
+     next to the defaults. Average batch size comes from the server's /metrics (samples /
+     batches executed during the point);
   3. length buckets on vs off for the variable-length models (mixed lengths, 32 clients);
   4. latency at 70 % of saturation, open loop (loadtests/open_loop.py), per model.
 Writes reports/bench/bench.md, bench.json, latency_vs_throughput.png and batch_vs_load.png.
@@ -101,11 +103,18 @@ end
 """
 
 PROTOCOLS = ("rest", "v2-rest", "grpc", "v2-grpc")
+UNTUNED = {"DEEPSERVE_USE_TUNED": "false"}  # the defaults, whatever tuned.json the store holds
 MODES = {
-    "local": {"DEEPSERVE_PLACEMENT": "local"},
-    "local-nobatch": {"DEEPSERVE_PLACEMENT": "local", "DEEPSERVE_BATCHING": "false"},
-    "remote": {"DEEPSERVE_PLACEMENT": "remote"},
-    "local-nobuckets": {"DEEPSERVE_PLACEMENT": "local", "DEEPSERVE_LENGTH_BUCKETS": "false"},
+    "local": {"DEEPSERVE_PLACEMENT": "local", **UNTUNED},
+    # tuned: `deepserve models tune` run first for each model, into a file of the run's own
+    "local-tuned": {"DEEPSERVE_PLACEMENT": "local"},
+    "local-nobatch": {"DEEPSERVE_PLACEMENT": "local", "DEEPSERVE_BATCHING": "false", **UNTUNED},
+    "remote": {"DEEPSERVE_PLACEMENT": "remote", **UNTUNED},
+    "local-nobuckets": {
+        "DEEPSERVE_PLACEMENT": "local",
+        "DEEPSERVE_LENGTH_BUCKETS": "false",
+        **UNTUNED,
+    },
 }
 VARIABLE_LENGTH = ("sentiment-lstm", "speech-ctc")
 
@@ -135,7 +144,7 @@ class Row:
 @cache
 def served_model(model: str) -> tuple[ModelSpec, ModelSettings]:
     spec = latest_specs()[model]
-    return spec, get_settings().for_model(model, spec.settings)
+    return spec, get_settings().for_model(model, spec.settings, spec.tuned)
 
 
 def served_pixels(model: str, data: bytes) -> Any:
@@ -211,7 +220,7 @@ def in_process_latency_ms(work: Workload, seconds: float, decode: bool = True) -
     under the service's c=1 latency. decode=False: the kernel alone."""
     spec = latest_specs()[work.model]
     settings = get_settings()
-    solo = settings.solo_threads_for(settings.for_model(work.model, spec.settings))
+    solo = settings.solo_threads_for(settings.for_model(work.model, spec.settings, spec.tuned))
     kernel = make_kernel(spec, "cpu", 1, solo)
     kernel.warmup()
     prepared = work.prepare(work.payloads[0])
@@ -586,7 +595,47 @@ def markdown(
                 f"| {s['model']} | {s['saturation_rps']:.1f} | {s['rate']:.1f} | "
                 f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['p99_ms'] / s['p50_ms']:.2f} |"
             )
+    lines += tuned_markdown(rows)
     return "\n".join(lines)
+
+
+def tune_all(works: list[Workload], tmp: Path, budget_s: float) -> Path:
+    """`deepserve models tune NAME --out FILE` for every model: the file a tuned server reads."""
+    out = tmp / "tuned.json"
+    for work in works:
+        print(f"tuning {work.model} ({budget_s:g} s budget)", flush=True)
+        command = [
+            sys.executable, "-m", "service.cli", "models", "tune", work.model,
+            "--budget-s", str(budget_s), "--clients", "32", "--out", str(out),
+        ]  # fmt: skip
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "", flush=True)
+        if done.returncode != 0:
+            print(f"  not tuned: {done.stderr.strip()[-300:]}", flush=True)
+    return out
+
+
+def tuned_markdown(rows: list[Row]) -> list[str]:
+    """The tuned configuration vs the defaults, local REST, per model and load."""
+    tuned = {(r.model, r.concurrency): r for r in rows if r.mode == "local-tuned"}
+    default = {
+        (r.model, r.concurrency): r for r in rows if r.mode == "local" and r.protocol == "rest"
+    }
+    both = sorted(set(tuned) & set(default))
+    if not both:
+        return []
+    lines = [
+        "",
+        "| model | clients | defaults req/s, p99 | tuned req/s, p99 | tuned / defaults |",
+        "|---|---|---|---|---|",
+    ]
+    for key in both:
+        d, t = default[key], tuned[key]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {d.rps:.1f}, {d.p99_ms:.1f} ms | {t.rps:.1f}, "
+            f"{t.p99_ms:.1f} ms | {t.rps / d.rps:.2f}x |"
+        )
+    return lines
 
 
 def main() -> int:
@@ -595,7 +644,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="per load point (default 6, quick 3)")
     parser.add_argument("--concurrency", help="default 1,8,32,64 (quick 1,32)")
     parser.add_argument("--models", help=f"default all: {','.join(MODEL_NAMES)}")
-    parser.add_argument("--modes", help="default local,local-nobatch,remote (quick local,remote)")
+    parser.add_argument(
+        "--modes", help="default local,local-tuned,local-nobatch,remote (quick local,remote)"
+    )
+    parser.add_argument(
+        "--tune-budget-s", type=float, help="per model, for local-tuned (default 40, quick 15)"
+    )
     parser.add_argument("--protocols", help="for the local mode; default all four")
     parser.add_argument("--no-experiments", action="store_true", help="skip buckets, 70 %% load")
     parser.add_argument("--abuse", action="store_true", help="only: latency calm vs under abuse")
@@ -608,7 +662,10 @@ def main() -> int:
     seconds = args.seconds or (3.0 if quick else 6.0)
     levels = [int(c) for c in (args.concurrency or ("1,32" if quick else "1,8,32,64")).split(",")]
     models = args.models or ("imagenet-cnn,sentiment-lstm" if quick else ",".join(MODEL_NAMES))
-    modes = (args.modes or ("local,remote" if quick else "local,local-nobatch,remote")).split(",")
+    modes = (
+        args.modes or ("local,remote" if quick else "local,local-tuned,local-nobatch,remote")
+    ).split(",")
+    tune_budget = args.tune_budget_s or (15.0 if quick else 40.0)
     protocols = (args.protocols or ("rest,v2-grpc" if quick else ",".join(PROTOCOLS))).split(",")
     experiments = not (quick or args.no_experiments)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -677,7 +734,10 @@ def main() -> int:
             return out
 
         for mode in modes:
-            server = start_server(tmp, {**MODES[mode], "DEEPSERVE_MODELS": names})
+            env = {**MODES[mode], "DEEPSERVE_MODELS": names}
+            if mode == "local-tuned":
+                env["DEEPSERVE_TUNED_FILE"] = str(tune_all(works, tmp, tune_budget))
+            server = start_server(tmp, env)
             try:
                 for work in works:
                     for protocol in protocols if mode == "local" else ["rest"]:

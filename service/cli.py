@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from service.core.settings import Settings
 from service.tasks import registry
@@ -81,6 +82,20 @@ def _parser() -> argparse.ArgumentParser:
         "next to it and validated like DEEPSERVE_MODEL_SETTINGS (which overrides them); "
         "VALUE is JSON, or a plain string",
     )
+    tune = actions.add_parser(
+        "tune",
+        help="choose batching settings for this device by measurement (held-out items)",
+        description="Sweep max batch size, max wait, batch runs and intra-op threads with the "
+        "model's real kernel and batcher on this device, within a time budget; record the "
+        "fastest configuration that meets the p99 objective as the model's tuned settings for "
+        "this device class (tuned.json next to the model, or --out FILE for "
+        "DEEPSERVE_TUNED_FILE). See service/tasks/tuning.py.",
+    )
+    tune.add_argument("name", help="model name, or name:version")
+    tune.add_argument("--slo-p99-ms", type=float, default=500.0, help="p99 objective (500)")
+    tune.add_argument("--budget-s", type=float, default=60.0, help="time budget (60)")
+    tune.add_argument("--clients", type=int, default=32, help="concurrent callers (32)")
+    tune.add_argument("--out", type=Path, help="write into this settings file instead of the store")
     show = actions.add_parser("show", help="print one model's spec")
     show.add_argument("name", help="model name, or name:version")
     show.add_argument("--json", action="store_true", help="the full spec as JSON")
@@ -180,6 +195,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             return 2
         build_all(args.names or None, force=args.force, seed=args.seed)
         return 0
+    if args.action == "tune":
+        return cmd_tune(args)
     if args.action == "list":
         found = specs.list_specs() if args.all else list(specs.latest_specs().values())
         if not found:
@@ -225,6 +242,45 @@ def cmd_models(args: argparse.Namespace) -> int:
     if spec.settings:
         print(f"  own settings: {json.dumps(spec.settings)}")
     print(f"  data: {json.dumps(spec.data)}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from service.store import specs
+    from service.tasks import tuning
+
+    if args.budget_s <= 0 or args.clients < 1 or args.slo_p99_ms <= 0:
+        print("--budget-s and --slo-p99-ms must be > 0, --clients >= 1", file=sys.stderr)
+        return 2
+    settings = Settings()
+    spec = specs.load_spec(args.name)
+    config = settings.for_model(spec.name, spec.settings)  # what it would serve with, untuned
+    try:
+        entry = asyncio.run(
+            tuning.search(
+                spec,
+                config,
+                args.slo_p99_ms,
+                args.budget_s,
+                args.clients,
+                gateway_workers=settings.gateway_workers_in_force(),
+            )
+        )
+    except tuning.TuningFailed as error:
+        print(f"not tuned: {error}", file=sys.stderr)
+        return 1
+    try:
+        where = tuning.record(spec, entry, args.out)
+    except OSError as error:
+        print(
+            f"cannot write the tuned settings ({error}); use --out FILE and "
+            "DEEPSERVE_TUNED_FILE=FILE",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{spec.tag} [{entry['device_class']}]: {json.dumps(entry['settings'])} -> {where}")
     return 0
 
 

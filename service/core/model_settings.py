@@ -8,8 +8,10 @@ validated by the same constraints.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -272,3 +274,29 @@ def _checked_overrides(entry: dict[str, Any]) -> dict[str, Any]:
 ModelOverrides = Annotated[dict[str, Any], AfterValidator(_checked_overrides)]
 """Some of one model's settings (any ModelSettings fields), validated like ModelSettings; only
 the keys given are kept, so unset ones still follow the global settings."""
+
+
+def read_tuned_file(path: Path) -> dict[str, Any]:
+    """A tuned-settings file, every entry's settings validated like a model's own file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"DEEPSERVE_TUNED_FILE {path}: unreadable ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"DEEPSERVE_TUNED_FILE {path}: expected a JSON object")
+    return {
+        model: checked_tuned(entries, f"DEEPSERVE_TUNED_FILE {path}, model {model!r}")
+        for model, entries in data.items()
+    }
+
+
+def checked_tuned(entries: Any, where: str) -> dict[str, Any]:
+    """{device class: {"settings": {...}, ...}} with each entry's settings validated."""
+    if not isinstance(entries, dict):
+        raise ValueError(f"{where}: expected an object of device classes")
+    out = {}
+    for klass, entry in entries.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("settings"), dict):
+            raise ValueError(f"{where}, {klass!r}: expected {{'settings': {{...}}, ...}}")
+        out[klass] = {**entry, "settings": file_entry(entry["settings"], f"{where}, {klass!r}")}
+    return out

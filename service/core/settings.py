@@ -1,4 +1,8 @@
-"""Settings from the environment (DEEPSERVE_ prefix); every field says what it controls."""
+"""Settings from the environment (DEEPSERVE_ prefix); every field says what it controls.
+
+Length: one documented field per setting, and the few methods that resolve them together (per
+model, gateway workers); the per-model fields and their file sources are in model_settings.py.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.core.device import device_class, gpu_name
 from service.core.machine import usable_cores
 from service.core.model_settings import (
     FiniteNonNegative,
@@ -21,6 +26,7 @@ from service.core.model_settings import (
     PerModelFields,
     Placement,
     VersionPolicy,
+    read_tuned_file,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +42,7 @@ class Settings(BaseSettings, PerModelFields):
 
     model_config = SettingsConfigDict(env_prefix="DEEPSERVE_")
     _per_model: dict[tuple[str, str], ModelSettings] = PrivateAttr(default_factory=dict)
+    _tuned_file: dict[str, Any] | None = PrivateAttr(default=None)
 
     store: Path = PROJECT_ROOT / "model_store"
     """BentoML home holding the model store (BENTOML_HOME); models live under its models/ folder.
@@ -137,6 +144,16 @@ class Settings(BaseSettings, PerModelFields):
     exporter in BentoML's config (BENTOML_CONFIG: tracing.exporter_type ...); off, those paths
     skip BentoML's tracing middleware, which otherwise costs about 0.5 core-ms per request even
     with no exporter."""
+
+    use_tuned: bool = True
+    """Serve each model with its tuned settings for this machine's device class (`deepserve
+    models tune`: tuned.json next to the model, or tuned_file), below every other per-model
+    source. Off: the defaults and the other sources only."""
+
+    tuned_file: Path | None = None
+    """A tuned-settings file (`deepserve models tune NAME --out FILE`) for stores the server
+    cannot or should not write: {model: {device class: entry}}; its entries win over the
+    store's tuned.json."""
 
     gateway_workers: int = Field(default=0, ge=0)
     """Gateway worker processes, sharing the HTTP and gRPC ports (the kernel spreads
@@ -304,18 +321,48 @@ class Settings(BaseSettings, PerModelFields):
             layers.append({"version_policy": self.versions[model]})
         return layers
 
-    def for_model(self, model: str, own: Mapping[str, Any] | None = None) -> ModelSettings:
-        """The settings `model` is served with: model_defaults() overridden by model_layers()
-        (global field < the version's own file (`own`: ModelSpec.settings) <
-        DEEPSERVE_MODEL_SETTINGS entry < DEEPSERVE_PLACEMENTS / DEEPSERVE_VERSIONS entry).
-        Cached per model and file: settings are not changed once loaded."""
-        key = (model, json.dumps(own, sort_keys=True) if own else "")
+    def for_model(
+        self,
+        model: str,
+        own: Mapping[str, Any] | None = None,
+        tuned: Mapping[str, Any] | None = None,
+    ) -> ModelSettings:
+        """The settings `model` is served with: model_defaults() overridden by its tuned entry
+        for this device class (tuned_entry) and then model_layers() (global field < tuned
+        entry < the version's own file (`own`: ModelSpec.settings) < DEEPSERVE_MODEL_SETTINGS
+        entry < DEEPSERVE_PLACEMENTS / DEEPSERVE_VERSIONS entry). `tuned`: the version's
+        tuned.json entries by device class (ModelSpec.tuned). Cached per model and files:
+        settings are not changed once loaded."""
+        key = (model, json.dumps([own, tuned], sort_keys=True, default=str))
         cached = self._per_model.get(key)
         if cached is None:
-            cached = self._per_model[key] = self.model_defaults().layered(
-                *self.model_layers(model, own)
-            )
+            layers = self.model_layers(model, own)
+            base = self.model_defaults().layered(*layers)
+            entry = self.tuned_entry(model, base.device, tuned)
+            cached = self._per_model[key] = self.model_defaults().layered(entry, *layers)
         return cached
+
+    def tuned_entry(
+        self, model: str, device: str, tuned: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """The tuned settings of `model` for this machine's device class: from tuned_file
+        when it has an entry, else from the version's own tuned.json; {} with use_tuned off or
+        no entry for this class (another machine's entries never apply)."""
+        if not self.use_tuned:
+            return {}
+        gpu = device == "gpu" or (device == "auto" and gpu_name() is not None)
+        klass = device_class(gpu)
+        entries = self.tuned_file_entries().get(model, {})
+        chosen = entries.get(klass) or (tuned or {}).get(klass) or {}
+        return dict(chosen.get("settings", {}))
+
+    def tuned_file_entries(self) -> dict[str, Any]:
+        """tuned_file's {model: {device class: entry}} (read once)."""
+        if self.tuned_file is None:
+            return {}
+        if self._tuned_file is None:
+            self._tuned_file = read_tuned_file(self.tuned_file)
+        return self._tuned_file
 
     def solo_threads_for(self, config: ModelSettings) -> int:
         """Intra-op threads of a request that runs alone (config.solo_intra_op_threads; 0 = the

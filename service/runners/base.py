@@ -56,7 +56,7 @@ class Runner(Protocol):
 
 
 def admission_for(spec: ModelSpec, settings: Settings, statistics: ModelStatistics) -> Admission:
-    config = settings.for_model(spec.name, spec.settings)
+    config = settings.for_model(spec.name, spec.settings, spec.tuned)
     shed = ModelMetrics(spec.name, spec.version).rejected
     # never refuse what the model's workers could take in one round of full batches
     floor = config.workers_per_model * config.max_batch_size

@@ -89,7 +89,7 @@ class RemoteRunner:
         self.name = spec.name
         self.spec = spec
         self.settings = settings
-        self.config = settings.for_model(spec.name, spec.settings)
+        self.config = settings.for_model(spec.name, spec.settings, spec.tuned)
         self.client: Any = None
         self.remote_provider = "unknown"
         self.error: str | None = None

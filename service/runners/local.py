@@ -33,7 +33,7 @@ class LocalRunner:
         self.kernel_class = kernel_class
         self.spec = spec
         self.settings = settings
-        self.config = settings.for_model(spec.name, spec.settings)
+        self.config = settings.for_model(spec.name, spec.settings, spec.tuned)
         """This model's settings (the global ones with its own overrides)."""
         self.kernel: Kernel | None = None
         self.batcher: AdaptiveBatcher | StepBatcher | None = None

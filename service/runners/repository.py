@@ -110,7 +110,7 @@ class ServingState:
     def make_runner(self, spec: ModelSpec) -> Runner:
         """The runner of one model version; KeyError when no kernel computes its task."""
         kernel_class = self.kernel_of(spec.task)
-        if self.settings.for_model(spec.name, spec.settings).placement == "remote":
+        if self.settings.for_model(spec.name, spec.settings, spec.tuned).placement == "remote":
             return RemoteRunner(spec, self.settings, kernel_class, self.client_of)
         return LocalRunner(spec, self.settings, kernel_class)
 

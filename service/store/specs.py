@@ -13,13 +13,15 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from service.core import datatypes
-from service.core.model_settings import VersionPolicy, file_entry
+from service.core.model_settings import VersionPolicy, checked_tuned, file_entry
 
 log = logging.getLogger("deepserve.registry")
 
 SPEC_FILE = "spec.json"
 HELDOUT_FILE = "heldout.npz"
 SETTINGS_FILE = "settings.json"
+TUNED_FILE = "tuned.json"
+"""Tuned settings by device class (`deepserve models tune`), next to spec.json."""
 """A model version's own serving settings (ModelSettings fields), optional."""
 
 
@@ -83,6 +85,9 @@ class ModelSpec(BaseModel):
     """This version's own serving settings (SETTINGS_FILE next to spec.json, validated when
     loaded; empty when there is none)."""
 
+    tuned: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    """This version's tuned settings by device class (TUNED_FILE, validated when loaded)."""
+
     @property
     def tag(self) -> str:
         return f"{self.name}:{self.version}"
@@ -117,6 +122,9 @@ class ModelSpec(BaseModel):
             if not isinstance(entries, dict):
                 raise ValueError(f"{own}: expected a JSON object of settings")
             spec.settings = file_entry(entries, str(own))
+        tuned = path / TUNED_FILE
+        if tuned.is_file():
+            spec.tuned = checked_tuned(json.loads(tuned.read_text()), str(tuned))
         return spec
 
 
@@ -156,8 +164,9 @@ def list_specs(problems: dict[str, str] | None = None) -> list[ModelSpec]:
         try:
             specs.append(ModelSpec.from_dir(path))
         except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
-            own = f"{SETTINGS_FILE}: " in str(error)
-            why = f"{model.tag}: unreadable {SETTINGS_FILE if own else SPEC_FILE}"
+            named = [f for f in (SETTINGS_FILE, TUNED_FILE) if f"{f}" in str(error)]
+            own = bool(named)
+            why = f"{model.tag}: unreadable {named[0] if named else SPEC_FILE}"
             detail = " ".join(str(error).split())[:300] if own else type(error).__name__
             why += f" ({detail})"
             log.error("skipping %s", why)

@@ -79,12 +79,24 @@ def test_a_model_of_an_unknown_task_fails_alone(monkeypatch) -> None:
     specs = {
         "good": [
             SimpleNamespace(
-                name="good", version="v1", task="known", tag="good:v1", extra={}, settings={}
+                name="good",
+                version="v1",
+                task="known",
+                tag="good:v1",
+                extra={},
+                settings={},
+                tuned={},
             )
         ],
         "odd": [
             SimpleNamespace(
-                name="odd", version="v1", task="future", tag="odd:v1", extra={}, settings={}
+                name="odd",
+                version="v1",
+                task="future",
+                tag="odd:v1",
+                extra={},
+                settings={},
+                tuned={},
             )
         ],
     }
@@ -139,7 +151,7 @@ class FakeRunner:
 
 
 def spec(version: str) -> SimpleNamespace:
-    return SimpleNamespace(name="m", version=version, tag=f"m:{version}", settings={})
+    return SimpleNamespace(name="m", version=version, tag=f"m:{version}", settings={}, tuned={})
 
 
 def live_state(mode: str = "explicit", failing: tuple[str, ...] = ()) -> ServingState:

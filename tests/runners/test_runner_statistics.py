@@ -21,7 +21,14 @@ from service.runtime.kernels import Kernel
 
 def spec(name: str) -> Any:
     return SimpleNamespace(
-        name=name, version="v1", tag=f"{name}:v1", task="t", extra={}, settings={}, graphs={}
+        name=name,
+        version="v1",
+        tag=f"{name}:v1",
+        task="t",
+        extra={},
+        settings={},
+        tuned={},
+        graphs={},
     )
 
 

@@ -1,0 +1,278 @@
+"""`deepserve models tune NAME`: batching settings chosen by measurement on this device (what
+Triton's Model Analyzer does, built in).
+
+The model's real kernel and the real adaptive batcher run in this process, driven by `clients`
+concurrent callers that submit the model's held-out items (preprocessed as the server would) in
+a closed loop. Each trial is one configuration of max batch size, max wait, batch runs per model
+and intra-op threads, measured for a few seconds: throughput and p99 latency. The search starts
+from the defaults and changes one setting at a time (threads x runs, then batch size, then wait),
+keeping the best configuration that meets the p99 objective, until the time budget is spent.
+The winner and the defaults are then measured again in turns; the winner is kept only if it is
+at least as fast as the defaults were (so a tuned entry is never worse than none). No HTTP and
+no decoding take part: the entry tunes the compute side that batching controls.
+
+The result is one tuned entry for this device class (service/core/device.py), written next to
+the model (tuned.json in its store folder) or into a settings file (`--out`, for read-only
+stores; the server reads it with DEEPSERVE_TUNED_FILE). Length: one search and its trials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.batching.batcher import AdaptiveBatcher
+from service.core.device import device_class
+from service.core.machine import usable_cores
+from service.core.model_settings import ModelSettings
+from service.processing.text import encode, tokenize
+from service.runtime.kernels import Kernel
+from service.runtime.sessions import CUDA
+from service.store.specs import TUNED_FILE, ModelSpec
+from service.tasks.registry import make_kernel
+from service.tasks.text_classification import word_index
+
+TUNED_KEYS = ("max_batch_size", "max_latency_ms", "workers_per_model", "intra_op_threads")
+GPU_TUNED_KEYS = ("gpu_max_batch_size", "max_latency_ms", "workers_per_model")
+MAX_ITEMS = 64
+
+
+@dataclass
+class Trial:
+    settings: dict[str, Any]
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+
+
+def sample_items(spec: ModelSpec, kernel: Kernel) -> list[tuple[Hashable, Any]]:
+    """(queue key, kernel item) pairs from the model's held-out sample, preprocessed as the
+    server would; the kernel's warm-up items for a model stored without one."""
+    try:
+        held = spec.heldout()
+    except (OSError, ValueError):
+        held = {}
+    items: list[Any] = []
+    if spec.task in ("image-classification", "image-captioning") and "image" in held:
+        items = list(held["image"][:MAX_ITEMS])
+    elif spec.task == "text-classification" and "text" in held:
+        index, limit = word_index(spec), int(spec.preprocessing.get("max_tokens", 64))
+        items = [encode(tokenize(str(text)), index, limit) for text in held["text"][:MAX_ITEMS]]
+    elif spec.task == "speech-recognition" and "waveform" in held:
+        items = [
+            held["waveform"][row, : held["lengths"][row]].astype(np.float32)
+            for row in range(min(MAX_ITEMS, len(held["lengths"])))
+        ]
+    if spec.task == "image-captioning":
+        return [(1, item) for item in items]  # greedy captions
+    if items:
+        return [(kernel.bucket(item), item) for item in items]
+    return [(key, item) for key, batch in kernel.warmup_items() for item in batch]
+
+
+async def run_trial(
+    kernel: Kernel,
+    items: list[tuple[Hashable, Any]],
+    settings: dict[str, Any],
+    clients: int,
+    seconds: float,
+    gpu: bool,
+) -> Trial:
+    """`clients` callers submitting `items` in turn through a batcher with `settings`."""
+    batch = settings["gpu_max_batch_size"] if gpu else settings["max_batch_size"]
+    batcher = AdaptiveBatcher(
+        "tune",
+        kernel.run,
+        max_batch_size=batch,
+        max_latency_ms=settings["max_latency_ms"],
+        workers=settings["workers_per_model"],
+        max_queue=clients * 4,
+    )
+    await batcher.start()
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def caller(first: int) -> None:
+        turn = first
+        while time.monotonic() < stop:
+            key, item = items[turn % len(items)]
+            turn += clients
+            began = time.perf_counter()
+            await batcher.submit(item, key)
+            latencies.append(time.perf_counter() - began)
+
+    began = time.monotonic()
+    try:
+        await asyncio.gather(*(caller(i) for i in range(clients)))
+    finally:
+        await batcher.stop()
+    elapsed = time.monotonic() - began
+    ms = np.asarray(latencies) * 1000
+    return Trial(
+        dict(settings),
+        len(latencies) / elapsed,
+        float(np.percentile(ms, 50)) if len(ms) else 0.0,
+        float(np.percentile(ms, 99)) if len(ms) else 0.0,
+        len(latencies),
+    )
+
+
+def candidates(gpu: bool, gateway_workers: int = 1) -> list[list[dict[str, Any]]]:
+    """The search's stages: each a list of changes to try on the best configuration so far.
+    On CPU, one gateway worker's share of the cores bounds runs x threads (at most twice it)."""
+    cores = max(1, usable_cores() // gateway_workers)
+    if gpu:
+        return [
+            [{"workers_per_model": w} for w in (1, 2, 4)],
+            [{"gpu_max_batch_size": b} for b in (8, 16, 32, 64, 128, 256)],
+            [{"max_latency_ms": w} for w in (0.0, 2.0, 5.0, 10.0, 20.0)],
+        ]
+    shapes = sorted(
+        {(w, t) for w in (1, 2, cores, 2 * cores) for t in (1, 2, cores) if w * t <= 2 * cores}
+    )
+    return [
+        [{"workers_per_model": w, "intra_op_threads": t} for w, t in shapes],
+        [{"max_batch_size": b} for b in (1, 4, 8, 16, 32, 64)],
+        [{"max_latency_ms": w} for w in (0.0, 2.0, 5.0, 10.0)],
+    ]
+
+
+def better(trial: Trial, best: Trial | None, slo_p99_ms: float) -> bool:
+    if trial.p99_ms > slo_p99_ms:
+        return False
+    return best is None or trial.rps > best.rps
+
+
+async def search(
+    spec: ModelSpec,
+    config: ModelSettings,
+    slo_p99_ms: float,
+    budget_s: float,
+    clients: int,
+    progress: Callable[[str], None] = print,
+    gateway_workers: int = 1,
+) -> dict[str, Any]:
+    """Tune `spec` on this device within `budget_s`: the tuned entry (settings, measurements).
+    With several gateway workers the settings are per worker: each gets its share of the
+    cores and of the `clients`, so the search runs one worker's share."""
+    clients = max(1, clients // gateway_workers)
+    started = time.monotonic()
+    kernels: dict[int, Kernel] = {}
+
+    def kernel_for(threads: int) -> Kernel:
+        if threads not in kernels:
+            kernels[threads] = make_kernel(spec, config.device, threads)
+            kernels[threads].warmup()
+        return kernels[threads]
+
+    first = kernel_for(config.intra_op_threads)
+    gpu = first.provider == CUDA
+    keys = GPU_TUNED_KEYS if gpu else TUNED_KEYS
+    defaults = {key: getattr(config, key) for key in keys}
+    if gpu:
+        defaults["intra_op_threads"] = config.intra_op_threads
+    items = sample_items(spec, first)
+    stages = candidates(gpu, gateway_workers)
+    trials_left = 1 + sum(len(stage) for stage in stages) + 4
+    seconds = max(1.0, min(5.0, 0.9 * budget_s / trials_left))
+    progress(
+        f"tuning {spec.tag} on {device_class(gpu)}: {len(items)} held-out items, {clients} "
+        f"clients per gateway worker ({gateway_workers}), p99 objective {slo_p99_ms:g} ms, "
+        f"{seconds:.1f} s per trial"
+    )
+    tried: list[Trial] = []
+
+    async def trial(settings: dict[str, Any], length: float = seconds) -> Trial:
+        kernel = kernel_for(settings.get("intra_op_threads", config.intra_op_threads))
+        result = await run_trial(kernel, items, settings, clients, length, gpu)
+        tried.append(result)
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+        progress(
+            f"  [{len(tried):2d}] {shown}: {result.rps:8.1f} req/s, p50 {result.p50_ms:6.1f} ms, "
+            f"p99 {result.p99_ms:6.1f} ms"
+        )
+        return result
+
+    baseline = await trial(defaults)
+    best = baseline if baseline.p99_ms <= slo_p99_ms else None
+    current = dict(defaults)
+    for stage in stages:
+        for change in stage:
+            if time.monotonic() - started > budget_s * 0.8:
+                break
+            settings = {**current, **change}
+            if any(settings == t.settings for t in tried):
+                continue
+            result = await trial(settings)
+            if better(result, best, slo_p99_ms):
+                best = result
+        if best is not None:
+            current = dict(best.settings)
+    if best is None:
+        raise TuningFailed(
+            f"no configuration met p99 <= {slo_p99_ms:g} ms at {clients} clients (best p99: "
+            f"{min(t.p99_ms for t in tried):.1f} ms); raise --slo-p99-ms or lower --clients"
+        )
+    # the winner against the defaults once more, in turns: kept only if not slower
+    again = max(1.0, seconds)
+    winner_runs, default_runs = [], []
+    for _ in range(2):
+        winner_runs.append(await trial(best.settings, again))
+        default_runs.append(await trial(defaults, again))
+    winner_rps = statistics.fmean(t.rps for t in winner_runs)
+    default_rps = statistics.fmean(t.rps for t in default_runs)
+    winner_p99 = max(t.p99_ms for t in winner_runs)
+    keep = winner_rps >= default_rps and winner_p99 <= slo_p99_ms
+    chosen = best.settings if keep else defaults
+    progress(
+        f"chosen: {chosen} ({'tuned' if keep else 'the defaults: nothing tried beat them'}); "
+        f"{winner_rps:.1f} vs {default_rps:.1f} req/s for the defaults, in "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    return {
+        "settings": {k: v for k, v in chosen.items() if k in keys or k == "intra_op_threads"},
+        "measured": {
+            "rps": round(winner_rps if keep else default_rps, 1),
+            "p99_ms": round(winner_p99 if keep else max(t.p99_ms for t in default_runs), 1),
+            "default_rps": round(default_rps, 1),
+            "trials": [asdict(t) for t in tried],
+        },
+        "slo_p99_ms": slo_p99_ms,
+        "clients": clients,
+        "gateway_workers": gateway_workers,
+        "budget_s": budget_s,
+        "tuned_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device_class": device_class(gpu),
+    }
+
+
+class TuningFailed(Exception):
+    """No configuration met the objective."""
+
+
+def record(spec: ModelSpec, entry: dict[str, Any], out: Path | None) -> Path:
+    """Write the entry for its device class: into `out` ({model: {class: entry}}) when given,
+    else into the model's own tuned.json (other classes' entries kept)."""
+    klass = entry["device_class"]
+    if out is not None:
+        data = json.loads(out.read_text()) if out.is_file() else {}
+        data.setdefault(spec.name, {})[klass] = entry
+        out.write_text(json.dumps(data, indent=2, sort_keys=True))
+        return out
+    if spec.path is None:
+        raise ValueError(f"{spec.tag} was not loaded from a store")
+    path = spec.path / TUNED_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[klass] = entry
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    return path

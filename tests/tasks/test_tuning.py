@@ -1,0 +1,87 @@
+"""`deepserve models tune`: a real search on a real (tiny) model within its budget, recorded for
+this device class, and read back by the settings chain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from service.core.device import device_class
+from service.core.settings import Settings
+from service.store.specs import TUNED_FILE, ModelSpec
+from service.tasks import tuning
+from service.tasks.registry import import_model
+from tests.runtime.test_solo_runs import matmul_graph
+
+
+@pytest.fixture
+def spec(scratch_store, tmp_path: Path) -> ModelSpec:
+    return import_model(matmul_graph(tmp_path / "matmul.onnx", size=64), "tiny-matmul")
+
+
+def test_a_search_records_the_fastest_configuration_within_the_objective(spec, tmp_path) -> None:
+    shown: list[str] = []
+    config = Settings(gateway_workers=1).for_model(spec.name, spec.settings)
+    entry = asyncio.run(tuning.search(spec, config, 1000.0, 12.0, 4, shown.append))
+    assert entry["device_class"] == device_class(False)
+    assert set(entry["settings"]) == set(tuning.TUNED_KEYS)
+    trials = entry["measured"]["trials"]
+    assert len(trials) >= 5 and all(t["requests"] > 0 for t in trials)
+    assert entry["measured"]["rps"] >= entry["measured"]["default_rps"] or (
+        entry["settings"] == {k: getattr(config, k) for k in tuning.TUNED_KEYS}
+    )
+    assert any("chosen" in line for line in shown)
+
+    path = tuning.record(spec, entry, None)
+    assert path == spec.path / TUNED_FILE
+    reloaded = ModelSpec.from_dir(spec.path)
+    assert reloaded.tuned[device_class(False)]["settings"] == entry["settings"]
+    served = Settings(gateway_workers=1).for_model(spec.name, reloaded.settings, reloaded.tuned)
+    for key, value in entry["settings"].items():
+        assert getattr(served, key) == value
+
+
+def test_no_configuration_within_an_impossible_objective_is_refused(spec) -> None:
+    config = Settings(gateway_workers=1).for_model(spec.name, spec.settings)
+    with pytest.raises(tuning.TuningFailed, match="no configuration met p99"):
+        asyncio.run(tuning.search(spec, config, 1e-6, 4.0, 2, lambda line: None))
+
+
+def test_tuned_entries_apply_only_on_their_device_class_and_below_every_other_source(
+    tmp_path: Path,
+) -> None:
+    here = device_class(False)
+    tuned = {
+        here: {"settings": {"max_batch_size": 7, "max_latency_ms": 1.0}},
+        "cpu: some other machine x 64": {"settings": {"max_batch_size": 99}},
+    }
+    settings = Settings(gateway_workers=1)
+    assert settings.for_model("m", None, tuned).max_batch_size == 7
+    own = {"max_batch_size": 3}
+    assert settings.for_model("m", own, tuned).max_batch_size == 3  # its own file wins
+    assert settings.for_model("m", own, tuned).max_latency_ms == 1.0
+    env = Settings(gateway_workers=1, model_settings={"m": {"max_latency_ms": 4.0}})
+    assert env.for_model("m", None, tuned).max_latency_ms == 4.0
+    other = {"cpu: some other machine x 64": tuned["cpu: some other machine x 64"]}
+    assert settings.for_model("m", None, other).max_batch_size == 16  # the defaults
+    off = Settings(gateway_workers=1, use_tuned=False)
+    assert off.for_model("m", None, tuned).max_batch_size == 16
+
+    out = tmp_path / "tuned.json"
+    out.write_text(json.dumps({"m": {here: {"settings": {"max_batch_size": 5}}}}))
+    pointed = Settings(gateway_workers=1, tuned_file=out)
+    assert pointed.for_model("m", None, tuned).max_batch_size == 5  # the file wins
+
+
+def test_a_tuned_file_with_a_bad_entry_is_refused_naming_it(tmp_path: Path) -> None:
+    out = tmp_path / "tuned.json"
+    here = device_class(False)
+    out.write_text(json.dumps({"m": {here: {"settings": {"max_batch_size": 0}}}}))
+    with pytest.raises(ValueError, match="model 'm'"):
+        Settings(gateway_workers=1, tuned_file=out).for_model("m")
+    out.write_text(json.dumps({"m": {here: {"settings": {"placement": "remote"}}}}))
+    with pytest.raises(ValueError, match="placement cannot be set"):
+        Settings(gateway_workers=1, tuned_file=out).for_model("m")
