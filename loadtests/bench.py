@@ -736,7 +736,11 @@ def main() -> int:
         for mode in modes:
             env = {**MODES[mode], "DEEPSERVE_MODELS": names}
             if mode == "local-tuned":
-                env["DEEPSERVE_TUNED_FILE"] = str(tune_all(works, tmp, tune_budget))
+                tuned = tune_all(works, tmp, tune_budget)
+                if not tuned.is_file():
+                    print("no model was tuned: local-tuned skipped", flush=True)
+                    continue
+                env["DEEPSERVE_TUNED_FILE"] = str(tuned)
             server = start_server(tmp, env)
             try:
                 for work in works:

@@ -254,7 +254,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.budget_s <= 0 or args.clients < 1 or args.slo_p99_ms <= 0:
         print("--budget-s and --slo-p99-ms must be > 0, --clients >= 1", file=sys.stderr)
         return 2
-    settings = Settings()
+    settings = Settings(use_tuned=False)
     spec = specs.load_spec(args.name)
     config = settings.for_model(spec.name, spec.settings)  # what it would serve with, untuned
     try:
@@ -273,10 +273,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 1
     try:
         where = tuning.record(spec, entry, args.out)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         print(
             f"cannot write the tuned settings ({error}); use --out FILE and "
-            "DEEPSERVE_TUNED_FILE=FILE",
+            f"DEEPSERVE_TUNED_FILE=FILE. The entry: {json.dumps(entry['settings'])}",
             file=sys.stderr,
         )
         return 1

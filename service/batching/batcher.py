@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from service.batching.solo import SoloChoice
 from service.core.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -85,44 +86,6 @@ class BatchStats:
         self.sizes[size] = self.sizes.get(size, 0) + 1
 
 
-class SoloChoice:
-    """Whether a batch that runs alone goes to the solo sessions, by measurement, per queue key.
-
-    Both ways are timed whenever a batch of one runs alone (an exponential average each), and
-    the faster one is taken; every EXPLORE-th such batch takes the other way, so the choice
-    follows the machine (a node whose other cores become busy makes the solo sessions slower)
-    at the cost of that one batch in EXPLORE. Until both ways have a time the two alternate; the
-    kernel's warm-up gives first times (seed)."""
-
-    EXPLORE = 16
-    WEIGHT = 0.2
-
-    def __init__(self) -> None:
-        self._times: dict[Hashable, list[float | None]] = {}  # key -> [shared, solo] seconds
-        self._count: dict[Hashable, int] = {}
-
-    def seed(self, key: Hashable, shared_s: float, solo_s: float) -> None:
-        self._times[key] = [shared_s, solo_s]
-
-    def pick(self, key: Hashable) -> bool:
-        shared, solo = self._times.get(key, [None, None])
-        count = self._count[key] = self._count.get(key, 0) + 1
-        if shared is None or solo is None:
-            return solo is None  # try whichever has no time yet
-        faster = solo < shared
-        return not faster if count % self.EXPLORE == 0 else faster
-
-    def record(self, key: Hashable, solo: bool, seconds: float) -> None:
-        times = self._times.setdefault(key, [None, None])
-        old = times[solo]
-        times[solo] = seconds if old is None else old + self.WEIGHT * (seconds - old)
-
-    def speedup(self, key: Hashable) -> float | None:
-        """Shared over solo time for `key`, when both are known."""
-        shared, solo = self._times.get(key, [None, None])
-        return shared / solo if shared is not None and solo else None
-
-
 class AdaptiveBatcher:
     def __init__(
         self,
@@ -157,6 +120,7 @@ class AdaptiveBatcher:
         self._queues: dict[Hashable, deque[_Pending]] = {}
         self._pending = 0
         self._busy = 0
+        self._started = 0  # batches taken so far (tells whether one ran beside another)
         self._arrival_gap = float("inf")  # EMA of seconds between submissions
         self._last_arrival = 0.0
         self._wakeup: asyncio.Event | None = None
@@ -310,6 +274,8 @@ class AdaptiveBatcher:
             key, batch = await self._take()
             alone = self._alone() and len(batch) == 1
             solo = alone and self.solo_choice.pick(key)
+            self._started += 1
+            started_before = self._started
             self._busy += 1
             started = time.monotonic()
             ran = True
@@ -328,7 +294,10 @@ class AdaptiveBatcher:
             finally:
                 self._busy -= 1
             finished = time.monotonic()
-            if alone and ran:
+            # timed only if it really ran alone to the end (no batch started beside it) and
+            # succeeded (a refused item fails fast and would make its way look quick)
+            clean = ran and not any(isinstance(r, Exception) for r in results)
+            if alone and clean and self._started == started_before:
                 self.solo_choice.record(key, solo, ended - began)
             self.stats.record(len(batch))
             self.stats.solo += solo

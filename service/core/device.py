@@ -56,6 +56,17 @@ def gpu_name() -> str | None:
     return out.splitlines()[0].strip() if out.strip() else None
 
 
+def uses_gpu(device: str) -> bool:
+    """Whether a model with this `device` setting runs on CUDA here: the same rule as
+    service/runtime/sessions.py available_providers (CUDA when wanted and onnxruntime offers
+    it), so tuning and serving name the same device class."""
+    if device == "cpu":
+        return False
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def device_class(gpu: bool) -> str:
     """ "cpu: <model> x <cores>" or "gpu: <name>": the key of a tuned entry."""
     if gpu:

@@ -140,7 +140,9 @@ class PerModelFields(BaseModel):
     """Intra-op threads of a batch that runs while nothing else of the model is queued or
     computing (one client at a time): it runs on a second ONNX Runtime session with this many
     threads, so the other cores do not idle (ORT's run options carry no thread count). 0 = the
-    cores this process may use (service/core/machine.py) divided by the gateway workers; 1 = off.
+    cores this process may use (service/core/machine.py), not divided by the gateway workers:
+    when several run alone at once their solo runs slow down, and each batcher measures that
+    and goes back to the shared sessions; 1 = off.
     CPU only, local placement only; the batcher times both ways and takes the solo sessions only
     while they are faster (a small LSTM's are not). Costs a second copy of the model's sessions
     in memory."""
@@ -290,13 +292,30 @@ def read_tuned_file(path: Path) -> dict[str, Any]:
     }
 
 
+TUNABLE = (
+    "max_batch_size",
+    "gpu_max_batch_size",
+    "max_latency_ms",
+    "workers_per_model",
+    "intra_op_threads",
+)
+"""The settings a tuned entry may hold (what `deepserve models tune` measures)."""
+
+
 def checked_tuned(entries: Any, where: str) -> dict[str, Any]:
-    """{device class: {"settings": {...}, ...}} with each entry's settings validated."""
+    """{device class: {"settings": {...}, ...}} with each entry's settings validated (only
+    TUNABLE keys, with the constraints of every other source)."""
     if not isinstance(entries, dict):
         raise ValueError(f"{where}: expected an object of device classes")
     out = {}
     for klass, entry in entries.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("settings"), dict):
             raise ValueError(f"{where}, {klass!r}: expected {{'settings': {{...}}, ...}}")
+        other = sorted(set(entry["settings"]) - set(TUNABLE))
+        if other:
+            raise ValueError(
+                f"{where}, {klass!r}: {', '.join(other)} cannot be tuned (only "
+                f"{', '.join(TUNABLE)})"
+            )
         out[klass] = {**entry, "settings": file_entry(entry["settings"], f"{where}, {klass!r}")}
     return out

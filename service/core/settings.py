@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.core.device import device_class, gpu_name
+from service.core.device import device_class, uses_gpu
 from service.core.machine import usable_cores
 from service.core.model_settings import (
     FiniteNonNegative,
@@ -158,12 +158,12 @@ class Settings(BaseSettings, PerModelFields):
     gateway_workers: int = Field(default=0, ge=0)
     """Gateway worker processes, sharing the HTTP and gRPC ports (the kernel spreads
     connections). 0 = from the machine: the cores this process may use (service/core/
-    machine.py), at most 4 with the local placement (each worker loads every model: its own
-    sessions and batcher, so memory grows with workers) and at most 8 when every model is
-    remote (workers share the runner services); 1 in explicit model control, where the
-    repository API reaches one worker only (more is refused). Per worker: admission, batching,
-    statistics (V2 stats answer one worker's), the failed-auth table and the gRPC call quotas;
-    /metrics adds up every worker."""
+    machine.py), at most 4 (each worker loads every model: its own sessions and batcher, so
+    memory grows with workers). One, and more refused, in explicit model control (the
+    repository API reaches one worker only) and when any model may be remote (a runner service
+    follows the versions one gateway process wants). Per worker: admission, batching,
+    statistics (V2 stats answer one worker's), the failed-auth table and the gRPC call quotas
+    (so those limits are N times looser); /metrics adds up every worker."""
 
     preprocess_threads: int = Field(default=2, ge=1)
     """Threads that decode and preprocess requests (images, audio) off the event loop, shared by
@@ -338,7 +338,10 @@ class Settings(BaseSettings, PerModelFields):
         if cached is None:
             layers = self.model_layers(model, own)
             base = self.model_defaults().layered(*layers)
-            entry = self.tuned_entry(model, base.device, tuned)
+            # NOTE: tuned entries are for the local placement (a remote runner service takes
+            # its batching from BentoML's service config, fixed at import)
+            local = base.placement == "local"
+            entry = self.tuned_entry(model, base.device, tuned) if local else {}
             cached = self._per_model[key] = self.model_defaults().layered(entry, *layers)
         return cached
 
@@ -350,10 +353,12 @@ class Settings(BaseSettings, PerModelFields):
         no entry for this class (another machine's entries never apply)."""
         if not self.use_tuned:
             return {}
-        gpu = device == "gpu" or (device == "auto" and gpu_name() is not None)
-        klass = device_class(gpu)
+        klass = device_class(uses_gpu(device))
         entries = self.tuned_file_entries().get(model, {})
         chosen = entries.get(klass) or (tuned or {}).get(klass) or {}
+        workers = chosen.get("gateway_workers", 1)
+        if workers != self.gateway_workers_in_force():  # tuned per worker, for another count
+            return {}
         return dict(chosen.get("settings", {}))
 
     def tuned_file_entries(self) -> dict[str, Any]:
@@ -372,31 +377,44 @@ class Settings(BaseSettings, PerModelFields):
         return config.solo_intra_op_threads or usable_cores()
 
     def gateway_workers_in_force(self) -> int:
-        """Gateway worker processes: gateway_workers, or the machine's cores within the cap of
-        the placement (see gateway_workers)."""
+        """Gateway worker processes: gateway_workers, or the machine's cores, at most 4 (each
+        worker loads every model); one in explicit model control or when any model may be
+        remote (see gateway_workers)."""
         if self.gateway_workers:
             return self.gateway_workers
-        if self.model_control == "explicit":
+        if self.model_control == "explicit" or "remote" in self.placements_named():
             return 1
-        cap = 8 if self.placement == "remote" and not self.may_place_local() else 4
-        return min(usable_cores(), cap)
+        return min(usable_cores(), 4)
 
-    def may_place_local(self) -> bool:
-        """Whether any model may run in the gateway (the default placement, or an entry; read
-        from the entries themselves: for_model needs the gateway workers)."""
-        entries = [self.placements.get(m, self.model_settings.get(m, {}).get("placement"))
-                   for m in {*self.model_settings, *self.placements}]  # fmt: skip
-        return self.placement == "local" or "local" in entries
+    def placements_named(self) -> set[str]:
+        """The default placement and every placement an entry names (read from the entries
+        themselves: for_model needs the gateway workers)."""
+        entries = {self.placements.get(m, self.model_settings.get(m, {}).get("placement"))
+                   for m in {*self.model_settings, *self.placements}}  # fmt: skip
+        return {self.placement, *(e for e in entries if e is not None)}
 
     @model_validator(mode="after")
-    def _one_worker_for_explicit_control(self) -> Settings:
+    def _one_worker_where_workers_would_disagree(self) -> Settings:
         if self.gateway_workers > 1 and self.model_control == "explicit":
             raise ValueError(
                 f"DEEPSERVE_GATEWAY_WORKERS={self.gateway_workers} with "
                 "DEEPSERVE_MODEL_CONTROL=explicit: a repository load or unload reaches one "
                 "worker only; use one worker, or model_control poll"
             )
+        if self.gateway_workers > 1 and "remote" in self.placements_named():
+            raise ValueError(
+                f"DEEPSERVE_GATEWAY_WORKERS={self.gateway_workers} with a remote placement: a "
+                "runner service follows the versions one gateway process wants; use one "
+                "worker with remote models"
+            )
         return self
+
+    @field_validator("tuned_file")
+    @classmethod
+    def _check_tuned_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_tuned_file(path)  # a clear error at start, not in the middle of a load
+        return path
 
     def placement_of(self, model: str) -> Placement:
         """Where `model` runs (for_model(model).placement)."""

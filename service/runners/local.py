@@ -56,12 +56,15 @@ class LocalRunner:
     async def start(self) -> None:
         started = time.perf_counter()
 
+        steps = self.config.caption_decoding == "step" and self.config.batching
+
         def load() -> Kernel:
             kernel = self.kernel_class(
                 self.spec,
                 self.config.device,
                 self.config.intra_op_threads,
-                self.settings.solo_threads_for(self.config),
+                # the step batcher runs no batch alone: no solo sessions for it
+                1 if steps else self.settings.solo_threads_for(self.config),
             )
             kernel.warmup()
             return kernel
@@ -76,7 +79,6 @@ class LocalRunner:
         kernel = self.kernel
         observer = ModelMetrics(self.spec.name, self.spec.version)
         batch_size = self.config.batch_size_for(kernel.provider)
-        steps = self.config.caption_decoding == "step" and self.config.batching
         if steps and isinstance(kernel, StepModel):  # it decodes step by step: continuous batching
             self.batcher = StepBatcher(
                 self.name,

@@ -50,7 +50,7 @@ class Kernel:
     second time with that many intra-op threads (spinning between a run's parallel sections),
     and `run_solo` runs a batch on those sessions. The batcher calls it when nothing else of the
     model is queued or computing, so one client at a time does not leave cores idle, and only
-    while it measures it faster (service/batching/batcher.py SoloChoice; warm-up's timing of
+    while it measures it faster (service/batching/solo.py SoloChoice; warm-up's timing of
     one item both ways, solo_times, is its first estimate)."""
 
     SOLO_TRIALS = 7
@@ -74,7 +74,8 @@ class Kernel:
         self.solo_speedup: float | None = None
         """Shared over solo time on one warm-up item (median of SOLO_TRIALS); None: not
         measured (solo off, or no warm-up yet)."""
-        if solo_threads > max(intra_op_threads, 1) and self.provider == CPU:
+        # NOTE: intra_op_threads 0 is ORT's own default, already every core
+        if intra_op_threads >= 1 and solo_threads > intra_op_threads and self.provider == CPU:
             self.solo_threads = solo_threads
             self._solo_graphs = {
                 name: load_graph(spec.graph_path(name), graph, device, solo_threads, spin=True)

@@ -124,7 +124,12 @@ class ModelSpec(BaseModel):
             spec.settings = file_entry(entries, str(own))
         tuned = path / TUNED_FILE
         if tuned.is_file():
-            spec.tuned = checked_tuned(json.loads(tuned.read_text()), str(tuned))
+            # NOTE: an optional optimisation: a damaged file is logged and ignored, never a
+            # reason to skip the version (poll mode would fall back to an older one)
+            try:
+                spec.tuned = checked_tuned(json.loads(tuned.read_text()), str(tuned))
+            except (OSError, ValueError) as error:
+                log.error("%s: ignoring %s: %s", spec.tag, TUNED_FILE, error)
         return spec
 
 
@@ -164,9 +169,8 @@ def list_specs(problems: dict[str, str] | None = None) -> list[ModelSpec]:
         try:
             specs.append(ModelSpec.from_dir(path))
         except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
-            named = [f for f in (SETTINGS_FILE, TUNED_FILE) if f"{f}" in str(error)]
-            own = bool(named)
-            why = f"{model.tag}: unreadable {named[0] if named else SPEC_FILE}"
+            own = f"{SETTINGS_FILE}: " in str(error)
+            why = f"{model.tag}: unreadable {SETTINGS_FILE if own else SPEC_FILE}"
             detail = " ".join(str(error).split())[:300] if own else type(error).__name__
             why += f" ({detail})"
             log.error("skipping %s", why)

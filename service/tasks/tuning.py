@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Hashable
@@ -31,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from service.batching.batcher import AdaptiveBatcher
-from service.core.device import device_class
+from service.core.device import device_class, uses_gpu
 from service.core.machine import usable_cores
-from service.core.model_settings import ModelSettings
+from service.core.model_settings import TUNABLE, ModelSettings, checked_tuned
 from service.processing.text import encode, tokenize
 from service.runtime.kernels import Kernel
 from service.runtime.sessions import CUDA
@@ -43,6 +44,7 @@ from service.tasks.text_classification import word_index
 
 TUNED_KEYS = ("max_batch_size", "max_latency_ms", "workers_per_model", "intra_op_threads")
 GPU_TUNED_KEYS = ("gpu_max_batch_size", "max_latency_ms", "workers_per_model")
+assert set(TUNED_KEYS + GPU_TUNED_KEYS) <= set(TUNABLE)
 MAX_ITEMS = 64
 
 
@@ -177,6 +179,8 @@ async def search(
 
     first = kernel_for(config.intra_op_threads)
     gpu = first.provider == CUDA
+    if gpu != uses_gpu(config.device):  # the class the server will look up must be this one
+        raise TuningFailed(f"{spec.tag} runs on {first.provider} here, unlike a server would")
     keys = GPU_TUNED_KEYS if gpu else TUNED_KEYS
     defaults = {key: getattr(config, key) for key in keys}
     if gpu:
@@ -240,7 +244,8 @@ async def search(
         f"{time.monotonic() - started:.0f} s"
     )
     return {
-        "settings": {k: v for k, v in chosen.items() if k in keys or k == "intra_op_threads"},
+        # the defaults winning is recorded as no settings: the entry never freezes them
+        "settings": {k: v for k, v in best.settings.items() if k in keys} if keep else {},
         "measured": {
             "rps": round(winner_rps if keep else default_rps, 1),
             "p99_ms": round(winner_p99 if keep else max(t.p99_ms for t in default_runs), 1),
@@ -262,17 +267,40 @@ class TuningFailed(Exception):
 
 def record(spec: ModelSpec, entry: dict[str, Any], out: Path | None) -> Path:
     """Write the entry for its device class: into `out` ({model: {class: entry}}) when given,
-    else into the model's own tuned.json (other classes' entries kept)."""
+    else into the model's own tuned.json (other classes' entries kept). An existing file must
+    be a valid one of its kind (ValueError otherwise, before anything is written); the new
+    file replaces it at once (a reader never sees half of it)."""
     klass = entry["device_class"]
     if out is not None:
-        data = json.loads(out.read_text()) if out.is_file() else {}
+        data = read_existing(out)
+        for model, entries in data.items():
+            checked_tuned(entries, f"{out}, model {model!r}")
         data.setdefault(spec.name, {})[klass] = entry
-        out.write_text(json.dumps(data, indent=2, sort_keys=True))
+        write_atomically(out, data)
         return out
     if spec.path is None:
         raise ValueError(f"{spec.tag} was not loaded from a store")
     path = spec.path / TUNED_FILE
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    data = read_existing(path)
+    checked_tuned(data, str(path))
     data[klass] = entry
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    write_atomically(path, data)
     return path
+
+
+def read_existing(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def write_atomically(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(temporary, path)

@@ -221,16 +221,24 @@ def test_a_solo_run_whose_batch_fails_still_isolates_the_bad_item() -> None:
     shared, solo = Recorder(), Recorder()
 
     async def scenario(batcher: AdaptiveBatcher):
-        return await asyncio.gather(
+        alone = await asyncio.gather(batcher.submit("bad"), return_exceptions=True)
+        together = await asyncio.gather(
             batcher.submit("bad"), batcher.submit(3), return_exceptions=True
         )
+        return alone + together
 
-    bad, good = asyncio.run(with_batcher(shared, scenario, run_solo=solo, workers=1))
+    bad_alone, bad, good = asyncio.run(with_batcher(shared, scenario, run_solo=solo, workers=1))
+    assert isinstance(bad_alone, InferenceFailed)
+    assert solo.batches == [(0, ["bad"])]  # alone: solo; its failure is not timed as solo's
     assert isinstance(bad, InferenceFailed) and good == 6
+    assert shared.batches[0] == (0, ["bad", 3]) and sorted(map(str, shared.batches[1][1])) in (
+        ["bad"],
+        ["3"],
+    )
 
 
 def test_solo_choice_takes_the_faster_way_and_still_tries_the_other() -> None:
-    from service.batching.batcher import SoloChoice
+    from service.batching.solo import SoloChoice
 
     choice = SoloChoice()
     assert choice.pick(0) is True  # no time yet for either: try solo

@@ -356,9 +356,11 @@ def test_gateway_workers_follow_the_cores_the_placement_and_the_model_control(
 
     monkeypatch.setattr(settings_module, "usable_cores", lambda: 16)
     assert Settings(gateway_workers=0).gateway_workers_in_force() == 4  # local: every model
-    assert Settings(gateway_workers=0, placement="remote").gateway_workers_in_force() == 8
-    mixed = Settings(gateway_workers=0, placement="remote", placements={"digits-cnn": "local"})
-    assert mixed.gateway_workers_in_force() == 4
+    assert Settings(gateway_workers=0, placement="remote").gateway_workers_in_force() == 1
+    mixed = Settings(gateway_workers=0, placements={"digits-cnn": "remote"})
+    assert mixed.gateway_workers_in_force() == 1
+    in_file = Settings(gateway_workers=0, model_settings={"m": {"placement": "remote"}})
+    assert in_file.gateway_workers_in_force() == 1
     assert Settings(gateway_workers=0, model_control="explicit").gateway_workers_in_force() == 1
     assert Settings(gateway_workers=3).gateway_workers_in_force() == 3
     monkeypatch.setattr(settings_module, "usable_cores", lambda: 2)
@@ -369,6 +371,8 @@ def test_gateway_workers_follow_the_cores_the_placement_and_the_model_control(
 def test_explicit_model_control_refuses_several_gateway_workers() -> None:
     with pytest.raises(ValidationError, match="GATEWAY_WORKERS=2 with DEEPSERVE_MODEL_CONTROL"):
         Settings(gateway_workers=2, model_control="explicit")
+    with pytest.raises(ValidationError, match="GATEWAY_WORKERS=3 with a remote placement"):
+        Settings(gateway_workers=3, placements={"digits-cnn": "remote"})
     assert Settings(gateway_workers=1, model_control="explicit").gateway_workers_in_force() == 1
 
 
