@@ -159,7 +159,8 @@ class Settings(BaseSettings, PerModelFields):
     """Gateway worker processes, sharing the HTTP and gRPC ports (the kernel spreads
     connections). 0 = from the machine: the cores this process may use (service/core/
     machine.py), at most 4 (each worker loads every model: its own sessions and batcher, so
-    memory grows with workers). One, and more refused, in explicit model control (the
+    memory grows with workers); one with DEEPSERVE_DEVICE=gpu (one process feeds the GPU big
+    batches and holds its memory). One, and more refused, in explicit model control (the
     repository API reaches one worker only) and when any model may be remote (a runner service
     follows the versions one gateway process wants). Per worker: admission, batching,
     statistics (V2 stats answer one worker's), the failed-auth table and the gRPC call quotas
@@ -383,6 +384,8 @@ class Settings(BaseSettings, PerModelFields):
         if self.gateway_workers:
             return self.gateway_workers
         if self.model_control == "explicit" or "remote" in self.placements_named():
+            return 1
+        if self.device == "gpu":  # one process feeds the GPU big batches (and holds its memory)
             return 1
         return min(usable_cores(), 4)
 

@@ -362,6 +362,7 @@ def test_gateway_workers_follow_the_cores_the_placement_and_the_model_control(
     in_file = Settings(gateway_workers=0, model_settings={"m": {"placement": "remote"}})
     assert in_file.gateway_workers_in_force() == 1
     assert Settings(gateway_workers=0, model_control="explicit").gateway_workers_in_force() == 1
+    assert Settings(gateway_workers=0, device="gpu").gateway_workers_in_force() == 1
     assert Settings(gateway_workers=3).gateway_workers_in_force() == 3
     monkeypatch.setattr(settings_module, "usable_cores", lambda: 2)
     assert Settings(gateway_workers=0).gateway_workers_in_force() == 2
