@@ -65,17 +65,27 @@ class GatewayBase:
 
     @bentoml.on_startup
     async def start_runners(self) -> None:
-        if self.grpc is not None:  # up first: health answers NOT_SERVING while models load
-            await self.grpc.start()
-            on_sigterm(self.grpc.drain)
-        if self.grpc is not None:  # health follows every change of what is served
-            self.state.listeners.append(self.grpc.sync_health)
+        # One worker: gRPC is up first, its health answering NOT_SERVING while models load.
+        # Several share the port (SO_REUSEPORT), and the kernel hands a new connection to any
+        # socket bound to it: a worker binds only once loaded, so no call reaches one that
+        # cannot answer it (HTTP's shared socket is only accepted from once startup is done).
+        early = self.grpc is not None and settings.gateway_workers_in_force() == 1
+        if early:
+            await self.start_grpc()
         await self.state.start()
+        if self.grpc is not None and not early:
+            await self.start_grpc()
         if self.grpc is not None:
             await self.grpc.sync_health()
         for name, why in self.state.failed().items():
             log.error("model %s is not served: %s", name, why)
         log.info("deepserve serving: %s", ", ".join(self.state.runners))
+
+    async def start_grpc(self) -> None:
+        assert self.grpc is not None
+        await self.grpc.start()
+        on_sigterm(self.grpc.drain)
+        self.state.listeners.append(self.grpc.sync_health)  # health follows what is served
 
     @bentoml.on_shutdown
     async def stop_runners(self) -> None:

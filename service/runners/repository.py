@@ -151,6 +151,8 @@ class ServingState:
         """The runner of `name` at `version` (None or "": the newest served version)."""
         runner = self.runners.get(name)
         if runner is None:
+            if not self.started:  # the first load is still choosing versions
+                raise NotReady(f"model {name!r} is not loaded yet: the server is starting")
             if name in self.missing:
                 raise NotReady(f"model {name!r} is not available: {self.missing[name]}")
             if name in self.unloaded:

@@ -4,6 +4,7 @@ up all of them."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -43,6 +44,22 @@ def requests_counted(url: str) -> float:
     )
 
 
+def listening_on(worker: psutil.Process, port: int) -> bool:
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        for c in worker.net_connections(kind="tcp")
+    )
+
+
+def wait_until_both_listen(workers: list[psutil.Process], port: int) -> None:
+    """A worker binds the gRPC port only once its models are loaded; the server is ready as soon
+    as one worker is."""
+    deadline = time.monotonic() + 120
+    while not all(listening_on(w, port) for w in workers):
+        assert time.monotonic() < deadline, "both workers bind the gRPC port once loaded"
+        time.sleep(0.2)
+
+
 def test_two_workers_share_the_ports_and_every_request_is_answered_and_counted(
     tmp_path,
 ) -> None:
@@ -51,6 +68,7 @@ def test_two_workers_share_the_ports_and_every_request_is_answered_and_counted(
     with running_server(tmp_path, env) as server:
         workers = worker_processes(server.process.pid)
         assert len(workers) == 2, [w.cmdline() for w in workers]
+        wait_until_both_listen(workers, int(server.grpc_target.rsplit(":", 1)[1]))
         before = requests_counted(server.url)
         idle = [w.cpu_times().user + w.cpu_times().system for w in workers]
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.core.errors import Conflict, ModelNotFound
+from service.core.errors import Conflict, ModelNotFound, NotReady
 from service.core.settings import Settings
 from service.runners.repository import ServingState
 from service.tasks import registry
@@ -50,6 +50,16 @@ def test_ready(runners, missing, require_all, expected) -> None:
 def test_not_ready_before_start() -> None:
     state = serving({"a": runner(True)})
     assert state.ready is False
+    state.preprocess_pool.shutdown()
+
+
+def test_a_call_before_the_first_load_is_told_to_retry_not_that_the_model_is_unknown() -> None:
+    state = serving({})  # versions still being chosen: no runner yet
+    with pytest.raises(NotReady, match="starting"):
+        state.runner("a")
+    state.started = True
+    with pytest.raises(ModelNotFound, match="served models: none"):
+        state.runner("a")
     state.preprocess_pool.shutdown()
 
 

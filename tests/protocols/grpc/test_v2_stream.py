@@ -5,8 +5,6 @@ process of its own)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import pytest
 from service.core.errors import StreamTimedOut
 from service.core.settings import Settings
 from service.protocols.grpc.streams import answer_concurrently
+from tests.without_tritonclient import run_checks
 
 TIMEOUT = 20.0  # generous: the machine is shared
 
@@ -97,8 +96,4 @@ def test_closing_the_stream_cancels_the_work_in_flight() -> None:
 
 def test_one_requests_responses() -> None:
     """stream_answers_checks.py, in a process without tritonclient (see its docstring)."""
-    checks = Path(__file__).with_name("stream_answers_checks.py")
-    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(checks)]
-    done = subprocess.run(run, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout and "failed" not in done.stdout
+    run_checks(Path(__file__).with_name("stream_answers_checks.py"))
