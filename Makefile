@@ -9,7 +9,7 @@ export BENTOML_DO_NOT_TRACK := True
 APT_PACKAGES := espeak-ng wrk prometheus docker-compose chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup apt models serve test unit bench bench-quick loadtest lint format clean-models
+.PHONY: help setup apt models serve test unit bench bench-quick gpu-check loadtest lint format clean-models
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ bench: models  ## service vs in-process limit (wrk, loopback): table, JSON and P
 
 bench-quick: models  ## the same report, two models, 1 and 32 clients: under 3 minutes
 	$(PY) loadtests/bench.py --quick
+
+# NOTE: no setup prerequisite: a GPU machine may have no index to install from. The venv's Python
+# where there is one, else python3 (then only onnxruntime and numpy are needed).
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:  ## GPU report (CPU fallback without one): providers, batch sweep IO binding on/off, service; ARGS=...
+	$(GPU_PY) loadtests/gpu_check.py $(ARGS)
 
 loadtest: models  ## headless locust run (all user classes) + SLO gate; ARGS="--shape step ..." to vary
 	$(PY) -m loadtests.loadtest $(ARGS)

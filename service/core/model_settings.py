@@ -167,6 +167,11 @@ class PerModelFields(BaseModel):
     device: Device = "auto"
     """auto: CUDA execution provider when onnxruntime-gpu sees a GPU, else CPU."""
 
+    io_binding: Literal["auto", "on", "off"] = "auto"
+    """Run the graphs through ONNX Runtime IO binding (service/runtime/sessions.py: inputs
+    copied to the device once, outputs into buffers preallocated per batch size); auto = on
+    with the CUDA provider, off on CPU, where it gains nothing."""
+
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     """Largest decoded image (width x height); bigger declared sizes are refused (image bombs)."""
 

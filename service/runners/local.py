@@ -65,6 +65,7 @@ class LocalRunner:
                 self.config.intra_op_threads,
                 # the step batcher runs no batch alone: no solo sessions for it
                 1 if steps else self.settings.solo_threads_for(self.config),
+                self.config.io_binding,
             )
             kernel.warmup()
             return kernel

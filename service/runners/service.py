@@ -177,7 +177,7 @@ class Versions:
         try:  # NOTE: a broken version must not crash-loop the process; the status says why
             spec = load_spec(f"{self.model}:{version}")
             kernel = self.kernel_of(spec.task)(
-                spec, self.config.device, self.config.intra_op_threads
+                spec, self.config.device, self.config.intra_op_threads, 1, self.config.io_binding
             )
             kernel.warmup()
         except Exception as error:

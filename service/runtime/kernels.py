@@ -61,10 +61,13 @@ class Kernel:
         device: str = "auto",
         intra_op_threads: int = 1,
         solo_threads: int = 1,
+        io_binding: str = "auto",
     ):
         self.spec = spec
         self._graphs: dict[str, LoadedGraph] = {
-            name: load_graph(spec.graph_path(name), graph, device, intra_op_threads)
+            name: load_graph(
+                spec.graph_path(name), graph, device, intra_op_threads, io_binding=io_binding
+            )
             for name, graph in spec.graphs.items()
         }
         self._solo_graphs: dict[str, LoadedGraph] | None = None
@@ -78,7 +81,9 @@ class Kernel:
         if intra_op_threads >= 1 and solo_threads > intra_op_threads and self.provider == CPU:
             self.solo_threads = solo_threads
             self._solo_graphs = {
-                name: load_graph(spec.graph_path(name), graph, device, solo_threads, spin=True)
+                name: load_graph(
+                    spec.graph_path(name), graph, device, solo_threads, True, io_binding
+                )
                 for name, graph in spec.graphs.items()
             }
 
@@ -169,7 +174,7 @@ class ImageClassifier(Kernel):
 
     def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[np.ndarray]:
         batch = np.stack(items)
-        (probabilities,) = self.graphs["model"].session.run(["probabilities"], {"image": batch})
+        (probabilities,) = self.graphs["model"].run(["probabilities"], {"image": batch})
         return list(probabilities)
 
     def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
@@ -188,7 +193,7 @@ class TextClassifier(Kernel):
 
     def run(self, key: Hashable, items: Sequence[Sequence[int]]) -> list[np.ndarray]:
         tokens, lengths = collate_padded(items)
-        (probabilities,) = self.graphs["model"].session.run(
+        (probabilities,) = self.graphs["model"].run(
             ["probabilities"], {"tokens": tokens, "lengths": lengths}
         )
         return list(probabilities)
@@ -208,7 +213,7 @@ class SpeechRecognizer(Kernel):
 
     def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Any]:
         waveform, lengths = pad_batch(items)
-        log_probs, frame_lengths = self.graphs["model"].session.run(
+        log_probs, frame_lengths = self.graphs["model"].run(
             ["log_probs", "frame_lengths"], {"waveform": waveform, "lengths": lengths}
         )
         return list(ctc_greedy_transcripts(log_probs, frame_lengths, self.spec.vocabulary or []))
@@ -232,7 +237,7 @@ class Captioner(Kernel):
     def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Caption]:
         beam = int(key)  # type: ignore[call-overload]
         images = np.stack(items)
-        encoder, decoder = self.graphs["encoder"].session, self.graphs["decoder"].session
+        encoder, decoder = self.graphs["encoder"], self.graphs["decoder"]
         vocabulary, extra = self.spec.vocabulary or [], self.spec.extra
         if beam <= 1:
             scored = captioning.greedy_decode_scored(encoder, decoder, images, extra, vocabulary)
@@ -256,8 +261,8 @@ class Captioner(Kernel):
     def running(self) -> CaptionSteps:
         """An empty running set: items join it, advance one decoder step at a time, leave."""
         return CaptionSteps(
-            self.graphs["encoder"].session,
-            self.graphs["decoder"].session,
+            self.graphs["encoder"],
+            self.graphs["decoder"],
             self.spec.extra,
             self.spec.vocabulary or [],
         )
@@ -288,8 +293,9 @@ class GenericKernel(Kernel):
         device: str = "auto",
         intra_op_threads: int = 1,
         solo_threads: int = 1,
+        io_binding: str = "auto",
     ):
-        super().__init__(spec, device, intra_op_threads, solo_threads)
+        super().__init__(spec, device, intra_op_threads, solo_threads, io_binding)
         graph = spec.graphs["model"]
         self.batchable = spec.extra.get("batchable") is True
         self.outputs = [t.name for t in graph.outputs]
@@ -306,7 +312,7 @@ class GenericKernel(Kernel):
             raise InvalidInput(f"model {self.spec.name} refused the input: {error}") from None
 
     def _run(self, items: Sequence[dict[str, np.ndarray]]) -> list[Any]:
-        session = self.graphs["model"].session
+        session = self.graphs["model"]
         if not self.batchable:
             return [dict(zip(self.outputs, session.run(self.outputs, item))) for item in items]
         groups: dict[Hashable, list[int]] = {}

@@ -56,14 +56,18 @@ def kernel_of(task: str) -> type[Kernel]:
 
 
 def make_kernel(
-    spec: ModelSpec, device: str = "auto", intra_op_threads: int = 1, solo_threads: int = 1
+    spec: ModelSpec,
+    device: str = "auto",
+    intra_op_threads: int = 1,
+    solo_threads: int = 1,
+    io_binding: str = "auto",
 ) -> Kernel:
     """Load a model's kernel (its graphs in ONNX Runtime sessions) by its spec's task."""
     try:
         kernel_class = kernel_of(spec.task)
     except KeyError:
         raise ValueError(f"{spec.tag}: no kernel for task {spec.task!r}") from None
-    return kernel_class(spec, device, intra_op_threads, solo_threads)
+    return kernel_class(spec, device, intra_op_threads, solo_threads, io_binding)
 
 
 def builtin_models() -> list[str]:

@@ -173,7 +173,7 @@ async def search(
 
     def kernel_for(threads: int) -> Kernel:
         if threads not in kernels:
-            kernels[threads] = make_kernel(spec, config.device, threads)
+            kernels[threads] = make_kernel(spec, config.device, threads, 1, config.io_binding)
             kernels[threads].warmup()
         return kernels[threads]
 

@@ -101,6 +101,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("max_upload_bytes", "0"),
     ("model_control", "sometimes"),
     ("caption_decoding", "tokens"),
+    ("io_binding", "sometimes"),
 ]
 CHECKED_BY_VALIDATOR = {"version_policy", "versions"}
 
@@ -158,6 +159,7 @@ def test_defaults_are_unchanged(monkeypatch) -> None:
         "max_queue_wait_ms": 1000.0,
         "placement": "local",
         "device": "auto",
+        "io_binding": "auto",
         "max_image_pixels": 40_000_000,
         "jpeg_draft_factor": 2.0,
         "max_audio_seconds": 600.0,

@@ -69,7 +69,7 @@ class NoopKernel:
     provider = "CPUExecutionProvider"
     solo, solo_speedup, solo_times = False, None, None
 
-    def __init__(self, spec, device="auto", intra_op_threads=1, solo_threads=1) -> None:
+    def __init__(self, spec, device="auto", intra_op_threads=1, solo_threads=1, io_binding="auto"):
         self.spec = spec
 
     @classmethod

@@ -39,7 +39,12 @@ class DoublingKernel:
     solo, solo_speedup, solo_times = False, None, None
 
     def __init__(
-        self, spec: Any, device: str = "auto", intra_op_threads: int = 1, solo_threads: int = 1
+        self,
+        spec: Any,
+        device: str = "auto",
+        intra_op_threads: int = 1,
+        solo_threads: int = 1,
+        io_binding: str = "auto",
     ) -> None:
         self.spec = spec
 

@@ -6,32 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from service.runtime.kernels import GenericKernel
 from service.tasks.registry import import_model
-
-
-def matmul_graph(path: Path, size: int = 256) -> Path:
-    """x [N, size] -> x @ W -> Relu -> @ W -> y [N, size]: enough work for threads to matter."""
-    weight = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32) / size
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w"], ["h"]),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "w"], ["y"]),
-        ],
-        "matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", size])],
-        initializer=[numpy_helper.from_array(weight, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+from tests.runtime.graphs import matmul_graph
 
 
 @pytest.fixture

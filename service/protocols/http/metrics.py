@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+from service.core.gpu_metrics import GPU_REGISTRY
 from service.core.metrics import HTTP_METHODS, UNMATCHED, metrics
 
 Scope = MutableMapping[str, Any]
@@ -100,14 +101,15 @@ class Exposition:
 
     @staticmethod
     def render() -> bytes:
+        """The counters of every process, then this host's GPU readings (none without one)."""
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if not directory:
-            return generate_latest(REGISTRY)
+            return generate_latest(REGISTRY) + generate_latest(GPU_REGISTRY)
         from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=directory)
-        return generate_latest(registry)
+        return generate_latest(registry) + generate_latest(GPU_REGISTRY)
 
     async def text(self) -> bytes:
         arrived = time.monotonic()
