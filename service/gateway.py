@@ -19,6 +19,7 @@ from typing import Any
 
 import bentoml
 
+from service.core.machine import freeze_startup_heap
 from service.core.settings import get_settings
 from service.protocols.auth import ApiKeyMiddleware, ApiKeys, FailedAuthLimiter
 from service.protocols.grpc.server import GrpcServer
@@ -77,6 +78,7 @@ class GatewayBase:
             await self.start_grpc()
         if self.grpc is not None:
             await self.grpc.sync_health()
+        freeze_startup_heap()
         for name, why in self.state.failed().items():
             log.error("model %s is not served: %s", name, why)
         log.info("deepserve serving: %s", ", ".join(self.state.runners))

@@ -18,18 +18,17 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
+from service.batching.results import BatchObserver, BatchStats, hand_over, run_isolated
 from service.batching.solo import SoloChoice
 from service.core.errors import (
     DeadlineExceeded,
-    InferenceFailed,
     NotReady,
     Overloaded,
-    ServingError,
 )
 from service.core.statistics import ModelStatistics, RequestScope, ns
 
@@ -37,16 +36,6 @@ log = logging.getLogger("deepserve.batching")
 
 RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
 """(queue key, items) -> one result per item, in order. Runs in a worker thread."""
-
-
-class BatchObserver(Protocol):
-    """What the batcher reports as it works (service/core/metrics.py ModelMetrics implements it)."""
-
-    def batch_done(self, size: int, queue_waits: list[float], compute_seconds: float) -> None: ...
-
-    def pending(self, count: int) -> None: ...
-
-    def rejected(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -59,31 +48,12 @@ class _Pending:
     """The request the item belongs to, given the item's times (statistics)."""
 
 
-@dataclass
-class BatchStats:
-    batches: int = 0
-    samples: int = 0
-    solo: int = 0
-    """Batches run alone, on the solo sessions (AdaptiveBatcher.run_solo)."""
-    largest: int = 0
-    expired: int = 0
-    """Requests dropped unrun because their deadline passed while they queued."""
-    abandoned: int = 0
-    """Requests dropped unrun because their caller went away (disconnect, gRPC cancel)."""
-    sizes: dict[int, int] = field(default_factory=dict)
-
-    def rejected(self, reason: str) -> None:
-        """Count a request dropped unrun (the reasons the stats keep)."""
-        if reason == "deadline":
-            self.expired += 1
-        elif reason == "abandoned":
-            self.abandoned += 1
-
-    def record(self, size: int) -> None:
-        self.batches += 1
-        self.samples += size
-        self.largest = max(self.largest, size)
-        self.sizes[size] = self.sizes.get(size, 0) + 1
+Prepare = Callable[[], Any]
+"""Makes a request's item (decode, validate, preprocess); its errors are the caller's."""
+KeyOf = Callable[[Any], Hashable]
+"""An item's queue key (length bucket, decoding mode)."""
+Preprocess = Callable[[Prepare], Awaitable[Any]]
+"""Runs a Prepare off the event loop (the preprocessing pool) and gives its item."""
 
 
 class AdaptiveBatcher:
@@ -184,6 +154,67 @@ class AdaptiveBatcher:
         self._wakeup.set()
         return await future
 
+    async def submit_prepared(
+        self,
+        prepare: Prepare,
+        key_of: KeyOf,
+        preprocess: Preprocess,
+        deadline: float | None = None,
+    ) -> Any:
+        """Prepare an item in a thread (decode, preprocess: `prepare`), then run it as `submit`
+        does. When nothing is queued or computing, both happen in one hand-off to a batch
+        thread, which runs the item at once (on the solo sessions when chosen): no second
+        thread hop, no queue, no worker wake-up; a request arriving meanwhile queues as it
+        would behind any running batch. Otherwise `preprocess` (the shared preprocessing pool)
+        prepares the item and it queues. An error of `prepare` (the caller's 4xx) is raised."""
+        if not self._idle():
+            item = await preprocess(prepare)
+            return await self.submit(item, key_of(item), deadline)
+        if deadline is not None and time.monotonic() >= deadline:
+            self._reject("deadline")
+            raise DeadlineExceeded(f"deadline passed before {self.name} was queued")
+        self._started += 1
+        started_before = self._started
+        self._busy += 1
+        running = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._prepare_and_run, prepare, key_of
+        )
+        # busy until the thread is done, even if this caller is cancelled (client gone)
+        running.add_done_callback(self._inline_done)
+        item, key, solo, results, began, ended = await asyncio.shield(running)
+        request = self.statistics.reached() if self.statistics is not None else None
+        pending = _Pending(
+            item, asyncio.get_running_loop().create_future(), began, deadline, request
+        )
+        alone = self._started == started_before
+        self._account(key, [pending], results, solo, alone, True, began, began, ended)
+        return await pending.future
+
+    def _inline_done(self, _: asyncio.Future[Any]) -> None:
+        self._busy -= 1
+        if self._pending and self._wakeup is not None:
+            self._wakeup.set()  # what queued meanwhile
+
+    def _idle(self) -> bool:
+        """Nothing queued, nothing computing: a new item may run at once (submit_prepared)."""
+        return (
+            not self._closed
+            and self._executor is not None
+            and self._busy == 0
+            and self._pending == 0
+        )
+
+    def _prepare_and_run(
+        self, prepare: Prepare, key_of: KeyOf
+    ) -> tuple[Any, Hashable, bool, list[Any], float, float]:
+        """In a batch thread: (item, key, solo, results, began, ended)."""
+        item = prepare()
+        key = key_of(item)
+        # NOTE: picked here, not on the loop: no other batch picks while this one is running
+        solo = self.run_solo is not None and self.solo_choice.pick(key)
+        results, began, ended = self._run_timed(key, [item], solo)
+        return item, key, solo, results, began, ended
+
     def _reject(self, reason: str) -> None:
         self.stats.rejected(reason)
         if self.observer is not None:
@@ -228,7 +259,9 @@ class AdaptiveBatcher:
         assert self._wakeup is not None
         while True:
             key = self._oldest_key()
-            if key is None:
+            # NOTE: every batch thread may be taken by submit_prepared runs: then what queued
+            # waits here and becomes one batch, as behind this worker's own run
+            if key is None or self._busy >= self.workers:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -293,37 +326,40 @@ class AdaptiveBatcher:
                 raise
             finally:
                 self._busy -= 1
-            finished = time.monotonic()
-            # timed only if it really ran alone to the end (no batch started beside it) and
-            # succeeded (a refused item fails fast and would make its way look quick)
-            clean = ran and not any(isinstance(r, Exception) for r in results)
-            if alone and clean and self._started == started_before:
-                self.solo_choice.record(key, solo, ended - began)
-            self.stats.record(len(batch))
-            self.stats.solo += solo
-            if self.observer is not None:
-                self.observer.batch_done(
-                    len(batch), [started - p.enqueued for p in batch], finished - started
-                )
-                self.observer.pending(self._pending)
-            for pending, result in zip(batch, results):
-                hand_over(pending.future, result, self.name)
-            if self.statistics is not None and ran:
-                record_batch(self.statistics, batch, started, began, ended)
+            alone = alone and self._started == started_before
+            self._account(key, batch, results, solo, alone, ran, started, began, ended)
 
-
-def hand_over(future: asyncio.Future[Any], result: Any, name: str) -> None:
-    """Give one item its result, or its error (a ServingError as it is, any other exception as
-    InferenceFailed, logged), unless its caller went away."""
-    if future.done():
-        return
-    if isinstance(result, ServingError):
-        future.set_exception(result)
-    elif isinstance(result, Exception):
-        log.error("%s: inference failed: %r", name, result)
-        future.set_exception(InferenceFailed(f"{name}: inference failed"))
-    else:
-        future.set_result(result)
+    def _account(
+        self,
+        key: Hashable,
+        batch: list[_Pending],
+        results: list[Any],
+        solo: bool,
+        alone: bool,
+        ran: bool,
+        started: float,
+        began: float,
+        ended: float,
+    ) -> None:
+        """After a batch: time its way (solo or shared) if it ran alone, count it, hand out
+        its results. `started`: when it was taken; `began`/`ended`: its run in the thread."""
+        finished = time.monotonic()
+        # timed only if it really ran alone to the end (no batch started beside it) and
+        # succeeded (a refused item fails fast and would make its way look quick)
+        clean = ran and not any(isinstance(r, Exception) for r in results)
+        if alone and clean:
+            self.solo_choice.record(key, solo, ended - began)
+        self.stats.record(len(batch))
+        self.stats.solo += solo
+        if self.observer is not None:
+            self.observer.batch_done(
+                len(batch), [started - p.enqueued for p in batch], finished - started
+            )
+            self.observer.pending(self._pending)
+        for pending, result in zip(batch, results):
+            hand_over(pending.future, result, self.name)
+        if self.statistics is not None and ran:
+            record_batch(self.statistics, batch, started, began, ended)
 
 
 def record_batch(
@@ -339,30 +375,3 @@ def record_batch(
     for pending in batch:
         if pending.request is not None:
             pending.request.item_done(ns(started - pending.enqueued), *phases)
-
-
-def run_isolated(
-    run_batch: Callable[[Hashable, list[Any]], Sequence[Any]],
-    key: Hashable,
-    items: list[Any],
-    name: str,
-) -> list[Any]:
-    """One result or exception per item. If the batch fails, its items run one by one, so one
-    bad item fails alone (Triton's one-response-per-request); the count is checked (Ray Serve's
-    invariant)."""
-    try:
-        results = list(run_batch(key, items))
-    except Exception as batch_error:
-        if len(items) == 1:
-            return [batch_error]
-        log.warning("%s: batch of %d failed (%s); retrying alone", name, len(items), batch_error)
-        results = []
-        for item in items:
-            try:
-                results.extend(run_batch(key, [item]))
-            except Exception as error:
-                results.append(error)
-    if len(results) != len(items):
-        mismatch = InferenceFailed(f"{name}: {len(results)} results for {len(items)} requests")
-        return [mismatch] * len(items)
-    return results

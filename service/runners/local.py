@@ -10,7 +10,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-from service.batching.batcher import AdaptiveBatcher
+from service.batching.batcher import AdaptiveBatcher, KeyOf, Prepare, Preprocess
 from service.batching.iteration import StepBatcher, StepModel
 from service.core.errors import NotReady
 from service.core.metrics import ModelMetrics, note_inferred, record_model
@@ -132,6 +132,25 @@ class LocalRunner:
         if self.batcher is None:
             raise NotReady(f"model {self.name} is not ready: {self.error or 'loading'}")
         result = await self.batcher.submit(item, key, deadline)
+        note_inferred()
+        return result
+
+    async def submit_prepared(
+        self,
+        prepare: Prepare,
+        key_of: KeyOf,
+        preprocess: Preprocess,
+        deadline: float | None = None,
+    ) -> Any:
+        """prepare()'s item, answered (see AdaptiveBatcher.submit_prepared: one thread hop
+        when the model is idle). The step batcher prepares first and queues."""
+        if self.batcher is None:
+            raise NotReady(f"model {self.name} is not ready: {self.error or 'loading'}")
+        if isinstance(self.batcher, AdaptiveBatcher):
+            result = await self.batcher.submit_prepared(prepare, key_of, preprocess, deadline)
+        else:
+            item = await preprocess(prepare)
+            result = await self.batcher.submit(item, key_of(item), deadline)
         note_inferred()
         return result
 

@@ -11,9 +11,10 @@ table that is replaced, never mutated; its steps only make sense next to each ot
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,6 +25,23 @@ from service.runners.base import KernelOf, Runner
 from service.runners.client import ClientOf, RemoteRunner
 from service.runners.local import LocalRunner
 from service.store.specs import ModelSpec, list_specs, select_versions
+
+
+def timed(func: Callable[[], Any]) -> Callable[[], Any]:
+    """func, recording its run time as preprocessing (deepserve_preprocess_duration_seconds)
+    for the request's model: it runs in the caller's context (the model noted in a contextvar)
+    wherever it is called."""
+    context = contextvars.copy_context()
+
+    def measured() -> Any:
+        started = time.perf_counter()
+        try:
+            return func()
+        finally:
+            observe_preprocess(time.perf_counter() - started)
+
+    return lambda: context.run(measured)
+
 
 log = logging.getLogger("deepserve.state")
 
@@ -415,14 +433,26 @@ class ServingState:
             reason = "not served (not in the models setting)"
         return {"name": name, "version": version, "state": state, "reason": reason}
 
-    async def preprocess(self, func: Any, *args: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.preprocess_pool, func, *args
-            )
-        finally:
-            observe_preprocess(time.perf_counter() - started)
+    async def preprocess(self, func: Callable[[], Any]) -> Any:
+        """func() (decode, validate, preprocess) in the preprocessing pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.preprocess_pool, timed(func))
+
+    async def prepare_and_submit(
+        self,
+        runner: Runner,
+        prepare: Callable[[], Any],
+        deadline: float | None = None,
+        key_of: Callable[[Any], Hashable] | None = None,
+    ) -> Any:
+        """The runner's answer for the item prepare() makes (decode, validate, preprocess; its
+        errors are the caller's), queued by key_of(item) (default: the runner's bucket). A local
+        runner with nothing queued or computing prepares and runs it in one batch thread
+        (AdaptiveBatcher.submit_prepared); otherwise the preprocessing pool prepares it."""
+        key_of = key_of or runner.bucket
+        if isinstance(runner, LocalRunner):
+            return await runner.submit_prepared(timed(prepare), key_of, self.preprocess, deadline)
+        item = await self.preprocess(prepare)
+        return await runner.submit(item, key_of(item), deadline)
 
     def describe(self, name: str, version: str | None = None) -> dict[str, Any]:
         runner = self.runner(name, version=version)

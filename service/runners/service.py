@@ -33,8 +33,9 @@ from typing import Any
 
 import bentoml
 
-from service.batching.batcher import BatchStats, run_isolated
+from service.batching.results import BatchStats, run_isolated
 from service.core.errors import NotReady, ServingError
+from service.core.machine import freeze_startup_heap
 from service.core.metrics import ModelMetrics
 from service.core.settings import Settings
 from service.runners.base import KernelOf
@@ -220,6 +221,7 @@ def runner_service(model: str, own: dict[str, Any], settings: Settings, kernel_o
             self.stats = BatchStats()
             self.versions = Versions(settings, model, kernel_of, config)
             self.versions.follow()  # what is wanted now, loaded before the first request
+            freeze_startup_heap()
             threading.Thread(
                 target=self.versions.run_forever, name=f"follow-{model}", daemon=True
             ).start()

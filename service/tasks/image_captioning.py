@@ -40,8 +40,7 @@ async def caption(
         return resize_exact(decode_image(image, settings.max_image_pixels), size)
 
     with runner.admission.admit():
-        pixels = await serving.preprocess(prepare)
-        result = await runner.submit(pixels, beam, deadline)
+        result = await serving.prepare_and_submit(runner, prepare, deadline, lambda _: beam)
     return {
         "model": runner.spec.name,
         "version": runner.spec.version,

@@ -43,8 +43,9 @@ async def classify(
     k = check_range("top_k", 5 if k is None else k, 1, len(labels))
 
     with runner.admission.admit():  # before decoding: shedding must be cheap
-        pixels = await serving.preprocess(lambda: image_pixels(spec, settings, image))
-        probabilities = await runner.submit(pixels, deadline=deadline)
+        probabilities = await serving.prepare_and_submit(
+            runner, lambda: image_pixels(spec, settings, image), deadline
+        )
     predictions = [
         {"label": labels[i], "index": i, "score": round(float(probabilities[i]), 6)}
         for i in top_k(probabilities, k)

@@ -245,12 +245,142 @@ def test_solo_choice_takes_the_faster_way_and_still_tries_the_other() -> None:
     choice.record(0, True, 0.010)
     assert choice.pick(0) is False  # now the shared way has no time
     choice.record(0, False, 0.005)
-    picks = [choice.pick(0) for _ in range(4 * SoloChoice.EXPLORE)]
-    assert picks.count(True) == 4  # shared is faster: solo only when exploring
+    picks = [choice.pick(0) for _ in range(4 * SoloChoice.EXPLORE_CLEAR)]
+    assert picks.count(True) == 4  # shared is clearly faster: solo only when exploring, rarely
     for _ in range(30):  # the machine changes: solo becomes the faster one
         choice.record(0, True, 0.002)
     assert choice.speedup(0) == pytest.approx(0.005 / 0.002, rel=0.05)
+    picks = [choice.pick(0) for _ in range(4 * SoloChoice.EXPLORE_CLEAR)]
+    assert picks.count(False) == 4
+    for _ in range(30):  # close: 1.1x apart, so the other way is tried more often
+        choice.record(0, False, 0.0022)
     picks = [choice.pick(0) for _ in range(4 * SoloChoice.EXPLORE)]
     assert picks.count(False) == 4
     choice.seed("other", 0.004, 0.008)
     assert choice.pick("other") is False and choice.speedup("other") == 0.5
+
+
+# --- submit_prepared: prepare and run in one batch thread when idle ---------------------------
+
+
+class Preparer:
+    """prepare() callables that note the thread they ran on; a preprocess() that counts."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.pooled = 0
+
+    def item(self, value: object, delay: float = 0.0):
+        def prepare() -> object:
+            self.threads.append(threading.current_thread().name)
+            time.sleep(delay)
+            if value == "unreadable":
+                raise InvalidInput("not an image")
+            return value
+
+        return prepare
+
+    async def preprocess(self, prepare):
+        self.pooled += 1
+        return await asyncio.to_thread(prepare)
+
+
+class ThreadRecorder(Recorder):
+    def __init__(self, delay: float = 0.0):
+        super().__init__(delay)
+        self.threads: list[str] = []
+
+    def __call__(self, key, items):
+        self.threads.append(threading.current_thread().name)
+        return super().__call__(key, items)
+
+
+def test_an_idle_model_prepares_and_runs_an_item_in_one_batch_thread() -> None:
+    model, prep = ThreadRecorder(), Preparer()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        first = await batcher.submit_prepared(prep.item(3), lambda _: 0, prep.preprocess)
+        second = await batcher.submit_prepared(prep.item(4), lambda _: 0, prep.preprocess)
+        return first, second, batcher.stats.batches, batcher._busy
+
+    assert asyncio.run(with_batcher(model, scenario)) == (6, 8, 2, 0)
+    assert prep.pooled == 0  # no hand-off to the preprocessing pool
+    assert prep.threads == model.threads and prep.threads[0].startswith("batch-fake")
+
+
+def test_while_a_batch_computes_items_are_prepared_in_the_pool_and_queue_behind_it() -> None:
+    model, prep = ThreadRecorder(delay=0.2), Preparer()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        first = asyncio.create_task(
+            batcher.submit_prepared(prep.item(1), lambda _: 0, prep.preprocess)
+        )
+        await asyncio.sleep(0.05)  # the first is computing: the others are not alone
+        rest = [
+            batcher.submit_prepared(prep.item(i), lambda _: 0, prep.preprocess) for i in range(2, 6)
+        ]
+        return await asyncio.gather(first, *rest)
+
+    assert asyncio.run(with_batcher(model, scenario, workers=1)) == [2, 4, 6, 8, 10]
+    assert prep.pooled == 4
+    assert [len(items) for _, items in model.batches] == [1, 4]  # queued meanwhile: one batch
+
+
+def test_a_prepare_error_is_the_callers_and_leaves_the_model_idle() -> None:
+    model, prep = Recorder(), Preparer()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        with pytest.raises(InvalidInput, match="not an image"):
+            await batcher.submit_prepared(prep.item("unreadable"), lambda _: 0, prep.preprocess)
+        assert batcher._busy == 0 and batcher.stats.batches == 0
+        return await batcher.submit_prepared(prep.item(5), lambda _: 0, prep.preprocess)
+
+    assert asyncio.run(with_batcher(model, scenario)) == 10
+    assert model.batches == [(0, [5])]
+
+
+def test_a_caller_gone_mid_run_keeps_the_model_busy_until_its_thread_is_done() -> None:
+    model, prep = Recorder(delay=0.3), Preparer()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        task = asyncio.create_task(
+            batcher.submit_prepared(prep.item(1), lambda _: 0, prep.preprocess)
+        )
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.01)
+        busy_after_cancel = batcher._busy
+        await asyncio.sleep(0.4)
+        return busy_after_cancel, batcher._busy
+
+    assert asyncio.run(with_batcher(model, scenario)) == (1, 0)
+
+
+def test_an_expired_deadline_is_refused_before_preparing() -> None:
+    model, prep = Recorder(), Preparer()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit_prepared(
+                prep.item(1), lambda _: 0, prep.preprocess, time.monotonic() - 1
+            )
+        return batcher.stats.expired
+
+    assert asyncio.run(with_batcher(model, scenario)) == 1
+    assert prep.threads == []
+
+
+def test_an_idle_item_runs_solo_when_solo_is_chosen_and_is_timed() -> None:
+    shared, solo, prep = Recorder(), Recorder(), Preparer()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        batcher.solo_choice.seed(0, 0.010, 0.001)  # solo clearly faster
+        results = [
+            await batcher.submit_prepared(prep.item(i), lambda _: 0, prep.preprocess)
+            for i in range(3)
+        ]
+        return results, batcher.stats.solo
+
+    results, solo_count = asyncio.run(with_batcher(shared, scenario, run_solo=solo))
+    assert results == [0, 2, 4] and solo_count == 3
+    assert len(solo.batches) == 3 and shared.batches == []

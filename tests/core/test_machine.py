@@ -42,3 +42,17 @@ def test_usable_cores_rounds_the_quota_up_within_the_affinity(
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.setattr(machine, "cgroup_cpu_limit", lambda: limit)
     assert machine.usable_cores() == expected
+
+
+def test_the_startup_heap_is_frozen_out_of_the_collectors_reach() -> None:
+    import gc
+
+    from service.core.machine import freeze_startup_heap
+
+    try:
+        kept = [[index] for index in range(10_000)]  # alive at startup: frozen
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() >= len(kept)
+        assert all(obj is not kept for obj in gc.get_objects())  # no collection scans it
+    finally:
+        gc.unfreeze()

@@ -216,6 +216,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         wrapped: Any = reshape_errors(self._timed_receive(cycle, app))  # uvicorn's ASGI types
+        cycle.transport = HeldHead(self.transport, self.loop)  # type: ignore[assignment]
         super()._start_asgi_task(cycle, wrapped)
 
     def _timed_receive(self, cycle: RequestResponseCycle, app: App) -> App:
@@ -260,6 +261,42 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         cycle.disconnected = True  # the app's receive() returns http.disconnect, sends are dropped
         cycle.message_event.set()
         self._cut(f"request body stalled for {self.body_timeout_s:g} s")
+
+
+class HeldHead:
+    """A request cycle's view of the connection's transport: a response's status line and
+    headers are held back until its first body bytes and written with them, so a response goes
+    out in one write (one segment; the client is woken once, not twice), or at the end of this
+    event-loop iteration when no body follows at once (a stream's headers are not delayed).
+    Everything else is the transport's own."""
+
+    __slots__ = ("_head", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
+            self._head = data
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 PROTOCOL_PATH = f"{__name__}:{TimedHttpToolsProtocol.__name__}"
