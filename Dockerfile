@@ -8,7 +8,9 @@
 # script the tests run (deploy/docker/install.sh) and start with the command `make serve` uses.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+# onnxruntime-gpu 1.31.1 is built for CUDA 13 and cuDNN 9 (its wheel's `cuda` extra names
+# nvidia-cuda-runtime ~= 13.0): a CUDA 12 base would leave it on the CPU provider
+ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
 # --- models: train, export, verify and register (or take a built store from the context) ------
 FROM ${PYTHON_IMAGE} AS models

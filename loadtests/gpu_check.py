@@ -129,6 +129,15 @@ def ensure_cuda_onnxruntime(wheels: Path) -> str:
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+def run_mode(visible: bool, cuda: bool, source: str) -> tuple[bool, str | None]:
+    """(run on the GPU, why the check fails) from whether a GPU is visible and onnxruntime
+    offers CUDA: a GPU that onnxruntime cannot use fails the check (the CPU fallback still runs
+    and reports); CUDA offered with no GPU visible runs the CPU fallback."""
+    if visible and not cuda:
+        return False, f"a GPU is visible but onnxruntime offers no CUDA provider ({source})"
+    return visible and cuda, None
+
+
 # --- 2 and 3. sessions, inputs, throughput ------------------------------------------------------
 
 
@@ -435,22 +444,29 @@ def main(argv: list[str] | None = None) -> int:
     source = ensure_cuda_onnxruntime(args.wheels)
     import onnxruntime as ort
 
-    gpu = CUDA in ort.get_available_providers()
+    gpu, problem = run_mode(gpu_visible(), CUDA in ort.get_available_providers(), source)
     graphs = stored_graphs(args.store, [m for m in args.models.split(",") if m] or None)
     provider = CUDA if gpu else CPU
     asked = [CUDA, CPU] if gpu else [CPU]
     got = open_session(graphs[0].path, asked).get_providers()
     check = {"asked": asked, "got": got, "passed": got[0] == provider}
     report = Report(machine(), ort.__version__, source, gpu, check)
+    if problem:
+        report.failures.append(problem)
     if not check["passed"]:
         report.failures.append(f"provider check: {provider} asked, {got[0]} runs the session")
     print(f"{'GPU' if gpu else 'CPU fallback'}: {ort.__version__}, CUDA {source}", flush=True)
 
     batches = [int(b) for b in args.batch_sizes.split(",")]
     for graph in graphs:
-        points, agreement = sweep(graph, provider, batches, args.seconds)
-        report.points += points
         label = f"{graph.model}/{graph.name}"
+        try:
+            points, agreement = sweep(graph, provider, batches, args.seconds)
+        except Exception as error:  # one graph failing leaves the others and the report
+            report.agreement[label] = f"FAILED: {type(error).__name__}: {error}"
+            report.failures.append(f"{label}: {type(error).__name__}: {error}")
+            continue
+        report.points += points
         report.agreement[label] = agreement
         if agreement != "same answers":
             report.failures.append(f"{label}: IO binding answers differently ({agreement})")

@@ -45,8 +45,22 @@ def test_no_wheel_no_folder(tmp_path: Path) -> None:
 
 def test_without_a_gpu_nothing_is_installed(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / WHEEL).write_bytes(b"not a real wheel: installing it would fail")
-    assert not gpu_check.gpu_visible()  # this machine
+    monkeypatch.setattr(gpu_check, "gpu_visible", lambda: False)
+    import onnxruntime as ort
+
+    if gpu_check.CUDA in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: nothing would be installed either way")
     assert gpu_check.ensure_cuda_onnxruntime(tmp_path) == "no GPU"
+
+
+@pytest.mark.parametrize(
+    ("visible", "cuda", "gpu", "fails"),
+    [(True, True, True, False), (True, False, False, True), (False, True, False, False),
+     (False, False, False, False)],
+)  # fmt: skip
+def test_a_gpu_that_onnxruntime_cannot_use_fails_the_check(visible, cuda, gpu, fails) -> None:
+    ran_on_gpu, problem = gpu_check.run_mode(visible, cuda, "no wheel in .whl")
+    assert ran_on_gpu is gpu and (problem is not None) is fails
 
 
 def test_a_gpu_without_the_wheel_falls_back_to_cpu_and_says_why(tmp_path, monkeypatch) -> None:

@@ -90,6 +90,7 @@ class AdaptiveBatcher:
         self._queues: dict[Hashable, deque[_Pending]] = {}
         self._pending = 0
         self._busy = 0
+        self._holding = 0  # workers holding a pulled batch while they wait for batch-mates
         self._started = 0  # batches taken so far (tells whether one ran beside another)
         self._arrival_gap = float("inf")  # EMA of seconds between submissions
         self._last_arrival = 0.0
@@ -140,12 +141,7 @@ class AdaptiveBatcher:
         if deadline is not None and now >= deadline:
             self._reject("deadline")
             raise DeadlineExceeded(f"deadline passed before {self.name} was queued")
-        if self._last_arrival:
-            gap = now - self._last_arrival
-            self._arrival_gap = (
-                gap if self._arrival_gap == float("inf") else (0.8 * self._arrival_gap + 0.2 * gap)
-            )
-        self._last_arrival = now
+        self._note_arrival(now)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queues.setdefault(key, deque()).append(_Pending(item, future, now, deadline, request))
         self._pending += 1
@@ -170,19 +166,26 @@ class AdaptiveBatcher:
         if not self._idle():
             item = await preprocess(prepare)
             return await self.submit(item, key_of(item), deadline)
-        if deadline is not None and time.monotonic() >= deadline:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
             self._reject("deadline")
             raise DeadlineExceeded(f"deadline passed before {self.name} was queued")
+        self._note_arrival(now)
         self._started += 1
         started_before = self._started
         self._busy += 1
         running = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._prepare_and_run, prepare, key_of
+            self._executor, self._prepare_and_run, prepare, key_of, deadline
         )
         # busy until the thread is done, even if this caller is cancelled (client gone)
         running.add_done_callback(self._inline_done)
         item, key, solo, results, began, ended = await asyncio.shield(running)
+        if results is None:  # prepared too late: not run
+            self._reject("deadline")
+            raise DeadlineExceeded(f"deadline passed while {self.name}'s input was prepared")
         request = self.statistics.reached() if self.statistics is not None else None
+        if request is not None:  # its clock starts when the run began, as a queued item's would
+            request.reached = min(request.reached, int(began * 1e9))
         pending = _Pending(
             item, asyncio.get_running_loop().create_future(), began, deadline, request
         )
@@ -190,26 +193,40 @@ class AdaptiveBatcher:
         self._account(key, [pending], results, solo, alone, True, began, began, ended)
         return await pending.future
 
+    def _note_arrival(self, now: float) -> None:
+        """The gap between submissions (an exponential average): waiting for batch-mates pays
+        only while requests come faster than the latency budget."""
+        if self._last_arrival:
+            gap = now - self._last_arrival
+            self._arrival_gap = (
+                gap if self._arrival_gap == float("inf") else (0.8 * self._arrival_gap + 0.2 * gap)
+            )
+        self._last_arrival = now
+
     def _inline_done(self, _: asyncio.Future[Any]) -> None:
         self._busy -= 1
         if self._pending and self._wakeup is not None:
             self._wakeup.set()  # what queued meanwhile
 
     def _idle(self) -> bool:
-        """Nothing queued, nothing computing: a new item may run at once (submit_prepared)."""
+        """Nothing queued, held or computing: a new item may run at once (submit_prepared)."""
         return (
             not self._closed
             and self._executor is not None
             and self._busy == 0
             and self._pending == 0
+            and self._holding == 0
         )
 
     def _prepare_and_run(
-        self, prepare: Prepare, key_of: KeyOf
-    ) -> tuple[Any, Hashable, bool, list[Any], float, float]:
-        """In a batch thread: (item, key, solo, results, began, ended)."""
+        self, prepare: Prepare, key_of: KeyOf, deadline: float | None
+    ) -> tuple[Any, Hashable, bool, list[Any] | None, float, float]:
+        """In a batch thread: (item, key, solo, results, began, ended); results None when the
+        deadline passed while preparing."""
         item = prepare()
         key = key_of(item)
+        if deadline is not None and time.monotonic() >= deadline:
+            return item, key, False, None, 0.0, 0.0
         # NOTE: picked here, not on the loop: no other batch picks while this one is running
         solo = self.run_solo is not None and self.solo_choice.pick(key)
         results, began, ended = self._run_timed(key, [item], solo)
@@ -270,16 +287,20 @@ class AdaptiveBatcher:
             if not batch:
                 continue
             until = batch[0].enqueued + self.max_latency
-            while self._waiting_pays(batch):
-                remaining = min(until - time.monotonic(), 2 * self._arrival_gap)
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
-                self._pull(key, batch)
+            self._holding += 1
+            try:
+                while self._waiting_pays(batch):
+                    remaining = min(until - time.monotonic(), 2 * self._arrival_gap)
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except TimeoutError:
+                        break
+                    self._pull(key, batch)
+            finally:
+                self._holding -= 1
             if self._pending:
                 self._wakeup.set()  # let another free worker see what is left
             if self.observer is not None:
@@ -347,7 +368,7 @@ class AdaptiveBatcher:
         # timed only if it really ran alone to the end (no batch started beside it) and
         # succeeded (a refused item fails fast and would make its way look quick)
         clean = ran and not any(isinstance(r, Exception) for r in results)
-        if alone and clean:
+        if alone and clean and self.run_solo is not None:
             self.solo_choice.record(key, solo, ended - began)
         self.stats.record(len(batch))
         self.stats.solo += solo

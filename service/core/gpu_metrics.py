@@ -7,6 +7,7 @@ on it), like nvidia-smi's, labelled with the GPU's index and name.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -67,25 +68,34 @@ class GpuCollector(Collector):
         total = GaugeMetricFamily(
             "deepserve_gpu_memory_total_bytes", "GPU memory on the device (NVML)", labels=labels
         )
-        for index in range(nvml.nvmlDeviceGetCount()):
+        try:
+            count = nvml.nvmlDeviceGetCount()
+        except Exception as error:  # the driver gone: no GPU series, the rest of /metrics stays
+            self._complain(-1, error)
+            return
+        for index in range(count):
             try:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
                 name = nvml.nvmlDeviceGetName(handle)
-                rates = nvml.nvmlDeviceGetUtilizationRates(handle)
                 memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             except Exception as error:  # one GPU's reading failing leaves the others
-                if index not in self._failing:
-                    self._failing.add(index)
-                    log.warning("GPU %d: NVML reading failed: %s", index, error)
+                self._complain(index, error)
                 continue
             self._failing.discard(index)
             label = [str(index), name.decode() if isinstance(name, bytes) else str(name)]
-            utilization.add_metric(label, rates.gpu / 100.0)
             used.add_metric(label, float(memory.used))
             total.add_metric(label, float(memory.total))
+            with contextlib.suppress(Exception):  # a MIG slice has no utilisation, but memory
+                utilization.add_metric(label, nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
         yield utilization
         yield used
         yield total
+
+    def _complain(self, index: int, error: Exception) -> None:
+        """Log a failing reading once until it succeeds again (-1: the device count)."""
+        if index not in self._failing:
+            self._failing.add(index)
+            log.warning("GPU %s: NVML reading failed: %s", index if index >= 0 else "*", error)
 
 
 GPU_REGISTRY = CollectorRegistry(auto_describe=False)

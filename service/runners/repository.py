@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from service.core.errors import Conflict, ModelNotFound, NotReady
+from service.core.machine import refreeze_heap
 from service.core.metrics import note_model, observe_preprocess
 from service.core.settings import Settings
 from service.runners.base import KernelOf, Runner
@@ -323,6 +324,7 @@ class ServingState:
         task = asyncio.create_task(self._drain(runner, why), name=f"retire-{runner.spec.tag}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        task.add_done_callback(lambda _: refreeze_heap())  # the version's cycles can go
 
     async def _drain(self, runner: Runner, why: str) -> None:
         deadline = time.monotonic() + self.settings.unload_drain_s
@@ -434,8 +436,12 @@ class ServingState:
         return {"name": name, "version": version, "state": state, "reason": reason}
 
     async def preprocess(self, func: Callable[[], Any]) -> Any:
-        """func() (decode, validate, preprocess) in the preprocessing pool, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.preprocess_pool, timed(func))
+        """func() (decode, validate, preprocess) in the preprocessing pool, off the event loop,
+        timed as preprocessing."""
+        return await self._in_pool(timed(func))
+
+    async def _in_pool(self, func: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.preprocess_pool, func)
 
     async def prepare_and_submit(
         self,
@@ -450,7 +456,7 @@ class ServingState:
         (AdaptiveBatcher.submit_prepared); otherwise the preprocessing pool prepares it."""
         key_of = key_of or runner.bucket
         if isinstance(runner, LocalRunner):
-            return await runner.submit_prepared(timed(prepare), key_of, self.preprocess, deadline)
+            return await runner.submit_prepared(timed(prepare), key_of, self._in_pool, deadline)
         item = await self.preprocess(prepare)
         return await runner.submit(item, key_of(item), deadline)
 

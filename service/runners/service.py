@@ -35,7 +35,7 @@ import bentoml
 
 from service.batching.results import BatchStats, run_isolated
 from service.core.errors import NotReady, ServingError
-from service.core.machine import freeze_startup_heap
+from service.core.machine import freeze_startup_heap, refreeze_heap
 from service.core.metrics import ModelMetrics
 from service.core.settings import Settings
 from service.runners.base import KernelOf
@@ -163,12 +163,15 @@ class Versions:
             if version not in self.kernels and version not in self.errors:
                 self._load(str(version))
         with self.lock:
-            for version in [v for v in self.kernels if v not in desired]:
+            dropped = [v for v in self.kernels if v not in desired]
+            for version in dropped:
                 del self.kernels[version]
                 log.info("runner %s:%s unloaded", self.model, version)
             for version in [v for v in self.errors if v not in desired]:
                 del self.errors[version]
                 self.failed_at.pop(version, None)
+        if dropped:
+            refreeze_heap()  # a version loaded at startup may hold cycles
         self._seen = text
         status = {v: None for v in self.kernels} | self.errors
         write_json(self.status_file, status)

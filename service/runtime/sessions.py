@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core import datatypes
-from service.store.specs import GraphSpec, file_sha256
+from service.store.specs import GraphSpec, TensorSpec, file_sha256
 
 log = logging.getLogger("deepserve.runtime")
 
@@ -53,31 +53,53 @@ class LoadedGraph:
 
     def run(self, names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """session.run's signature and answer (numpy outputs on the host). With IO binding,
-        each input is copied to the provider's device once, and outputs whose shapes follow
-        from the batch size (every dim but the first fixed in the spec) go into buffers
-        preallocated on the device per batch size and thread, so a run allocates no output
-        memory; the others are allocated by ONNX Runtime on the device. Either way the outputs
+        each input is copied to the provider's device once, and an output whose shape follows
+        from the batch size (its first dim the first input's symbolic batch dim, the others
+        fixed in the spec) goes into a buffer preallocated on the device per batch size and
+        thread, so a run allocates no output memory; ONNX Runtime allocates the others on the
+        device (text outputs on the host: CUDA has no string tensors). Either way the outputs
         come back to the host in one copy."""
         if not self.io_binding:
             return self.session.run(names, dict(feeds))
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        batch = len(next(iter(feeds.values()))) if feeds else 0
+        batch = self._batch_of(feeds)
         device = DEVICE_OF.get(self.provider, "cpu")
+        outputs = {t.name: t for t in self.graph.outputs} if self.graph else {}
         for name in names or [o.name for o in self.session.get_outputs()]:
-            buffer = self._output_buffer(name, batch, device)
-            if buffer is None:
-                binding.bind_output(name, device)
-            else:
+            spec = outputs.get(name)
+            buffer = self._output_buffer(spec, batch, device) if spec and batch else None
+            if buffer is not None:
                 binding.bind_ortvalue_output(name, buffer)
+            else:
+                text = spec is not None and spec.datatype == "BYTES"
+                binding.bind_output(name, "cpu" if text else device)
         self.session.run_with_iobinding(binding)
-        outputs: list[np.ndarray] = binding.copy_outputs_to_cpu()
-        return outputs
+        result: list[np.ndarray] = binding.copy_outputs_to_cpu()
+        return result
 
-    def _output_buffer(self, name: str, batch: int, device: str) -> ort.OrtValue | None:
-        spec = next((t for t in self.graph.outputs if t.name == name), None) if self.graph else None
-        if spec is None or not batch or not all(isinstance(d, int) for d in spec.shape[1:]):
+    def _batch_of(self, feeds: Mapping[str, np.ndarray]) -> tuple[str, int] | None:
+        """(the batch dim's name, its size): the first input's first dim, when the spec names
+        it symbolically and the feed has it."""
+        if self.graph is None or not self.graph.inputs:
+            return None
+        first = self.graph.inputs[0]
+        value = feeds.get(first.name)
+        if not first.shape or not isinstance(first.shape[0], str) or value is None:
+            return None
+        if np.ndim(value) == 0:
+            return None
+        return first.shape[0], len(value)
+
+    def _output_buffer(
+        self, spec: TensorSpec, batch: tuple[str, int], device: str
+    ) -> ort.OrtValue | None:
+        """The preallocated buffer for `spec` at this batch size, or None when its shape does
+        not follow from the batch (scalars, another first dim, symbolic dims after it, text)."""
+        dim, size = batch
+        shape = spec.shape
+        if not shape or shape[0] != dim or not all(isinstance(d, int) for d in shape[1:]):
             return None
         if spec.datatype == "BYTES":
             return None
@@ -86,12 +108,12 @@ class LoadedGraph:
         )
         if buffers is None:
             buffers = self._local.buffers = OrderedDict()
-        key = (name, batch)
+        key = (spec.name, size)
         buffer = buffers.get(key)
         if buffer is None:
-            shape = [batch, *(int(d) for d in spec.shape[1:])]
+            dims = [size, *(int(d) for d in shape[1:])]
             dtype = datatypes.numpy_of(spec.datatype)
-            buffer = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0)
+            buffer = ort.OrtValue.ortvalue_from_shape_and_type(dims, dtype, device, 0)
             buffers[key] = buffer
             while len(buffers) > OUTPUT_BUFFERS:
                 buffers.popitem(last=False)

@@ -379,8 +379,23 @@ def test_an_idle_item_runs_solo_when_solo_is_chosen_and_is_timed() -> None:
             await batcher.submit_prepared(prep.item(i), lambda _: 0, prep.preprocess)
             for i in range(3)
         ]
-        return results, batcher.stats.solo
+        return results, batcher.stats.solo, batcher.solo_choice.speedup(0)
 
-    results, solo_count = asyncio.run(with_batcher(shared, scenario, run_solo=solo))
+    results, solo_count, speedup = asyncio.run(with_batcher(shared, scenario, run_solo=solo))
     assert results == [0, 2, 4] and solo_count == 3
     assert len(solo.batches) == 3 and shared.batches == []
+    assert speedup != pytest.approx(10.0)  # the runs were timed: the seed's estimate moved
+
+
+def test_an_item_whose_deadline_passes_while_it_is_prepared_is_not_run() -> None:
+    model, prep = Recorder(), Preparer()
+
+    async def scenario(batcher: AdaptiveBatcher):
+        with pytest.raises(DeadlineExceeded, match="prepared"):
+            await batcher.submit_prepared(
+                prep.item(1, delay=0.3), lambda _: 0, prep.preprocess, time.monotonic() + 0.1
+            )
+        return batcher.stats.expired, batcher.stats.batches, batcher._busy
+
+    assert asyncio.run(with_batcher(model, scenario)) == (1, 0, 0)
+    assert model.batches == []

@@ -50,8 +50,7 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
     }
 
 
-def test_no_gpu_here_means_no_series_and_nvml_is_asked_once() -> None:
-    assert load_nvml() is None  # this machine: no NVML library
+def test_no_gpu_means_no_series_and_nvml_is_asked_once() -> None:
     calls = []
     collector = GpuCollector(lambda: calls.append(1))
     registry = CollectorRegistry()
@@ -59,7 +58,10 @@ def test_no_gpu_here_means_no_series_and_nvml_is_asked_once() -> None:
     assert generate_latest(registry) == b""
     generate_latest(registry)
     assert calls == [1]
-    assert b"deepserve_gpu_" not in Exposition.render()
+    if load_nvml() is None:  # this machine has no NVML library: /metrics has no GPU series
+        assert b"deepserve_gpu_" not in Exposition.render()
+    else:
+        assert b"deepserve_gpu_memory_total_bytes{" in Exposition.render()
 
 
 def test_a_gpu_s_utilisation_and_memory_per_device_and_a_failing_one_left_out() -> None:
@@ -76,3 +78,17 @@ def test_a_gpu_s_utilisation_and_memory_per_device_and_a_failing_one_left_out() 
     assert second[("deepserve_gpu_utilization_ratio", "1")] == 0.38
     assert second[("deepserve_gpu_memory_used_bytes", "1")] == float(2 * 2**30)
     assert nvml.reads == 3  # read at every scrape, not cached
+
+
+def test_a_lost_driver_drops_the_gpu_series_not_the_scrape() -> None:
+    nvml = FakeNvml()
+    nvml.fail_next = set()
+
+    def lost() -> int:
+        raise RuntimeError("NVML_ERROR_DRIVER_NOT_LOADED")
+
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(lambda: nvml))
+    assert samples(registry)  # readings while the driver is there
+    nvml.nvmlDeviceGetCount = lost  # type: ignore[method-assign]
+    assert generate_latest(registry) == b""

@@ -56,3 +56,26 @@ def test_the_startup_heap_is_frozen_out_of_the_collectors_reach() -> None:
         assert all(obj is not kept for obj in gc.get_objects())  # no collection scans it
     finally:
         gc.unfreeze()
+
+
+def test_what_was_frozen_and_dropped_is_collected_after_a_refreeze() -> None:
+    import gc
+    import weakref
+
+    from service.core.machine import freeze_startup_heap, refreeze_heap
+
+    class Model:
+        pass
+
+    try:
+        model = Model()
+        model.me = model  # type: ignore[attr-defined]  (a reference cycle)
+        gone = weakref.ref(model)
+        freeze_startup_heap()
+        del model  # unloaded
+        gc.collect()
+        assert gone() is not None  # frozen: no collection reaches the cycle
+        refreeze_heap()
+        assert gone() is None and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -289,7 +289,8 @@ class HeldHead:
     def flush(self) -> None:
         if self._head is not None:
             head, self._head = self._head, None
-            self._transport.write(head)
+            if not self._transport.is_closing():  # the client may have left meanwhile
+                self._transport.write(head)
 
     def close(self) -> None:
         self.flush()

@@ -99,6 +99,10 @@ class App:
             await bento_timeout(scope, receive, send)
         elif path.endswith("/bento-busy"):
             await bento_busy(scope, receive, send)
+        elif path == "/stream":  # headers now, the body a second later
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await asyncio.sleep(1.0)
+            await send({"type": "http.response.body", "body": b"later", "more_body": False})
         elif path == "/v1/own-503":
             await respond(send, 503, {"error": {"code": "overloaded", "message": "ours"}})
         else:
@@ -362,3 +366,75 @@ def test_a_client_gone_mid_body_is_a_499_without_traceback(guarded_port, caplog,
     assert rest_count("4xx") == before["4xx"] + 1
     assert rest_count("5xx") == before["5xx"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+# --- HeldHead: a response's head goes out with its body ---------------------------------------
+
+
+class Written:
+    """A transport that records its writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+def test_a_head_and_its_body_are_one_write_and_a_lone_head_goes_out_at_the_loops_turn() -> None:
+    async def scenario() -> list[list[bytes]]:
+        loop = asyncio.get_running_loop()
+        seen = []
+        transport = Written()
+        held = http_server.HeldHead(transport, loop)  # type: ignore[arg-type]
+        held.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # never held
+        held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        held.write(b"{}")
+        await asyncio.sleep(0)
+        seen.append(list(transport.writes))
+        transport.writes.clear()
+        held.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")  # a stream
+        assert transport.writes == []
+        await asyncio.sleep(0)  # the loop turns: the head goes out alone
+        seen.append(list(transport.writes))
+        transport.writes.clear()
+        held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        transport.closed = True  # the client left before the loop turned: nothing written
+        await asyncio.sleep(0)
+        assert transport.writes == []
+        transport.closed = False
+        held.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        held.close()  # a close flushes first
+        seen.append([*transport.writes, b"closed" if transport.closed else b""])
+        assert held.get_extra_info("peername") == "info:peername"
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"],
+        [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"],
+        [b"HTTP/1.1 204 No Content\r\n\r\n", b"closed"],
+    ]
+
+
+def test_a_streams_headers_are_not_held_until_its_first_body_bytes(port) -> None:
+    sock = connect(port, b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+    try:
+        first = sock.recv(65536)  # the body follows a second later
+        assert first.startswith(b"HTTP/1.1 200") and b"later" not in first
+        rest = b""
+        while b"later" not in rest:
+            chunk = sock.recv(65536)
+            assert chunk, "closed before the body"
+            rest += chunk
+    finally:
+        sock.close()
