@@ -119,3 +119,17 @@ def test_a_tuned_file_with_a_bad_entry_stops_the_server_at_start_naming_it(
         Settings(gateway_workers=1, device="cpu", tuned_file=out)
     with pytest.raises(ValueError, match="unreadable"):
         Settings(gateway_workers=1, device="cpu", tuned_file=tmp_path / "missing.json")
+
+
+def test_with_several_gateway_workers_no_shape_oversubscribes_a_workers_share(
+    monkeypatch,
+) -> None:
+    from service.tasks import tuning
+
+    monkeypatch.setattr(tuning, "usable_cores", lambda: 4)
+    alone = [(c["workers_per_model"], c["intra_op_threads"]) for c in tuning.candidates(False)[0]]
+    shared = [
+        (c["workers_per_model"], c["intra_op_threads"]) for c in tuning.candidates(False, 2)[0]
+    ]
+    assert max(w * t for w, t in alone) == 8  # one worker: twice the cores, measured as served
+    assert max(w * t for w, t in shared) == 2 and (1, 2) in shared and (2, 1) in shared
