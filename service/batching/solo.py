@@ -2,49 +2,84 @@
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Hashable
 
 
 class SoloChoice:
     """Whether a batch that runs alone goes to the solo sessions, by measurement, per queue key.
 
-    Both ways are timed whenever a batch of one runs alone (an exponential average each), and
-    the faster one is taken; every EXPLORE-th such batch takes the other way, so the choice
-    follows the machine (a node whose other cores become busy makes the solo sessions slower)
-    at the cost of that one batch in EXPLORE. While one way leads clearly (by CLEAR: imagenet-cnn
-    on 2 cores, solo 1.6-1.8x), the other is tried only every EXPLORE_CLEAR-th batch: each try
-    costs a request the difference (2-3 ms there), and a lead that large takes more than a few
-    batches to vanish. Until both ways have a time the two alternate; the kernel's warm-up gives
-    first times (seed)."""
+    Both ways are timed whenever a batch of one runs alone, and the faster one (the median of
+    its last WINDOW times) is taken. Until each way has FIRST times of its own the two
+    alternate: the kernel's warm-up gives a first estimate (seed), but the gateway's workers
+    warm up at the same time, so a seed can be far off (imagenet-cnn's solo session, warmed
+    beside another worker's, looked slower than the shared one; trusted, it kept one client on
+    one thread for hundreds of requests: 11 ms p50 instead of 7.5, 2026-12-02). Afterwards
+    every EXPLORE-th such batch takes the other way, so the choice follows the machine (a node
+    whose other cores become busy makes the solo sessions slower); while one way leads clearly
+    (by CLEAR: imagenet-cnn on 2 cores, solo 1.5-1.9x) only every EXPLORE_CLEAR-th, since each
+    try costs a request the difference (2-3 ms there). A try that beats the leader is followed
+    by another at once, so a changed machine turns the choice within a few batches, not a few
+    hundred."""
 
+    FIRST = 3
+    WINDOW = 5
     EXPLORE = 16
     EXPLORE_CLEAR = 64
     CLEAR = 1.25
-    WEIGHT = 0.2
 
     def __init__(self) -> None:
-        self._times: dict[Hashable, list[float | None]] = {}  # key -> [shared, solo] seconds
+        self._seeds: dict[Hashable, tuple[float, float]] = {}  # key -> (shared, solo) seconds
+        self._times: dict[Hashable, tuple[deque[float], deque[float]]] = {}
         self._count: dict[Hashable, int] = {}
+        self._again: set[Hashable] = set()  # keys whose last try beat the leader
 
     def seed(self, key: Hashable, shared_s: float, solo_s: float) -> None:
-        self._times[key] = [shared_s, solo_s]
+        """A first estimate (the warm-up's), used until both ways have times of their own."""
+        self._seeds[key] = (shared_s, solo_s)
+
+    def _estimate(self, key: Hashable) -> tuple[float | None, float | None]:
+        """(shared, solo) seconds: the median of each way's recent times, else the seed's."""
+        seeds = self._seeds.get(key, (None, None))
+        times = self._times.get(key)
+        if times is None:
+            return seeds
+        shared, solo = (statistics.median(t) if t else s for t, s in zip(times, seeds))
+        return shared, solo
 
     def pick(self, key: Hashable) -> bool:
-        shared, solo = self._times.get(key, [None, None])
-        count = self._count[key] = self._count.get(key, 0) + 1
-        if shared is None or solo is None:
-            return solo is None  # try whichever has no time yet
+        """Whether the next batch of `key` that runs alone goes solo."""
+        times = self._times.get(key)
+        timed = (len(times[0]), len(times[1])) if times is not None else (0, 0)
+        shared, solo = self._estimate(key)
+        if min(timed) < self.FIRST:  # both ways in turns until each has its own times
+            if timed[0] != timed[1]:
+                return timed[1] < timed[0]
+            return solo is None or (shared is not None and solo < shared)
+        assert shared is not None and solo is not None
         faster = solo < shared
+        if key in self._again:
+            self._again.discard(key)
+            return not faster
+        count = self._count[key] = self._count.get(key, 0) + 1
         clear = max(shared, solo) > self.CLEAR * min(shared, solo)
         every = self.EXPLORE_CLEAR if clear else self.EXPLORE
         return not faster if count % every == 0 else faster
 
     def record(self, key: Hashable, solo: bool, seconds: float) -> None:
-        times = self._times.setdefault(key, [None, None])
-        old = times[solo]
-        times[solo] = seconds if old is None else old + self.WEIGHT * (seconds - old)
+        """A batch of `key` that ran alone took `seconds`, solo or on the shared sessions."""
+        times = self._times.get(key)
+        if times is None:
+            times = self._times[key] = (deque(maxlen=self.WINDOW), deque(maxlen=self.WINDOW))
+        shared_s, solo_s = self._estimate(key)
+        if min(map(len, times)) >= self.FIRST and shared_s is not None and solo_s is not None:
+            solo_leads = solo_s < shared_s
+            if solo != solo_leads and seconds < min(shared_s, solo_s):
+                self._again.add(key)  # a try of the other way beat the leader: another next
+        times[solo].append(seconds)
 
     def speedup(self, key: Hashable) -> float | None:
         """Shared over solo time for `key`, when both are known."""
-        shared, solo = self._times.get(key, [None, None])
+        shared, solo = self._estimate(key)
         return shared / solo if shared is not None and solo else None

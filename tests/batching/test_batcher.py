@@ -11,6 +11,7 @@ from collections.abc import Hashable
 import pytest
 
 from service.batching.batcher import AdaptiveBatcher
+from service.batching.solo import SoloChoice
 from service.core.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded
 from service.core.statistics import ModelStatistics
 
@@ -202,19 +203,23 @@ def test_a_request_alone_runs_solo_while_that_is_faster_and_concurrent_ones_shar
     shared, solo = Recorder(delay=0.03), Recorder(delay=0.005)
 
     async def scenario(batcher: AdaptiveBatcher):
-        one_by_one = [await batcher.submit(i) for i in range(6)]  # each alone
+        one_by_one = [await batcher.submit(i) for i in range(10)]  # each alone
         together = await asyncio.gather(*(batcher.submit(i) for i in range(10, 30)))
         return one_by_one, together
 
     one_by_one, together = asyncio.run(with_batcher(shared, scenario, run_solo=solo))
-    assert one_by_one == [0, 2, 4, 6, 8, 10] and together == [i * 2 for i in range(10, 30)]
-    # first each way once (timed), then the faster: solo
-    assert [items for _, items in solo.batches[:5]] == [[0], [2], [3], [4], [5]]
-    assert [items for _, items in shared.batches[:1]] == [[1]]
+    assert one_by_one == [i * 2 for i in range(10)] and together == [i * 2 for i in range(10, 30)]
+    # first both ways in turns until each has FIRST times of its own, then the faster: solo
+    first = 2 * SoloChoice.FIRST
+    assert [items for _, items in solo.batches[: first // 2]] == [[i] for i in range(0, first, 2)]
+    assert [items for _, items in shared.batches[: first // 2]] == [[i] for i in range(1, first, 2)]
+    assert [items for _, items in solo.batches[first // 2 : first // 2 + 4]] == [
+        [i] for i in range(first, 10)
+    ]
     # under load the others ran while one was computing, or were queued: shared runs
-    assert sum(len(items) for _, items in shared.batches) >= 10
+    assert sum(len(items) for _, items in shared.batches) >= 10 + SoloChoice.FIRST
     solo_items = sum(len(items) for _, items in solo.batches)
-    assert solo_items + sum(len(items) for _, items in shared.batches) == 26
+    assert solo_items + sum(len(items) for _, items in shared.batches) == 30
 
 
 def test_a_solo_run_whose_batch_fails_still_isolates_the_bad_item() -> None:
@@ -237,27 +242,63 @@ def test_a_solo_run_whose_batch_fails_still_isolates_the_bad_item() -> None:
     )
 
 
-def test_solo_choice_takes_the_faster_way_and_still_tries_the_other() -> None:
-    from service.batching.solo import SoloChoice
+def timed_both_ways(choice: SoloChoice, key: object, shared_s: float, solo_s: float) -> None:
+    for _ in range(SoloChoice.FIRST):
+        choice.record(key, False, shared_s)
+        choice.record(key, True, solo_s)
 
+
+def test_solo_choice_takes_the_faster_way_and_still_tries_the_other() -> None:
     choice = SoloChoice()
     assert choice.pick(0) is True  # no time yet for either: try solo
     choice.record(0, True, 0.010)
-    assert choice.pick(0) is False  # now the shared way has no time
+    assert choice.pick(0) is False  # now the shared way has fewer times
     choice.record(0, False, 0.005)
+    timed_both_ways(choice, 0, 0.005, 0.010)
     picks = [choice.pick(0) for _ in range(4 * SoloChoice.EXPLORE_CLEAR)]
     assert picks.count(True) == 4  # shared is clearly faster: solo only when exploring, rarely
-    for _ in range(30):  # the machine changes: solo becomes the faster one
+    for _ in range(SoloChoice.WINDOW):  # the machine changes: solo becomes the faster one
         choice.record(0, True, 0.002)
-    assert choice.speedup(0) == pytest.approx(0.005 / 0.002, rel=0.05)
+    assert choice.speedup(0) == pytest.approx(0.005 / 0.002)
     picks = [choice.pick(0) for _ in range(4 * SoloChoice.EXPLORE_CLEAR)]
     assert picks.count(False) == 4
-    for _ in range(30):  # close: 1.1x apart, so the other way is tried more often
+    for _ in range(SoloChoice.WINDOW):  # close: 1.1x apart, so the other way is tried more often
         choice.record(0, False, 0.0022)
     picks = [choice.pick(0) for _ in range(4 * SoloChoice.EXPLORE)]
     assert picks.count(False) == 4
-    choice.seed("other", 0.004, 0.008)
-    assert choice.pick("other") is False and choice.speedup("other") == 0.5
+
+
+def test_a_wrong_seed_is_corrected_by_the_first_requests() -> None:
+    choice = SoloChoice()
+    choice.seed("k", 0.004, 0.008)  # warmed up beside another worker: solo looked slower
+    assert choice.speedup("k") == 0.5
+    picks = []
+    for _ in range(2 * SoloChoice.FIRST):  # both ways in turns, the seed's faster first
+        picks.append(choice.pick("k"))
+        choice.record("k", picks[-1], 0.002 if picks[-1] else 0.004)
+    assert picks[0] is False and picks.count(True) == SoloChoice.FIRST
+    assert all(pair.count(True) == 1 for pair in zip(picks[::2], picks[1::2]))
+    assert choice.speedup("k") == pytest.approx(2.0)
+    assert [choice.pick("k") for _ in range(10)] == [True] * 10
+
+
+def test_a_try_that_beats_the_leader_is_followed_at_once() -> None:
+    choice = SoloChoice()
+    timed_both_ways(choice, 0, 0.004, 0.008)  # shared leads clearly: solo tried every 64th
+    turns = 0
+    while not choice.pick(0):
+        turns += 1
+        choice.record(0, False, 0.004)
+    assert turns == SoloChoice.EXPLORE_CLEAR - 1
+    choice.record(0, True, 0.002)  # the other cores became free: solo now twice as fast
+    followed = []
+    while len(followed) < 10 and (not followed or followed[-1]):
+        followed.append(choice.pick(0))
+        choice.record(0, followed[-1], 0.002 if followed[-1] else 0.004)
+    # solo tried again at once until its median led: then taken for good
+    assert followed[: SoloChoice.WINDOW // 2] == [True] * (SoloChoice.WINDOW // 2)
+    assert choice.speedup(0) == pytest.approx(2.0)
+    assert [choice.pick(0) for _ in range(10)] == [True] * 10
 
 
 # --- submit_prepared: prepare and run in one batch thread when idle ---------------------------
@@ -374,7 +415,7 @@ def test_an_idle_item_runs_solo_when_solo_is_chosen_and_is_timed() -> None:
     shared, solo, prep = Recorder(), Recorder(), Preparer()
 
     async def scenario(batcher: AdaptiveBatcher):
-        batcher.solo_choice.seed(0, 0.010, 0.001)  # solo clearly faster
+        timed_both_ways(batcher.solo_choice, 0, 0.010, 0.001)  # solo clearly faster
         results = [
             await batcher.submit_prepared(prep.item(i), lambda _: 0, prep.preprocess)
             for i in range(3)
@@ -384,7 +425,7 @@ def test_an_idle_item_runs_solo_when_solo_is_chosen_and_is_timed() -> None:
     results, solo_count, speedup = asyncio.run(with_batcher(shared, scenario, run_solo=solo))
     assert results == [0, 2, 4] and solo_count == 3
     assert len(solo.batches) == 3 and shared.batches == []
-    assert speedup != pytest.approx(10.0)  # the runs were timed: the seed's estimate moved
+    assert speedup != pytest.approx(10.0)  # the runs were timed: the estimate moved
 
 
 def test_an_item_whose_deadline_passes_while_it_is_prepared_is_not_run() -> None:
