@@ -7,8 +7,9 @@ a closed loop. Each trial is one configuration of max batch size, max wait, batc
 and intra-op threads, measured for a few seconds: throughput and p99 latency. The search starts
 from the defaults and changes one setting at a time (threads x runs, then batch size, then wait),
 keeping the best configuration that meets the p99 objective, until the time budget is spent.
-The winner and the defaults are then measured again in turns; the winner is kept only if it is
-at least as fast as the defaults were (so a tuned entry is never worse than none). No HTTP and
+The winner and the defaults are then measured again in turns, three rounds; the winner is kept
+only if it was faster in every round and by more than the noise (clear_gain), so a tuned entry
+is never worse than none. No HTTP and
 no decoding take part: the entry tunes the compute side that batching controls.
 
 The result is one tuned entry for this device class (service/core/device.py), written next to
@@ -46,6 +47,11 @@ TUNED_KEYS = ("max_batch_size", "max_latency_ms", "workers_per_model", "intra_op
 GPU_TUNED_KEYS = ("gpu_max_batch_size", "max_latency_ms", "workers_per_model")
 assert set(TUNED_KEYS + GPU_TUNED_KEYS) <= set(TUNABLE)
 MAX_ITEMS = 64
+CONFIRM_ROUNDS = 3
+"""Rounds of turns (winner, defaults) that decide whether the winner is kept."""
+MIN_GAIN = 0.05
+"""The least mean gain over the defaults that is kept (this machine's windows differ by more
+than 5 % at times)."""
 
 
 @dataclass
@@ -154,6 +160,26 @@ def candidates(gpu: bool, gateway_workers: int = 1) -> list[list[dict[str, Any]]
     ]
 
 
+def clear_gain(winner: list[Trial], defaults: list[Trial], slo_p99_ms: float) -> str | None:
+    """None when the winner beat the defaults clearly in the rounds of turns (each round
+    measures both, which goes first alternating): faster in every round, on average by more
+    than MIN_GAIN and by more than twice the rounds' spread; else why the defaults stay. A
+    server does not run the search's trials (its HTTP front end takes CPU too), so a gain
+    within the noise is no gain: sentiment-lstm's pick, 1.2 % faster in the search, was
+    0.97-0.98x the defaults when served (2026-12-02)."""
+    if not winner:
+        return "nothing tried beat them"
+    if max(t.p99_ms for t in winner) > slo_p99_ms:
+        return f"the best one's p99 exceeded {slo_p99_ms:g} ms when measured again"
+    ratios = [w.rps / max(d.rps, 1e-9) for w, d in zip(winner, defaults, strict=True)]
+    gain = statistics.fmean(ratios) - 1
+    spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
+    if min(ratios) <= 1 or gain <= max(MIN_GAIN, 2 * spread):
+        shown = ", ".join(f"{r:.2f}x" for r in ratios)
+        return f"the best one was {shown} their req/s in turns, within the noise"
+    return None
+
+
 def better(trial: Trial, best: Trial | None, slo_p99_ms: float) -> bool:
     if trial.p99_ms > slo_p99_ms:
         return False
@@ -192,7 +218,7 @@ async def search(
         defaults["intra_op_threads"] = config.intra_op_threads
     items = sample_items(spec, first)
     stages = candidates(gpu, gateway_workers)
-    trials_left = 1 + sum(len(stage) for stage in stages) + 4
+    trials_left = 1 + sum(len(stage) for stage in stages) + 2 * CONFIRM_ROUNDS
     seconds = max(1.0, min(5.0, 0.9 * budget_s / trials_left))
     progress(
         f"tuning {spec.tag} on {device_class(gpu)}: {len(items)} held-out items, {clients} "
@@ -232,19 +258,26 @@ async def search(
             f"no configuration met p99 <= {slo_p99_ms:g} ms at {clients} clients (best p99: "
             f"{min(t.p99_ms for t in tried):.1f} ms); raise --slo-p99-ms or lower --clients"
         )
-    # the winner against the defaults once more, in turns: kept only if not slower
-    again = max(1.0, seconds)
-    winner_runs, default_runs = [], []
-    for _ in range(2):
-        winner_runs.append(await trial(best.settings, again))
-        default_runs.append(await trial(defaults, again))
-    winner_rps = statistics.fmean(t.rps for t in winner_runs)
+    # the winner against the defaults again, in turns: kept only if clearly faster
+    winner_runs: list[Trial] = []
+    default_runs: list[Trial] = []
+    if best.settings != defaults:
+        for turn in range(CONFIRM_ROUNDS):  # which goes first alternates: the machine drifts
+            if turn % 2:
+                default_runs.append(await trial(defaults, seconds))
+            winner_runs.append(await trial(best.settings, seconds))
+            if not turn % 2:
+                default_runs.append(await trial(defaults, seconds))
+    else:
+        default_runs = [baseline]
+    verdict = clear_gain(winner_runs, default_runs, slo_p99_ms)
+    keep = verdict is None
+    winner_rps = statistics.fmean(t.rps for t in winner_runs) if winner_runs else 0.0
     default_rps = statistics.fmean(t.rps for t in default_runs)
-    winner_p99 = max(t.p99_ms for t in winner_runs)
-    keep = winner_rps >= default_rps and winner_p99 <= slo_p99_ms
+    winner_p99 = max((t.p99_ms for t in winner_runs), default=0.0)
     chosen = best.settings if keep else defaults
     progress(
-        f"chosen: {chosen} ({'tuned' if keep else 'the defaults: nothing tried beat them'}); "
+        f"chosen: {chosen} ({'tuned' if keep else f'the defaults: {verdict}'}); "
         f"{winner_rps:.1f} vs {default_rps:.1f} req/s for the defaults, in "
         f"{time.monotonic() - started:.0f} s"
     )

@@ -133,3 +133,31 @@ def test_with_several_gateway_workers_no_shape_oversubscribes_a_workers_share(
     ]
     assert max(w * t for w, t in alone) == 8  # one worker: twice the cores, measured as served
     assert max(w * t for w, t in shared) == 2 and (1, 2) in shared and (2, 1) in shared
+
+
+def trial(rps: float, p99_ms: float = 10.0) -> tuning.Trial:
+    return tuning.Trial({}, rps, p99_ms / 2, p99_ms, int(rps))
+
+
+@pytest.mark.parametrize(
+    ("winner", "defaults", "kept"),
+    [
+        ([120, 118, 121], [100, 101, 99], True),  # faster every round, by far more than noise
+        ([102, 101, 103], [100, 100, 100], False),  # faster every round, but by under 5 %
+        ([130, 96, 131], [100, 100, 100], False),  # slower in one round
+        ([150, 108, 160], [100, 100, 100], False),  # a 39 % mean gain, but spread wider still
+        ([], [100], False),  # the defaults were the best tried
+    ],
+)
+def test_a_winner_is_kept_only_when_clearly_faster_in_every_round(winner, defaults, kept) -> None:
+    verdict = tuning.clear_gain(
+        [trial(r) for r in winner], [trial(r) for r in defaults][: len(winner) or 1], 500.0
+    )
+    assert (verdict is None) is kept
+    if not kept:
+        assert "the defaults" not in verdict and verdict  # says why, for the chosen: line
+
+
+def test_a_winner_whose_p99_misses_the_objective_when_measured_again_is_not_kept() -> None:
+    verdict = tuning.clear_gain([trial(200, 600.0)] * 3, [trial(100)] * 3, 500.0)
+    assert verdict is not None and "500" in verdict
