@@ -58,15 +58,27 @@ def test_oldest_is_the_earliest_still_inside() -> None:
     assert gate.oldest_wait() == 0.0
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def answer(gate: Admission, clock: Clock, count: int, every_s: float) -> None:
+    for _ in range(count):
+        with gate.admit():
+            clock.now += every_s
+
+
 def test_littles_law_limit_follows_the_answer_rate() -> None:
     reasons: list[str] = []
-    gate = Admission("m", max_requests=1000, max_wait_s=0.5, on_reject=reasons.append, floor=4)
-    now = time.monotonic()
-    assert gate.limit(now) == 4  # idle: the floor
-    for _ in range(400):  # 400 answered in the 2 s window = 200/s -> 100 may wait 0.5 s
-        with gate.admit():
-            pass
-    assert gate.limit(time.monotonic()) == 100
+    clock = Clock()
+    gate = Admission("m", 1000, 0.5, reasons.append, floor=4, clock=clock)
+    assert gate.limit(clock()) == 4  # idle: the floor
+    answer(gate, clock, 400, 0.005)  # 400 answered in the 2 s window = 200/s -> 100 may wait 0.5 s
+    assert gate.limit(clock()) == 100
     held = [gate.admit() for _ in range(100)]
     for place in held:
         place.__enter__()
@@ -75,7 +87,34 @@ def test_littles_law_limit_follows_the_answer_rate() -> None:
     assert reasons == ["queue_wait"]
     for place in held:
         place.__exit__(None, None, None)
-    assert gate.limit(time.monotonic() + 3) == 4  # the rate is forgotten after the window
+    clock.now += 3
+    assert gate.limit(clock()) == 4  # the rate is forgotten after the window
+    with gate.admit():  # a new busy period starts from the rate the last one ended with:
+        assert gate.limit(clock()) == 125  # 400 + the 100 held, in its last 2 s: 250/s
+
+
+def test_a_burst_after_a_pause_is_judged_on_its_own_rate_not_a_half_idle_window() -> None:
+    clock = Clock()
+    gate = Admission("m", 1000, 1.0, floor=16, clock=clock)
+    answer(gate, clock, 200, 0.01)  # busy at 100/s
+    clock.now += 5.0  # a pause
+    with gate.admit():  # the next burst starts from the rate the last period ended with
+        assert gate.limit(clock()) == 100
+    answer(gate, clock, 50, 0.02)  # now at 50/s, 1 s in: its own rate, 1 s long, not 2
+    assert gate.limit(clock()) == 100  # the last period's, until this one is 2 s old
+    clock.now += 0.1  # a gap shorter than IDLE_GAP_S: the same busy period
+    answer(gate, clock, 50, 0.02)  # 2.1 s in: its own rate over the 2 s window
+    assert 45 <= gate.limit(clock()) <= 50  # the window's edge cuts a few answers
+
+
+def test_a_fresh_model_starts_at_the_floor_and_a_burst_counts_its_own_answers() -> None:
+    clock = Clock()
+    gate = Admission("m", 1000, 1.0, floor=16, clock=clock)
+    with gate.admit():
+        assert gate.limit(clock()) == 16
+    clock.now += 1.0
+    answer(gate, clock, 50, 0.01)  # 0.5 s of 100/s: a 2 s window would say 25/s, the floor
+    assert gate.limit(clock()) == 100
 
 
 def test_each_admitted_request_and_only_it_is_scoped_for_the_statistics() -> None:
