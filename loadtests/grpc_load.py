@@ -24,7 +24,9 @@ import numpy as np
 async def run(target: str, method: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     errors = 0
-    options = [("grpc.max_receive_message_length", 64 << 20)]
+    # a connection per channel (gRPC shares one between channels of the same target by
+    # default): the server's gateway workers each take whole connections (SO_REUSEPORT)
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(min(4, clients))]
     calls = [
         channel.unary_unary(method, request_serializer=None, response_deserializer=None)

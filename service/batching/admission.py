@@ -8,7 +8,8 @@ when it is answered. Three bounds; any one sheds with 503 + Retry-After / RESOUR
   waits about `max_wait_s` at most. A busy period starts when a request arrives after IDLE_GAP_S
   with nothing inside; until it is WINDOW_S old its rate is over its own length (at least
   MIN_SPAN_S), not over a window still half idle, and never below the rate the last period
-  ended with (a pause does not make the model slower). Over a half-idle window the rate was a
+  measured of its own, if that is under PRIOR_TTL_S old (a pause does not make the model
+  slower). Over a half-idle window the rate was a
   fraction of the true one and refused the excess of every burst after a pause (imagenet-cnn,
   32 clients on 2 gateway workers with a floor of 16 each: thousands of 503s a second,
   2026-12-02);
@@ -29,6 +30,10 @@ from service.core.errors import Overloaded
 WINDOW_S = 2.0
 IDLE_GAP_S = 0.25
 MIN_SPAN_S = 0.25
+MIN_ANSWERS = 8
+"""A busy period with fewer answers (or shorter than MIN_SPAN_S) tells no rate of its own."""
+PRIOR_TTL_S = 60.0
+"""A rate measured longer ago than this is not carried into a new busy period."""
 
 
 class Admission:
@@ -56,15 +61,20 @@ class Admission:
         self._busy_since = float("-inf")  # when this busy period began
         self._last_left = float("-inf")
         self._prior_rate = 0.0  # answers per second when the last busy period ended
-        self._ending_rate = 0.0  # this period's rate at its latest answer
+        self._ending_rate = 0.0  # the latest rate a period measured of its own ...
+        self._ending_at = float("-inf")  # ... and when
 
-    def rate(self, now: float) -> float:
-        """Answers per second in this busy period's last WINDOW_S (while it is younger than
-        that, at least the rate the last period ended with)."""
+    def _own_rate(self, now: float) -> float:
+        """Answers per second in this busy period's last WINDOW_S."""
         while self._answered and self._answered[0] < now - WINDOW_S:
             self._answered.popleft()
         span = min(WINDOW_S, max(MIN_SPAN_S, now - self._busy_since))
-        rate = len(self._answered) / span
+        return len(self._answered) / span
+
+    def rate(self, now: float) -> float:
+        """The answer rate that admission counts on: this busy period's own, and while the
+        period is younger than WINDOW_S at least the rate the last one measured."""
+        rate = self._own_rate(now)
         return max(rate, self._prior_rate) if now - self._busy_since < WINDOW_S else rate
 
     def limit(self, now: float) -> int:
@@ -87,7 +97,8 @@ class Admission:
         """Hold a place for one request, or raise Overloaded."""
         now = self.clock()
         if not self._inside and now - self._last_left > IDLE_GAP_S:  # a new busy period
-            self._prior_rate = self._ending_rate  # the last period's, as it ended
+            recent = now - self._ending_at < PRIOR_TTL_S
+            self._prior_rate = self._ending_rate if recent else 0.0
             self._answered.clear()  # answers before the pause say nothing of the rate now
             self._busy_since = now
         if len(self._inside) >= self.max_requests:
@@ -117,7 +128,9 @@ class Admission:
             del self._inside[ticket]
             self._last_left = self.clock()
         self._answered.append(self._last_left)  # answered, not failed: the rate is capacity
-        self._ending_rate = self.rate(self._last_left)
+        if len(self._answered) >= MIN_ANSWERS and self._last_left - self._busy_since >= MIN_SPAN_S:
+            self._ending_rate = self._own_rate(self._last_left)  # its own: a prior is not passed on
+            self._ending_at = self._last_left
 
     def _refuse(self, reason: str, message: str) -> None:
         if self.on_reject is not None:

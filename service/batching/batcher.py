@@ -9,7 +9,12 @@ waits for more only while waiting pays - when every other worker is busy (no idl
 be wasted) and requests are arriving faster than the latency budget - and never longer than
 max_latency_ms after the oldest request arrived. At low load a request runs alone and at once;
 under load batches grow because work queues while the workers compute. BentoML's CORK dispatcher
-is the reference for this idea; this one needs no model of compute time.
+is the reference for this idea; this one needs no model of compute time. How large a batch may
+grow is measured as it serves (sizing.py: a CPU where big batches cost more per item caps them).
+
+Length: one class whose queue, idle path, workers and accounting share the same counters (busy,
+pending, started); the measured choices (solo.py, sizing.py) and the results' hand-over
+(results.py) live in modules of their own.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.batching.results import BatchObserver, BatchStats, hand_over, run_isolated
+from service.batching.sizing import BatchCap
 from service.batching.solo import SoloChoice
 from service.core.errors import (
     DeadlineExceeded,
@@ -69,6 +75,7 @@ class AdaptiveBatcher:
         observer: BatchObserver | None = None,
         statistics: ModelStatistics | None = None,
         run_solo: RunBatch | None = None,
+        adapt_batch_size: bool = True,
     ) -> None:
         if max_batch_size < 1 or workers < 1:
             raise ValueError(f"{name}: max_batch_size and workers must be at least 1")
@@ -80,6 +87,9 @@ class AdaptiveBatcher:
         (solo_choice)."""
         self.solo_choice = SoloChoice()
         self.max_batch_size = max_batch_size
+        self.batch_cap = BatchCap(max_batch_size) if adapt_batch_size else None
+        """The largest batch worth taking per queue key, measured as it serves (sizing.py);
+        None: always up to max_batch_size."""
         self.max_latency = max_latency_ms / 1000.0
         self.workers = workers
         self.max_queue = max_queue
@@ -244,10 +254,10 @@ class AdaptiveBatcher:
                 best_key, best_time = key, queue[0].enqueued
         return best_key
 
-    def _pull(self, key: Hashable, batch: list[_Pending]) -> None:
+    def _pull(self, key: Hashable, batch: list[_Pending], limit: int) -> None:
         queue = self._queues[key]
         now = time.monotonic()
-        while queue and len(batch) < self.max_batch_size:
+        while queue and len(batch) < limit:
             pending = queue.popleft()
             self._pending -= 1
             if pending.future.done():  # the client went away
@@ -263,9 +273,9 @@ class AdaptiveBatcher:
                 continue
             batch.append(pending)
 
-    def _waiting_pays(self, batch: list[_Pending]) -> bool:
+    def _waiting_pays(self, batch: list[_Pending], limit: int) -> bool:
         return (
-            len(batch) < self.max_batch_size
+            len(batch) < limit
             # the others are computing (with one worker there are none: waiting would only add
             # latency, and batches still form from what queues while it computes)
             and self._busy >= max(1, self.workers - 1)
@@ -283,13 +293,19 @@ class AdaptiveBatcher:
                 await self._wakeup.wait()
                 continue
             batch: list[_Pending] = []
-            self._pull(key, batch)
+            queued = len(self._queues[key])
+            limit = (
+                self.batch_cap.limit(key, queued)
+                if self.batch_cap is not None
+                else self.max_batch_size
+            )
+            self._pull(key, batch, limit)
             if not batch:
                 continue
             until = batch[0].enqueued + self.max_latency
             self._holding += 1
             try:
-                while self._waiting_pays(batch):
+                while self._waiting_pays(batch, limit):
                     remaining = min(until - time.monotonic(), 2 * self._arrival_gap)
                     if remaining <= 0:
                         break
@@ -298,7 +314,7 @@ class AdaptiveBatcher:
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
                     except TimeoutError:
                         break
-                    self._pull(key, batch)
+                    self._pull(key, batch, limit)
             finally:
                 self._holding -= 1
             if self._pending:
@@ -370,6 +386,8 @@ class AdaptiveBatcher:
         clean = ran and not any(isinstance(r, Exception) for r in results)
         if alone and clean and self.run_solo is not None:
             self.solo_choice.record(key, solo, ended - began)
+        if clean and not solo and self.batch_cap is not None:
+            self.batch_cap.record(key, len(batch), ended - began)
         self.stats.record(len(batch))
         self.stats.solo += solo
         if self.observer is not None:

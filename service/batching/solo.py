@@ -11,8 +11,8 @@ class SoloChoice:
     """Whether a batch that runs alone goes to the solo sessions, by measurement, per queue key.
 
     Both ways are timed whenever a batch of one runs alone, and the faster one (the median of
-    its last WINDOW times) is taken. Until each way has FIRST times of its own the two
-    alternate: the kernel's warm-up gives a first estimate (seed), but the gateway's workers
+    its last WINDOW times) is taken. The first 2 x FIRST such batches take the two ways in
+    turns: the kernel's warm-up gives a first estimate (seed), but the gateway's workers
     warm up at the same time, so a seed can be far off (imagenet-cnn's solo session, warmed
     beside another worker's, looked slower than the shared one; trusted, it kept one client on
     one thread for hundreds of requests: 11 ms p50 instead of 7.5, 2026-12-02). Afterwards
@@ -32,8 +32,9 @@ class SoloChoice:
     def __init__(self) -> None:
         self._seeds: dict[Hashable, tuple[float, float]] = {}  # key -> (shared, solo) seconds
         self._times: dict[Hashable, tuple[deque[float], deque[float]]] = {}
+        self._tries: dict[Hashable, list[int]] = {}  # key -> [shared, solo] picks while calibrating
         self._count: dict[Hashable, int] = {}
-        self._again: set[Hashable] = set()  # keys whose last try beat the leader
+        self._again: dict[Hashable, bool] = {}  # key -> the way whose last try beat the leader
 
     def seed(self, key: Hashable, shared_s: float, solo_s: float) -> None:
         """A first estimate (the warm-up's), used until both ways have times of their own."""
@@ -48,20 +49,27 @@ class SoloChoice:
         shared, solo = (statistics.median(t) if t else s for t, s in zip(times, seeds))
         return shared, solo
 
+    def _calibrated(self, key: Hashable) -> bool:
+        return min(self._tries.get(key, (0, 0))) >= self.FIRST
+
     def pick(self, key: Hashable) -> bool:
         """Whether the next batch of `key` that runs alone goes solo."""
-        times = self._times.get(key)
-        timed = (len(times[0]), len(times[1])) if times is not None else (0, 0)
         shared, solo = self._estimate(key)
-        if min(timed) < self.FIRST:  # both ways in turns until each has its own times
-            if timed[0] != timed[1]:
-                return timed[1] < timed[0]
-            return solo is None or (shared is not None and solo < shared)
-        assert shared is not None and solo is not None
-        faster = solo < shared
+        if not self._calibrated(key):
+            # both ways in turns, FIRST tries each; tries, not times, so that a way whose runs
+            # fail (never timed) or end up beside another batch cannot hold the turns
+            tries = self._tries.setdefault(key, [0, 0])
+            if tries[0] != tries[1]:
+                way = tries[1] < tries[0]
+            else:
+                way = solo is None or (shared is not None and solo < shared)
+            tries[way] += 1
+            return way
+        if shared is None or solo is None:  # a way never timed: the other (shared if neither)
+            return shared is None and solo is not None
         if key in self._again:
-            self._again.discard(key)
-            return not faster
+            return self._again.pop(key)
+        faster = solo < shared
         count = self._count[key] = self._count.get(key, 0) + 1
         clear = max(shared, solo) > self.CLEAR * min(shared, solo)
         every = self.EXPLORE_CLEAR if clear else self.EXPLORE
@@ -73,11 +81,15 @@ class SoloChoice:
         if times is None:
             times = self._times[key] = (deque(maxlen=self.WINDOW), deque(maxlen=self.WINDOW))
         shared_s, solo_s = self._estimate(key)
-        if min(map(len, times)) >= self.FIRST and shared_s is not None and solo_s is not None:
-            solo_leads = solo_s < shared_s
-            if solo != solo_leads and seconds < min(shared_s, solo_s):
-                self._again.add(key)  # a try of the other way beat the leader: another next
         times[solo].append(seconds)
+        if (
+            self._calibrated(key)
+            and shared_s is not None
+            and solo_s is not None
+            and solo != (solo_s < shared_s)
+            and seconds < min(shared_s, solo_s)
+        ):
+            self._again[key] = solo  # a try of the other way beat the leader: another next
 
     def speedup(self, key: Hashable) -> float | None:
         """Shared over solo time for `key`, when both are known."""

@@ -106,6 +106,7 @@ class LocalRunner:
                 observer=observer,
                 statistics=self.statistics,
                 run_solo=kernel.run_solo if kernel.solo else None,
+                adapt_batch_size=self.config.adapt_batch_size,
             )
             if kernel.solo_times is not None:
                 self.batcher.solo_choice.seed(*kernel.solo_times)
@@ -171,6 +172,7 @@ class LocalRunner:
                 "max_latency_ms": self.config.max_latency_ms,
                 "workers": self.config.workers_per_model,
                 **self._solo(),
+                **self._cap(),
                 "pending": self.batcher.pending if self.batcher else 0,
                 "batches": stats.batches if stats else 0,
                 "samples": stats.samples if stats else 0,
@@ -180,6 +182,13 @@ class LocalRunner:
                 **self._step_counts(),
             },
         }
+
+    def _cap(self) -> dict[str, Any]:
+        """The measured batch cap (sizing.py) of the warm-up's queue: every key when several."""
+        batcher = self.batcher
+        if not isinstance(batcher, AdaptiveBatcher) or batcher.batch_cap is None:
+            return {}
+        return batcher.batch_cap.describe_all()
 
     def _solo(self) -> dict[str, Any]:
         """Solo runs (one request alone on all its threads): threads, the measured speed-up

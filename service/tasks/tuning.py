@@ -7,7 +7,7 @@ a closed loop. Each trial is one configuration of max batch size, max wait, batc
 and intra-op threads, measured for a few seconds: throughput and p99 latency. The search starts
 from the defaults and changes one setting at a time (threads x runs, then batch size, then wait),
 keeping the best configuration that meets the p99 objective, until the time budget is spent.
-The winner and the defaults are then measured again in turns, three rounds; the winner is kept
+The winner and the defaults are then measured again in turns, four rounds; the winner is kept
 only if it was faster in every round and by more than the noise (clear_gain), so a tuned entry
 is never worse than none. No HTTP and
 no decoding take part: the entry tunes the compute side that batching controls.
@@ -47,8 +47,9 @@ TUNED_KEYS = ("max_batch_size", "max_latency_ms", "workers_per_model", "intra_op
 GPU_TUNED_KEYS = ("gpu_max_batch_size", "max_latency_ms", "workers_per_model")
 assert set(TUNED_KEYS + GPU_TUNED_KEYS) <= set(TUNABLE)
 MAX_ITEMS = 64
-CONFIRM_ROUNDS = 3
-"""Rounds of turns (winner, defaults) that decide whether the winner is kept."""
+CONFIRM_ROUNDS = 4
+"""Rounds of turns that decide whether the winner is kept (winner and defaults in the order
+WD DW WD DW, so that neither goes first more often while the machine drifts)."""
 MIN_GAIN = 0.05
 """The least mean gain over the defaults that is kept (this machine's windows differ by more
 than 5 % at times)."""
@@ -105,6 +106,7 @@ async def run_trial(
         max_latency_ms=settings["max_latency_ms"],
         workers=settings["workers_per_model"],
         max_queue=clients * 4,
+        adapt_batch_size=False,  # a trial measures the batch size it was given
     )
     await batcher.start()
     latencies: list[float] = []
@@ -163,7 +165,7 @@ def candidates(gpu: bool, gateway_workers: int = 1) -> list[list[dict[str, Any]]
 def clear_gain(winner: list[Trial], defaults: list[Trial], slo_p99_ms: float) -> str | None:
     """None when the winner beat the defaults clearly in the rounds of turns (each round
     measures both, which goes first alternating): faster in every round, on average by more
-    than MIN_GAIN and by more than twice the rounds' spread; else why the defaults stay. A
+    than MIN_GAIN and by more than twice the mean's standard error; else why the defaults stay. A
     server does not run the search's trials (its HTTP front end takes CPU too), so a gain
     within the noise is no gain: sentiment-lstm's pick, 1.2 % faster in the search, was
     0.97-0.98x the defaults when served (2026-12-02)."""
@@ -173,8 +175,8 @@ def clear_gain(winner: list[Trial], defaults: list[Trial], slo_p99_ms: float) ->
         return f"the best one's p99 exceeded {slo_p99_ms:g} ms when measured again"
     ratios = [w.rps / max(d.rps, 1e-9) for w, d in zip(winner, defaults, strict=True)]
     gain = statistics.fmean(ratios) - 1
-    spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
-    if min(ratios) <= 1 or gain <= max(MIN_GAIN, 2 * spread):
+    error = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0.0
+    if min(ratios) <= 1 or gain <= max(MIN_GAIN, 2 * error):
         shown = ", ".join(f"{r:.2f}x" for r in ratios)
         return f"the best one was {shown} their req/s in turns, within the noise"
     return None
@@ -262,7 +264,7 @@ async def search(
     winner_runs: list[Trial] = []
     default_runs: list[Trial] = []
     if best.settings != defaults:
-        for turn in range(CONFIRM_ROUNDS):  # which goes first alternates: the machine drifts
+        for turn in range(CONFIRM_ROUNDS):
             if turn % 2:
                 default_runs.append(await trial(defaults, seconds))
             winner_runs.append(await trial(best.settings, seconds))

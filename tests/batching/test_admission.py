@@ -130,3 +130,16 @@ def test_each_admitted_request_and_only_it_is_scoped_for_the_statistics() -> Non
     counts = stats.snapshot("m", "1")["inference_stats"]
     assert counts["success"]["count"] == 1 and counts["fail"]["count"] == 1
     assert stats.reached() is None  # the scope ended with the request
+
+
+def test_a_rate_is_carried_over_a_pause_only_while_recent_and_only_as_measured() -> None:
+    clock = Clock()
+    gate = Admission("m", 1000, 1.0, floor=16, clock=clock)
+    answer(gate, clock, 200, 0.01)  # 100/s
+    clock.now += 30.0
+    with gate.admit():  # 30 s later: carried over
+        assert gate.limit(clock()) == 100
+    answer(gate, clock, 1, 0.01)  # a period too short to measure: it passes nothing on ...
+    clock.now += 35.0  # ... so 65 s after the measurement it is forgotten
+    with gate.admit():
+        assert gate.limit(clock()) == 16

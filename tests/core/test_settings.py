@@ -155,6 +155,7 @@ def test_defaults_are_unchanged(monkeypatch) -> None:
         "workers_per_model": 2,
         "intra_op_threads": 1,
         "solo_intra_op_threads": 0,
+        "adapt_batch_size": True,
         "max_queue": 512,
         "max_queue_wait_ms": 1000.0,
         "placement": "local",
