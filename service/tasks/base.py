@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from service.core.errors import InvalidInput
 from service.core.wire import ResponseModel
 from service.runners.base import Runner
 from service.runtime.kernels import Kernel
 from service.store.importing.importer import ImportRule
+from service.store.specs import ModelSpec
 from service.tasks.tensors import Signature
 
 
@@ -34,6 +36,9 @@ class Task:
     """Models of this task trained by this project (export/models/<name>.py builds each)."""
     importing: ImportRule | None = None
     """How `deepserve models import --task NAME` adapts a user's graph; None: not importable."""
+    understands: Callable[[ModelSpec], dict[str, Any] | None] | None = None
+    """What a model of this task was trained to recognise, for /v1/models (`understands`; e.g.
+    speech-ctc's phrases and digit words): an input outside it gets an answer it never learnt."""
     position: int = 100
     """Order of the task in listings and of its built-in models in `deepserve models build`
     (cheap models first)."""

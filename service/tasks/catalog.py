@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from service.runners.repository import ServingState
+from service.tasks import registry
 
 
 async def list_models(serving: ServingState) -> list[dict[str, Any]]:
@@ -13,7 +14,7 @@ async def list_models(serving: ServingState) -> list[dict[str, Any]]:
     batching; configured models that cannot be served, with why."""
     await asyncio.gather(*(runner.refresh() for runner in serving.all_runners()))
     models = [
-        serving.describe(name, version)
+        described(serving, name, version)
         for name in serving.versions
         for version in serving.versions[name]
     ]
@@ -25,4 +26,16 @@ async def show_model(
     serving: ServingState, name: str, version: str | None = None
 ) -> dict[str, Any]:
     await serving.runner(name, version=version).refresh()
-    return serving.describe(name, version)
+    return described(serving, name, version)
+
+
+def described(serving: ServingState, name: str, version: str | None) -> dict[str, Any]:
+    """The runner's description plus what its task says the model understands."""
+    found = serving.describe(name, version)
+    spec = serving.runner(name, version=version).spec
+    task = registry.TASKS.get(spec.task)
+    if task is not None and task.understands is not None:
+        understood = task.understands(spec)
+        if understood is not None:
+            found["understands"] = understood
+    return found

@@ -25,6 +25,7 @@ from service.runners.repository import ServingState
 from service.runtime.kernels import SpeechRecognizer
 from service.store.importing.contracts import prepare_speech
 from service.store.importing.importer import ImportRule
+from service.store.specs import ModelSpec
 from service.tasks.base import Task
 from service.tasks.tensors import InferRequest, Part, Signature, Tensor, batch_of, check_rows
 from service.tasks.transcription import (
@@ -359,6 +360,20 @@ class TranscribeResult(TaskAnswer):
     transcribed on its own; shorter audio is one segment."""
 
 
+def understands(spec: ModelSpec) -> dict[str, Any] | None:
+    """The phrases and digit words a built-in recogniser was trained on (spec.extra); None for
+    an imported model, which records none."""
+    phrases, digits = spec.extra.get("phrases"), spec.extra.get("digit_words")
+    if not phrases and not digits:
+        return None
+    return {
+        "phrases": [str(p) for p in phrases or []],
+        "digit_words": [str(w) for w in digits or []],
+        "note": "digit strings are these words in any order; other speech is outside what the "
+        "model learnt, and its transcript will be wrong",
+    }
+
+
 TASK = Task(
     name=NAME,
     position=30,
@@ -369,4 +384,5 @@ TASK = Task(
     results=(TranscribeResult, TranscribedSegment),
     builtin_models=("speech-ctc",),
     importing=ImportRule(NAME, prepare_speech, needs_vocabulary=True, strip_vocabulary=False),
+    understands=understands,
 )

@@ -329,6 +329,11 @@ def test_models_endpoints_and_probes(server, specs) -> None:
         assert model["version"] == specs[model["name"]].version
     one = requests.get(f"{server.url}/v1/models/speech-ctc", timeout=10).json()
     assert one["metrics"]["cer"] == specs["speech-ctc"].metrics["cer"]
+    # what it was trained on, where a user looks: its phrases and digit words
+    understood = one["understands"]
+    assert understood["phrases"] == specs["speech-ctc"].extra["phrases"]
+    assert len(understood["phrases"]) >= 20 and "zero" in understood["digit_words"]
+    assert all("understands" not in m for m in listing if m["task"] != "speech-recognition")
     missing = requests.get(f"{server.url}/v1/models/nope", timeout=10)
     assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
     assert requests.get(f"{server.url}/livez", timeout=10).status_code == 200

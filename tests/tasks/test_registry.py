@@ -84,3 +84,21 @@ def test_tasks_declare_their_v1_answers_and_the_document_publishes_them():
         for model in task.results:
             assert issubclass(model, ResponseModel)
             assert model.__name__ in schemas
+
+
+def test_a_built_in_recogniser_lists_what_it_understands_and_an_imported_one_nothing() -> None:
+    from service.store.specs import ModelSpec
+
+    task = registry.get("speech-recognition")
+    assert task.understands is not None
+    base = {"name": "s", "version": "v1", "task": task.name, "spec_version": "1", "graphs": {}}
+    built = ModelSpec.model_validate(
+        {**base, "extra": {"phrases": ["turn on the light"], "digit_words": ["zero", "one"]}}
+    )
+    understood = task.understands(built)
+    assert understood is not None
+    assert understood["phrases"] == ["turn on the light"]
+    assert understood["digit_words"] == ["zero", "one"]
+    assert task.understands(ModelSpec.model_validate(base)) is None
+    others = [t for t in registry.TASKS.values() if t.name != task.name]
+    assert all(t.understands is None for t in others)

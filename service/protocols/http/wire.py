@@ -199,6 +199,9 @@ class ModelInfo(ResponseModel):
     preprocessing: dict[str, Any] | Absent = absent()
     data: dict[str, Any] | Absent = absent()
     """What it was trained on."""
+    understands: dict[str, Any] | Absent = absent()
+    """What it was trained to recognise, where its task says (speech-ctc: `phrases` and
+    `digit_words`); other inputs get answers it never learnt."""
     placement: Placement | Absent = absent()
     provider: str | Absent = absent()
     load_seconds: Annotated[float, Field(ge=0)] | Absent = absent()
