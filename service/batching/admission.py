@@ -9,10 +9,9 @@ when it is answered. Three bounds; any one sheds with 503 + Retry-After / RESOUR
   with nothing inside; until it is WINDOW_S old its rate is over its own length (at least
   MIN_SPAN_S), not over a window still half idle, and never below the rate the last period
   measured of its own, if that is under PRIOR_TTL_S old (a pause does not make the model
-  slower). Over a half-idle window the rate was a
-  fraction of the true one and refused the excess of every burst after a pause (imagenet-cnn,
-  32 clients on 2 gateway workers with a floor of 16 each: thousands of 503s a second,
-  2026-12-02);
+  slower). Over a half-idle window the rate was a fraction of the true one and refused the
+  excess of every burst after a pause (imagenet-cnn, 32 clients on 2 gateway workers with a
+  floor of 16 each: thousands of 503s a second, 2026-12-02);
 - `max_wait_s` itself: while the oldest admitted request has been inside longer than that, the
   model is not keeping up (or is stuck), so new requests are refused (the CoDel idea).
 """

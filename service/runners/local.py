@@ -184,7 +184,7 @@ class LocalRunner:
         }
 
     def _cap(self) -> dict[str, Any]:
-        """The measured batch cap (sizing.py) of the warm-up's queue: every key when several."""
+        """The measured batch cap (sizing.py): one value, or one per queue key when several."""
         batcher = self.batcher
         if not isinstance(batcher, AdaptiveBatcher) or batcher.batch_cap is None:
             return {}
