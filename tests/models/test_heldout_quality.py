@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from service.processing.text import collate_padded, encode, tokenize
@@ -78,14 +79,40 @@ def test_captioner_exact_match_on_fresh_scenes_through_onnxruntime(specs, sessio
     encoder, decoder = sessions("captioner", "encoder"), sessions("captioner", "decoder")
     vocabulary = spec.vocabulary or []
     greedy = greedy_decode(encoder, decoder, held["image"], spec.extra, vocabulary)
-    exact = float(np.mean([p == t for p, t in zip(greedy, held["caption"].tolist())]))
-    assert exact >= 0.95
+    either = list(zip(held["caption"].tolist(), held["caption_other"].tolist()))
+    exact = float(np.mean([p in pair for p, pair in zip(greedy, either)]))
+    assert exact >= 0.97
     assert greedy == held["torch_greedy"].tolist()  # ORT loop == torch loop, caption by caption
     beam = beam_search_decode(encoder, decoder, held["image"][:32], spec.extra, vocabulary, 3)
-    beam_exact = float(np.mean([p == t for p, t in zip(beam, held["caption"][:32].tolist())]))
+    beam_exact = float(np.mean([p in pair for p, pair in zip(beam, either[:32])]))
     assert beam_exact >= 0.9
     words = {w for caption in greedy for w in caption.split()}
-    assert {"left", "right", "above", "below"} <= words
+    # Both axes are named; on each, the model may settle on one ordering (both are correct).
+    assert words & {"left", "right"} and words & {"above", "below"}
+    assert spec.metrics["exact_match_greedy"] >= 0.97
+
+
+@pytest.mark.parametrize("renderer", ["training renderer, fresh seed", "second renderer"])
+def test_captioner_on_scenes_no_build_ever_drew(specs, sessions, renderer: str) -> None:
+    """400 scenes from a seed no build uses: from the training renderer (bar 0.97), and from the
+    independently written Pillow renderer that training never sees (bar 0.95)."""
+    from export.data.scenes import render_scenes
+    from export.data.scenes_pillow import render_pillow_scenes
+    from service.processing.captioning import greedy_decode
+
+    spec = specs["captioner"]
+    if renderer == "second renderer":
+        scenes, bar, metric = render_pillow_scenes(400, seed=20261203), 0.95, "second_renderer"
+    else:
+        scenes, bar, metric = render_scenes(400, seed=20261203), 0.97, "greedy"
+    encoder, decoder = sessions("captioner", "encoder"), sessions("captioner", "decoder")
+    greedy = greedy_decode(encoder, decoder, scenes.images, spec.extra, spec.vocabulary or [])
+    exact = float(np.mean([p in set(row) for p, row in zip(greedy, scenes.captions.tolist())]))
+    assert exact >= bar, (renderer, exact)
+    assert spec.metrics[f"exact_match_{metric}"] >= bar
+    # Both orderings occur: the model names whichever object it sees fit, not always one.
+    first = [p == row[0] for p, row in zip(greedy, scenes.captions.tolist())]
+    assert 0 < sum(first) < len(first)
 
 
 def test_speech_ctc_cer_and_wer_on_unseen_voices_through_onnxruntime(specs, sessions) -> None:
