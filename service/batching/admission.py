@@ -121,9 +121,10 @@ class Admission:
                 f"(limit {self.max_requests}{heavy}); retry later",
             )
         if self.max_wait_s > 0 and self._inside and self._items + items > self.limit(now):
+            also = "" if items == 1 else f" and this one, which counts as {items},"
             self._refuse(
                 "queue_wait",
-                f"model {self.name} is overloaded: {self._items} requests in progress{heavy} "
+                f"model {self.name} is overloaded: {self._items} requests in progress{also} "
                 f"would wait over {self.max_wait_s:g} s; retry later",
             )
         if self.max_wait_s > 0 and self.oldest_wait(now) > self.max_wait_s:

@@ -214,6 +214,11 @@ class PerModelFields(BaseModel):
     max_beam: int = Field(default=8, ge=1)
     """Largest beam width /v1/caption accepts."""
 
+    max_explain_grid: int = Field(default=16, ge=2)
+    """Largest occlusion grid /v1/explain accepts (400 beyond). A grid of G is G² + 1
+    inferences, and admission counts each (service/batching/admission.py), so the largest grid
+    is also capped by max_queue and by the model's input side."""
+
     caption_decoding: Literal["step", "batch"] = "batch"
     """How the local placement batches a model that decodes step by step (the captioner):
     "step" = continuous batching, requests join and leave a running set between decoder steps

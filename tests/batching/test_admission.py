@@ -186,7 +186,7 @@ def test_littles_law_counts_items_inside_and_items_answered() -> None:
     held = gate.admit(items=60)
     held.__enter__()
     with gate.admit(items=40):  # 100: at the limit, admitted
-        with pytest.raises(Overloaded, match="this request counts as 2"), gate.admit(items=2):
+        with pytest.raises(Overloaded, match="this one, which counts as 2,"), gate.admit(items=2):
             pass
         with pytest.raises(Overloaded, match="100 requests in progress would wait"), gate.admit():
             pass
