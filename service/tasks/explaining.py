@@ -66,6 +66,49 @@ def checked_grid(spec: ModelSpec, settings: ModelSettings, grid: int) -> int:
 
 
 @dataclass(frozen=True)
+class Occlusion:
+    """One image's occluded copies, and what the model's answers to them say. The server gets
+    the answers through the runner's batcher, the model tests (tests/models/) from onnxruntime:
+    every other step is this class."""
+
+    pixels: np.ndarray
+    """The model's input (HWC uint8)."""
+    grid: int
+    fill: np.ndarray
+    copies: np.ndarray
+    """[1 + grid², H, W, C]: the image itself, then one copy per cell (rows top to bottom)."""
+
+    @classmethod
+    def of(cls, pixels: np.ndarray, grid: int) -> Occlusion:
+        fill = mean_colour(pixels)
+        return cls(pixels, grid, fill, occluded_copies(pixels, grid, fill))
+
+    def explained(
+        self, spec: ModelSpec, probabilities: np.ndarray, target: int | None = None
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """The model's answers to `copies` -> (the ExplainResult body, the score drops); the
+        target is the image's top-1 class unless given."""
+        top = int(probabilities[0].argmax()) if target is None else target
+        baseline, drops = score_drops(probabilities, self.grid, top)
+        labels = spec.labels or []
+        answer = {
+            "model": spec.name,
+            "version": spec.version,
+            "target": {
+                "label": labels[top] if top < len(labels) else str(top),
+                "index": top,
+                "score": round(baseline, 6),
+            },
+            "grid_size": self.grid,
+            "grid": [[round(float(drop), 6) for drop in row] for row in drops],
+            "fill": FILL,
+            "fill_value": [int(value) for value in self.fill],
+            "input_size": list(self.pixels.shape[:2]),
+        }
+        return answer, drops
+
+
+@dataclass(frozen=True)
 class Explained:
     answer: dict[str, Any]
     """The ExplainResult body."""
@@ -88,39 +131,20 @@ async def explain(
     `grid` x `grid` grid, and with `heatmap` a PNG of it whose longer side is `png_side`."""
     runner = serving.runner(model or DEFAULT_MODEL, NAME, version)
     spec, settings = runner.spec, runner.config
-    grid = checked_grid(spec, settings, DEFAULT_GRID if grid is None else grid)
+    size = checked_grid(spec, settings, DEFAULT_GRID if grid is None else grid)
     if target is not None:
         check_range("target", target, 0, classes_of(spec) - 1)
     check_range("size", png_side, MIN_PNG_SIDE, serving.settings.max_explain_png_px)
 
-    def prepare() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pixels = image_pixels(spec, settings, image)
-        fill = mean_colour(pixels)
-        return pixels, fill, occluded_copies(pixels, grid, fill)
-
-    with runner.admission.admit(items_of(grid)):  # before decoding: shedding must be cheap
-        pixels, fill, copies = await serving.preprocess(prepare)
-        probabilities = await submit_all(runner, copies, deadline)
-    top = int(probabilities[0].argmax()) if target is None else target
-    baseline, drops = score_drops(probabilities, grid, top)
-    labels = spec.labels or []
-    answer = {
-        "model": spec.name,
-        "version": spec.version,
-        "target": {
-            "label": labels[top] if top < len(labels) else str(top),
-            "index": top,
-            "score": round(baseline, 6),
-        },
-        "grid_size": grid,
-        "grid": [[round(float(drop), 6) for drop in row] for row in drops],
-        "fill": FILL,
-        "fill_value": [int(value) for value in fill],
-        "input_size": list(pixels.shape[:2]),
-    }
+    with runner.admission.admit(items_of(size)):  # before decoding: shedding must be cheap
+        occlusion: Occlusion = await serving.preprocess(
+            lambda: Occlusion.of(image_pixels(spec, settings, image), size)
+        )
+        probabilities = await submit_all(runner, occlusion.copies, deadline)
+    answer, drops = occlusion.explained(spec, probabilities, target)
     png = None
     if heatmap:
-        png = await serving.postprocess(lambda: heatmap_png(pixels, drops, png_side))
+        png = await serving.postprocess(lambda: heatmap_png(occlusion.pixels, drops, png_side))
     return Explained(answer, png)
 
 
