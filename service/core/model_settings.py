@@ -156,7 +156,8 @@ class PerModelFields(BaseModel):
     max_queue: int = Field(default=512, ge=1)
     """Requests in progress per model (decoding, queued or computing) beyond which new ones get
     503 + Retry-After at once (gRPC RESOURCE_EXHAUSTED); bounds memory
-    (service/batching/admission.py)."""
+    (service/batching/admission.py). A request of several items (an explanation: grid² + 1)
+    counts as that many, here and in max_queue_wait_ms."""
 
     max_queue_wait_ms: FiniteNonNegative = 1000.0
     """Admission bound per model: about how long an admitted request may wait. New requests get

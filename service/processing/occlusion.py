@@ -61,14 +61,16 @@ def score_drops(probabilities: np.ndarray, grid: int, target: int) -> tuple[floa
 
 
 def heatmap_png(pixels: np.ndarray, drops: np.ndarray, side: int) -> bytes:
-    """A PNG of `pixels` (HWC uint8, 1 or 3 channels) with `drops` over it: red where occluding
-    a cell lowers the score, blue where it raises it, opacity in proportion to the largest
-    |drop|; the longer side `side` pixels, each cell a block of one colour."""
+    """A PNG of `pixels` (HWC uint8, 1 or 3 channels; drawn grey) with `drops` over it: red
+    where occluding a cell lowers the score, blue where it raises it, opacity in proportion to
+    the largest |drop|; the longer side `side` pixels, each cell a block of one colour."""
     height, width = pixels.shape[:2]
     scale = side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     channels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
-    base = Image.fromarray(channels).convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    # NOTE: the image in grey, so that red and blue read on any photo (a red cup, blue sky)
+    grey = Image.fromarray(channels).convert("L").resize(size, Image.Resampling.BILINEAR)
+    base = grey.convert("RGB")
     strongest = float(np.abs(drops).max()) if drops.size else 0.0
     weights = drops / strongest if strongest > 0 else np.zeros_like(drops)
     rows, columns = cell_of(size[1], drops.shape[0]), cell_of(size[0], drops.shape[1])

@@ -103,15 +103,19 @@ def media_limits(serving: ServingState) -> tuple[int, int]:
     return serving.settings.max_body_bytes, serving.settings.max_json_bytes
 
 
-def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(
+    request: Request, name: str, default: int, low: int | None = None, high: int | None = None
+) -> int:
+    """An integer query parameter; with `low` and `high`, refused outside them (without, the
+    task checks its range)."""
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidInput(f"query parameter {name}={raw!r} is not an integer") from None
-    if not low <= value <= high:
+        raise InvalidInput(f"query parameter {name}={raw!r:.40} is not an integer") from None
+    if low is not None and high is not None and not low <= value <= high:
         raise InvalidInput(f"query parameter {name}={value} must be between {low} and {high}")
     return value
 
@@ -158,12 +162,11 @@ def build_app(state: StateGetter) -> Starlette:
         serving = state()
         deadline = deadline_of(request)
         model = request.query_params.get("model")
-        # NOTE: the task checks grid and size against the served model's limits
-        grid = int_param(request, "grid", explaining.DEFAULT_GRID, 2, 10_000)
-        given = "target" in request.query_params
-        target = int_param(request, "target", 0, 0, 2**31 - 1) if given else None
+        # NOTE: the task checks grid, target and size against the served model and settings
+        grid = int_param(request, "grid", explaining.DEFAULT_GRID)
+        target = int_param(request, "target", 0) if "target" in request.query_params else None
         png = wants_png(request)
-        size = int_param(request, "size", explaining.DEFAULT_PNG_SIDE, 1, 10_000)
+        size = int_param(request, "size", explaining.DEFAULT_PNG_SIDE)
         data = await read_media(request, "image", ("image/",), *media_limits(serving))
         version = request.query_params.get("version")
         explained = await explaining.explain(
