@@ -1,7 +1,10 @@
 """Admission control per model: refuse at once what would only queue until it times out.
 
 A request is admitted before it is decoded (so a shed request costs almost nothing) and leaves
-when it is answered. Three bounds; any one sheds with 503 + Retry-After / RESOURCE_EXHAUSTED:
+when it is answered. A request that becomes several items of the model (an explanation's occluded
+copies) is admitted with their count and weighs that many requests in every bound and in the
+answer rate, so the bounds hold in items. Three bounds; any one sheds with 503 + Retry-After /
+RESOURCE_EXHAUSTED:
 - `max_requests` admitted at once (decoding, queued or computing): memory stays bounded;
 - Little's law: at most (requests answered per second, over the last WINDOW_S of this busy
   period) x `max_wait_s` inside at once, never fewer than `floor`: an admitted request then
@@ -11,7 +14,8 @@ when it is answered. Three bounds; any one sheds with 503 + Retry-After / RESOUR
   measured of its own, if that is under PRIOR_TTL_S old (a pause does not make the model
   slower). Over a half-idle window the rate was a fraction of the true one and refused the
   excess of every burst after a pause (imagenet-cnn, 32 clients on 2 gateway workers with a
-  floor of 16 each: thousands of 503s a second, 2026-12-02);
+  floor of 16 each: thousands of 503s a second, 2026-12-02). A request heavier than this
+  limit is admitted when nothing else is inside (refused always, it could never run);
 - `max_wait_s` itself: while the oldest admitted request has been inside longer than that, the
   model is not keeping up (or is stuck), so new requests are refused (the CoDel idea).
 """
@@ -30,7 +34,8 @@ WINDOW_S = 2.0
 IDLE_GAP_S = 0.25
 MIN_SPAN_S = 0.25
 MIN_ANSWERS = 8
-"""A busy period with fewer answers (or shorter than MIN_SPAN_S) tells no rate of its own."""
+"""A busy period with fewer answered items (or shorter than MIN_SPAN_S) tells no rate of its
+own."""
 PRIOR_TTL_S = 60.0
 """A rate measured longer ago than this is not carried into a new busy period."""
 
@@ -53,9 +58,12 @@ class Admission:
         self.floor = floor
         self.request_scope = request_scope or nullcontext
         """Entered around each admitted request (the model's statistics scope its requests)."""
-        self._inside: dict[int, float] = {}  # ticket -> admitted at; insertion order = age order
+        # ticket -> (admitted at, items); insertion order = age order
+        self._inside: dict[int, tuple[float, int]] = {}
+        self._items = 0  # the items of every request inside
         self._tickets = itertools.count()
-        self._answered: deque[float] = deque()  # when recent requests left, oldest first
+        self._answered: deque[tuple[float, int]] = deque()  # (left at, items), oldest first
+        self._answered_items = 0
         self.clock = clock
         self._busy_since = float("-inf")  # when this busy period began
         self._last_left = float("-inf")
@@ -64,11 +72,11 @@ class Admission:
         self._ending_at = float("-inf")  # ... and when
 
     def _own_rate(self, now: float) -> float:
-        """Answers per second in this busy period's last WINDOW_S."""
-        while self._answered and self._answered[0] < now - WINDOW_S:
-            self._answered.popleft()
+        """Answered items per second in this busy period's last WINDOW_S."""
+        while self._answered and self._answered[0][0] < now - WINDOW_S:
+            self._answered_items -= self._answered.popleft()[1]
         span = min(WINDOW_S, max(MIN_SPAN_S, now - self._busy_since))
-        return len(self._answered) / span
+        return self._answered_items / span
 
     def rate(self, now: float) -> float:
         """The answer rate that admission counts on: this busy period's own, and while the
@@ -77,39 +85,46 @@ class Admission:
         return max(rate, self._prior_rate) if now - self._busy_since < WINDOW_S else rate
 
     def limit(self, now: float) -> int:
-        """Requests that may be inside at once (Little's law on the recent answer rate)."""
+        """Items that may be inside at once (Little's law on the recent answer rate)."""
         rate = self.rate(now)
         return min(self.max_requests, max(self.floor, int(rate * self.max_wait_s)))
 
     @property
     def inside(self) -> int:
-        return len(self._inside)
+        """Items inside: each request's count (1 unless admitted with more)."""
+        return self._items
 
     def oldest_wait(self, now: float | None = None) -> float:
         """Seconds the oldest admitted request has been inside (0 when none)."""
         if not self._inside:
             return 0.0
-        return (now or self.clock()) - next(iter(self._inside.values()))
+        return (now or self.clock()) - next(iter(self._inside.values()))[0]
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold a place for one request, or raise Overloaded."""
+    def admit(self, items: int = 1) -> Iterator[None]:
+        """Hold places for one request of `items` items (each weighs one request in every
+        bound), or raise Overloaded."""
+        if items < 1:
+            raise ValueError(f"a request holds at least one item, not {items}")
         now = self.clock()
         if not self._inside and now - self._last_left > IDLE_GAP_S:  # a new busy period
             recent = now - self._ending_at < PRIOR_TTL_S
             self._prior_rate = self._ending_rate if recent else 0.0
             self._answered.clear()  # answers before the pause say nothing of the rate now
+            self._answered_items = 0
             self._busy_since = now
-        if len(self._inside) >= self.max_requests:
+        heavy = "" if items == 1 else f"; this request counts as {items}"
+        if self._items + items > self.max_requests:
             self._refuse(
                 "queue_full",
-                f"model {self.name} has {len(self._inside)} requests in progress "
-                f"(limit {self.max_requests}); retry later",
+                f"model {self.name} has {self._items} requests in progress "
+                f"(limit {self.max_requests}{heavy}); retry later",
             )
-        if self.max_wait_s > 0 and len(self._inside) >= self.limit(now):
+        if self.max_wait_s > 0 and self._inside and self._items + items > self.limit(now):
+            also = "" if items == 1 else f" and this one, which counts as {items},"
             self._refuse(
                 "queue_wait",
-                f"model {self.name} is overloaded: {len(self._inside)} requests in progress "
+                f"model {self.name} is overloaded: {self._items} requests in progress{also} "
                 f"would wait over {self.max_wait_s:g} s; retry later",
             )
         if self.max_wait_s > 0 and self.oldest_wait(now) > self.max_wait_s:
@@ -119,15 +134,20 @@ class Admission:
                 f"{self.oldest_wait(now):.2f} s (limit {self.max_wait_s:g} s); retry later",
             )
         ticket = next(self._tickets)
-        self._inside[ticket] = now
+        self._inside[ticket] = (now, items)
+        self._items += items
         try:
             with self.request_scope():
                 yield
         finally:
             del self._inside[ticket]
+            self._items -= items
             self._last_left = self.clock()
-        self._answered.append(self._last_left)  # answered, not failed: the rate is capacity
-        if len(self._answered) >= MIN_ANSWERS and self._last_left - self._busy_since >= MIN_SPAN_S:
+        # answered, not failed: the rate is capacity
+        self._answered.append((self._last_left, items))
+        self._answered_items += items
+        enough = self._answered_items >= MIN_ANSWERS
+        if enough and self._last_left - self._busy_since >= MIN_SPAN_S:
             self._ending_rate = self._own_rate(self._last_left)  # its own: a prior is not passed on
             self._ending_at = self._last_left
 

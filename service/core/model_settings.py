@@ -156,7 +156,8 @@ class PerModelFields(BaseModel):
     max_queue: int = Field(default=512, ge=1)
     """Requests in progress per model (decoding, queued or computing) beyond which new ones get
     503 + Retry-After at once (gRPC RESOURCE_EXHAUSTED); bounds memory
-    (service/batching/admission.py)."""
+    (service/batching/admission.py). A request of several items (an explanation: grid² + 1)
+    counts as that many, here and in max_queue_wait_ms."""
 
     max_queue_wait_ms: FiniteNonNegative = 1000.0
     """Admission bound per model: about how long an admitted request may wait. New requests get
@@ -213,6 +214,11 @@ class PerModelFields(BaseModel):
 
     max_beam: int = Field(default=8, ge=1)
     """Largest beam width /v1/caption accepts."""
+
+    max_explain_grid: int = Field(default=16, ge=2)
+    """Largest occlusion grid /v1/explain accepts (400 beyond). A grid of G is G² + 1
+    inferences, and admission counts each (service/batching/admission.py), so the largest grid
+    is also capped by max_queue and by the model's input side."""
 
     caption_decoding: Literal["step", "batch"] = "batch"
     """How the local placement batches a model that decodes step by step (the captioner):

@@ -190,6 +190,9 @@ class Settings(BaseSettings, PerModelFields):
     Python's JSON parser holds the event loop (about 30 ms per MB); send bigger tensors as V2
     binary data or /v1 raw/multipart bodies."""
 
+    max_explain_png_px: int = Field(default=512, ge=16)
+    """Largest side of the heatmap PNG /v1/explain draws (its `size`; 400 beyond)."""
+
     max_json_elements: int = Field(default=1 << 20, gt=0)
     """Most elements in one V2 tensor sent as JSON data or gRPC typed contents (decoded one by
     one), checked against its declared shape before decoding."""

@@ -440,6 +440,10 @@ class ServingState:
         timed as preprocessing."""
         return await self._in_pool(timed(func))
 
+    async def postprocess(self, func: Callable[[], Any]) -> Any:
+        """func() (render an answer: a PNG) in the preprocessing pool, off the event loop."""
+        return await self._in_pool(func)
+
     async def _in_pool(self, func: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.preprocess_pool, func)
 

@@ -1,17 +1,19 @@
 """Image classification: an image -> the top-k of the model's labels (CNNs: imagenet-cnn,
-digits-cnn, imported classifiers wrapped to the same contract)."""
+digits-cnn, imported classifiers wrapped to the same contract). Its explanations (occlusion
+maps, /v1/explain) are computed in explaining.py; their answer is declared here with the task's
+other answer."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from service.core.model_settings import ModelSettings
-from service.core.wire import Probability, ResponseModel, TaskAnswer
+from service.core.wire import Probability, ResponseModel, TaskAnswer, filled
 from service.processing.ranking import top_k
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop
 from service.runners.base import Runner
@@ -104,6 +106,33 @@ class ClassifyResult(TaskAnswer):
     """Best first."""
 
 
+Grid = Annotated[int, Field(ge=2, json_schema_extra=filled(maximum="max_explain_grid"))]
+ScoreDrop = Annotated[float, Field(ge=-1, le=1)]
+
+
+class ExplainResult(TaskAnswer):
+    """An occlusion-sensitivity map: how much the target class's score falls when each cell of a
+    grid over the model's input is painted over."""
+
+    target: Prediction
+    """The class explained (the image's top-1 unless `target` was given) and its score on the
+    whole image."""
+    grid_size: Grid
+    grid: Annotated[list[Annotated[list[ScoreDrop], Field(min_length=2)]], Field(min_length=2)]
+    """grid_size rows, top to bottom, of grid_size cells, left to right: target.score minus the
+    target's score with that cell occluded (so the occluded score is target.score - grid[r][c]).
+    Positive: the region speaks for the class; negative: against it."""
+    fill: Literal["mean"]
+    """What an occluded cell is painted with: the mean colour of the model's input
+    (`fill_value`), which adds no colour, edge or texture the image lacks."""
+    fill_value: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=1)]
+    """One value per channel of the model's input."""
+    input_size: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)]
+    """[height, width] of the model's input (the image resized and centre-cropped as the model
+    sees it) that the grid cuts into equal cells: a pixel row y is in grid row
+    floor((y + 0.5) * grid_size / height), columns likewise."""
+
+
 TASK = Task(
     name=NAME,
     position=10,
@@ -111,7 +140,7 @@ TASK = Task(
     kernel=ImageClassifier,
     signature=signature,
     default_model=DEFAULT_MODEL,
-    results=(ClassifyResult,),
+    results=(ClassifyResult, ExplainResult),
     builtin_models=("digits-cnn", "imagenet-cnn"),
     importing=ImportRule(NAME, prepare_image, needs_labels=True),
 )

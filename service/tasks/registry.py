@@ -20,7 +20,7 @@ from service.store.importing.importer import import_model as store_import
 from service.store.specs import ModelSpec
 from service.tasks.base import Task
 
-NOT_TASKS = {"base", "catalog", "registry", "tensors", "transcription", "tuning"}
+NOT_TASKS = {"base", "catalog", "explaining", "registry", "tensors", "transcription", "tuning"}
 """Modules of this package that declare no task."""
 
 

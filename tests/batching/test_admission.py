@@ -143,3 +143,72 @@ def test_a_rate_is_carried_over_a_pause_only_while_recent_and_only_as_measured()
     clock.now += 35.0  # ... so 65 s after the measurement it is forgotten
     with gate.admit():
         assert gate.limit(clock()) == 16
+
+
+# --- requests of several items (an explanation's occluded copies) -------------------------------
+
+
+def test_a_request_of_several_items_weighs_that_many_requests() -> None:
+    reasons: list[str] = []
+    gate = Admission("m", max_requests=10, max_wait_s=0, on_reject=reasons.append, floor=1)
+    with gate.admit(items=6):
+        assert gate.inside == 6
+        with gate.admit(items=4):  # 10: exactly full
+            assert gate.inside == 10
+            with pytest.raises(Overloaded, match="10 requests in progress") as full, gate.admit():
+                pass
+            assert full.value.headers["Retry-After"] == "1"
+        with pytest.raises(Overloaded, match="this request counts as 5"), gate.admit(items=5):
+            pass
+        with gate.admit(items=4):  # its places were given back
+            assert gate.inside == 10
+    assert reasons == ["queue_full", "queue_full"]
+    assert gate.inside == 0 and gate.oldest_wait() == 0.0
+
+
+def test_a_failed_request_of_several_items_gives_back_all_its_places() -> None:
+    gate = Admission("m", max_requests=8, max_wait_s=0)
+    with pytest.raises(ValueError, match="deadline"), gate.admit(items=8):
+        raise ValueError("deadline")
+    assert gate.inside == 0
+    with pytest.raises(ValueError, match="at least one item"), gate.admit(items=0):
+        pass
+
+
+def test_littles_law_counts_items_inside_and_items_answered() -> None:
+    reasons: list[str] = []
+    clock = Clock()
+    gate = Admission("m", 1000, 0.5, reasons.append, floor=4, clock=clock)
+    for _ in range(40):  # 40 requests of 10 items each in 2 s: 200 items/s -> 100 may wait 0.5 s
+        with gate.admit(items=10):
+            clock.now += 0.05
+    assert gate.rate(clock()) == pytest.approx(200) and gate.limit(clock()) == 100
+    held = gate.admit(items=60)
+    held.__enter__()
+    with gate.admit(items=40):  # 100: at the limit, admitted
+        with pytest.raises(Overloaded, match="this one, which counts as 2,"), gate.admit(items=2):
+            pass
+        with pytest.raises(Overloaded, match="100 requests in progress would wait"), gate.admit():
+            pass
+    with gate.admit(items=40):  # room again once those 40 left
+        pass
+    held.__exit__(None, None, None)
+    assert reasons == ["queue_wait", "queue_wait"]
+
+
+def test_a_request_heavier_than_the_wait_limit_runs_alone_but_not_beside_others() -> None:
+    reasons: list[str] = []
+    clock = Clock()
+    gate = Admission("m", 1000, 1.0, reasons.append, floor=16, clock=clock)
+    assert gate.limit(clock()) == 16
+    with gate.admit(items=65):  # nothing inside: admitted, or it could never run
+        assert gate.inside == 65
+        with pytest.raises(Overloaded, match="would wait"), gate.admit():
+            pass
+    clock.now += 5.0  # a new busy period: its answers tell no rate yet
+    with gate.admit(), pytest.raises(Overloaded, match="counts as 65"), gate.admit(items=65):
+        pass
+    over = pytest.raises(Overloaded, match="limit 1000; this request counts as 1001")
+    with over, gate.admit(items=1001):  # over max_requests: never, even alone (memory)
+        pass
+    assert reasons == ["queue_wait", "queue_wait", "queue_full"]

@@ -88,6 +88,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("max_json_elements", "0"),
     ("max_bytes_elements", "0"),
     ("max_beam", "0"),
+    ("max_explain_grid", "1"),
+    ("max_explain_png_px", "15"),
     ("max_queue_wait_ms", "-1"),
     ("auth_failure_limit", "-1"),
     ("auth_failure_window_s", "0"),
@@ -170,6 +172,7 @@ def test_defaults_are_unchanged(monkeypatch) -> None:
         "max_text_chars": 5000,
         "max_batch_items": 64,
         "max_beam": 8,
+        "max_explain_grid": 16,
         "caption_decoding": "batch",
         "version_policy": {"latest": 1, "all": False, "pinned": ()},
     }

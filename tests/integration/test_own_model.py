@@ -4,6 +4,7 @@ tritonclient (HTTP and gRPC) and the /v1 task API; version policies pick what is
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -19,10 +20,13 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from loadtests.server import Server, start_server, stop_server
+from service.processing.occlusion import score_drops
 from service.processing.vision import decode_image, resize_center_crop
+from service.tasks.explaining import Occlusion
 from tests.integration.media import png
 
 pytestmark = pytest.mark.models
@@ -263,19 +267,30 @@ def make_input(name: str, array: np.ndarray) -> httpclient.InferInput:
     return tensor
 
 
-def test_imported_classifier_serves_v1_classify_like_the_original_graph(served, store) -> None:
-    rng = np.random.default_rng(11)
-    photo = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+def classifier_input(served, photo: np.ndarray) -> np.ndarray:
+    """`photo` as the served my-classifier's uint8 HWC input (its spec's resize and crop)."""
     described = requests.get(f"{served.url}/v1/models/my-classifier", timeout=10).json()
     prep = described["preprocessing"]
     size, resize = int(prep["image_size"][0]), int(prep["resize"])
-    pixels = resize_center_crop(decode_image(png(photo), 10**8), resize, size)
+    return resize_center_crop(decode_image(png(photo), 10**8), resize, size)
+
+
+def original_probabilities(store, pixels: np.ndarray) -> np.ndarray:
+    """The original graph's softmax for uint8 NHWC `pixels`, normalised as it was imported."""
     mean = np.array([0.485, 0.456, 0.406], np.float32)
     std = np.array([0.229, 0.224, 0.225], np.float32)
-    nchw = ((pixels.astype(np.float32) / 255 - mean) / std).transpose(2, 0, 1)[None]
+    nchw = ((pixels.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
     (logits,) = reference(store["graphs"]["cnn"], {"input": nchw.astype(np.float32)}).values()
-    probabilities = np.exp(logits[0] - logits[0].max())
-    probabilities /= probabilities.sum()
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def test_imported_classifier_serves_v1_classify_like_the_original_graph(served, store) -> None:
+    rng = np.random.default_rng(11)
+    photo = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    pixels = classifier_input(served, photo)
+    size = pixels.shape[0]
+    probabilities = original_probabilities(store, pixels[None])[0]
     response = requests.post(
         f"{served.url}/v1/classify?model=my-classifier&top_k=3",
         data=png(photo),
@@ -305,6 +320,26 @@ def test_imported_classifier_serves_v1_classify_like_the_original_graph(served, 
         timeout=10,
     )
     assert refused.status_code == 404 and "generic" in refused.text
+
+
+def test_imported_classifier_is_explained_like_the_original_graph(served, store) -> None:
+    photo = np.random.default_rng(12).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    occlusion = Occlusion.of(classifier_input(served, photo), 4)
+    probabilities = original_probabilities(store, occlusion.copies)
+    top = int(probabilities[0].argmax())
+    baseline, drops = score_drops(probabilities, 4, top)
+    url = f"{served.url}/v1/explain?model=my-classifier&grid=4"
+    response = requests.post(url, files={"image": ("photo.png", png(photo))}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["target"] == {"label": LABELS[top], "index": top, "score": round(baseline, 6)}
+    np.testing.assert_allclose(body["grid"], drops, atol=1e-5)
+    raw = {"data": png(photo), "headers": {"content-type": "image/png"}, "timeout": 30}
+    heatmap = requests.post(f"{url}&format=png&size=64", **raw)
+    assert heatmap.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(heatmap.content)).size == (64, 64)
+    too_fine = requests.post(f"{served.url}/v1/explain?model=my-classifier&grid=17", **raw)
+    assert too_fine.status_code == 400 and "between 2 and 16" in too_fine.json()["error"]["message"]
 
 
 def test_models_listing_shows_every_served_version(served, store) -> None:

@@ -42,6 +42,7 @@ from service.protocols.http.sse import EventStream
 from service.runners.repository import ServingState
 from service.tasks import (
     catalog,
+    explaining,
     image_captioning,
     image_classification,
     speech_recognition,
@@ -102,15 +103,19 @@ def media_limits(serving: ServingState) -> tuple[int, int]:
     return serving.settings.max_body_bytes, serving.settings.max_json_bytes
 
 
-def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(
+    request: Request, name: str, default: int, low: int | None = None, high: int | None = None
+) -> int:
+    """An integer query parameter; with `low` and `high`, refused outside them (without, the
+    task checks its range)."""
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidInput(f"query parameter {name}={raw!r} is not an integer") from None
-    if not low <= value <= high:
+        raise InvalidInput(f"query parameter {name}={raw!r:.40} is not an integer") from None
+    if low is not None and high is not None and not low <= value <= high:
         raise InvalidInput(f"query parameter {name}={value} must be between {low} and {high}")
     return value
 
@@ -126,6 +131,20 @@ def flag_param(request: Request, name: str) -> bool:
     raise InvalidInput(f"query parameter {name}={raw!r:.40} must be true or false")
 
 
+def wants_png(request: Request) -> bool:
+    """?format=png, or (no format) an Accept header naming image/png before application/json."""
+    chosen = request.query_params.get("format")
+    if chosen is not None:
+        if chosen not in ("json", "png"):
+            raise InvalidInput(f"query parameter format={chosen!r:.40} must be json or png")
+        return chosen == "png"
+    for media_range in request.headers.get("accept", "").split(","):
+        media_type = media_range.split(";")[0].strip().lower()
+        if media_type in ("image/png", "application/json"):
+            return media_type == "image/png"
+    return False
+
+
 def build_app(state: StateGetter) -> Starlette:
     """The /v1 app; `state` returns the gateway's ServingState at request time."""
 
@@ -138,6 +157,24 @@ def build_app(state: StateGetter) -> Starlette:
         version = request.query_params.get("version")
         result = await image_classification.classify(serving, data, model, k, deadline, version)
         return answer(wire.ClassifyResult.model_validate(result))
+
+    async def explain(request: Request) -> Response:
+        serving = state()
+        deadline = deadline_of(request)
+        model = request.query_params.get("model")
+        # NOTE: the task checks grid, target and size against the served model and settings
+        grid = int_param(request, "grid", explaining.DEFAULT_GRID)
+        target = int_param(request, "target", 0) if "target" in request.query_params else None
+        png = wants_png(request)
+        size = int_param(request, "size", explaining.DEFAULT_PNG_SIDE)
+        data = await read_media(request, "image", ("image/",), *media_limits(serving))
+        version = request.query_params.get("version")
+        explained = await explaining.explain(
+            serving, data, model, grid, target, deadline, version, png, size
+        )
+        if explained.png is not None:
+            return Response(explained.png, media_type="image/png")
+        return answer(wire.ExplainResult.model_validate(explained.answer))
 
     async def sentiment(request: Request) -> Response:
         serving = state()
@@ -241,6 +278,7 @@ def build_app(state: StateGetter) -> Starlette:
 
     routes: list[BaseRoute] = [
         Route("/classify", guarded(classify, protocol="rest"), methods=["POST"]),
+        Route("/explain", guarded(explain, protocol="rest"), methods=["POST"]),
         Route("/sentiment", guarded(sentiment, protocol="rest"), methods=["POST"]),
         Route("/transcribe", guarded(transcribe, protocol="rest"), methods=["POST"]),
         Route("/caption", guarded(caption, protocol="rest"), methods=["POST"]),

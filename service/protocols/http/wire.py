@@ -10,7 +10,7 @@ built: "models:<task>" / "versions:<task>" (the served models of a task, "" = th
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, RootModel
 
@@ -18,19 +18,21 @@ from service.core.model_settings import Placement
 from service.core.wire import Absent, Name, RequestModel, ResponseModel, absent, filled
 from service.protocols.v2.wire import Datatype
 from service.tasks import (
+    explaining,
     image_captioning,
     image_classification,
     speech_recognition,
     text_classification,
 )
 from service.tasks.image_captioning import Beam, CaptionResult
-from service.tasks.image_classification import ClassifyResult, Prediction
+from service.tasks.image_classification import ClassifyResult, ExplainResult, Grid, Prediction
 from service.tasks.speech_recognition import TranscribeResult
 from service.tasks.text_classification import Sentiment, SentimentBatchResult, SentimentResult
 
 __all__ = [  # the tasks' own answers, re-exported beside the HTTP-only models
     "CaptionResult",
     "ClassifyResult",
+    "ExplainResult",
     "Prediction",
     "Sentiment",
     "SentimentBatchResult",
@@ -103,6 +105,28 @@ class ClassifyQuery(RequestModel):
     model: str = model_param(image_classification.NAME, image_classification.DEFAULT_MODEL)
     top_k: Annotated[int, Field(ge=1, le=10_000)] = 5
     """How many predictions, at most the model's label count."""
+    version: str = version_param(image_classification.NAME)
+
+
+# --- explain: image -> occlusion-sensitivity map of a class ---------------------------------------
+
+
+class ExplainQuery(RequestModel):
+    model: str = model_param(image_classification.NAME, image_classification.DEFAULT_MODEL)
+    grid: Grid = explaining.DEFAULT_GRID
+    """Cells per side: grid² + 1 inferences (at most the model's input side, and grid² + 1 at
+    most its max_queue)."""
+    target: Annotated[int, Field(ge=0)] | Absent = absent()
+    """The class index to explain; absent: the image's top-1 class."""
+    format: Literal["json", "png"] = "json"
+    """json: the map as numbers; png: a heatmap over the model's input (red: occluding the cell
+    lowers the class's score, blue: raises it). An Accept header naming image/png before
+    application/json asks for png too."""
+    size: Annotated[
+        int,
+        Field(ge=explaining.MIN_PNG_SIDE, json_schema_extra=filled(maximum="max_explain_png_px")),
+    ] = explaining.DEFAULT_PNG_SIDE
+    """The PNG's longer side in pixels."""
     version: str = version_param(image_classification.NAME)
 
 

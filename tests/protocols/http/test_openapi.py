@@ -101,9 +101,33 @@ def test_served_models_and_settings_fill_enums_and_limits() -> None:
     assert versioned["parameters"][0]["example"] == "sentiment-lstm"  # the examples send a text
 
 
+def test_explain_documents_its_limits_its_png_and_its_map() -> None:
+    settings = Settings(max_explain_grid=12, max_explain_png_px=300)
+    document = openapi.document(MODELS, settings)
+    explain = document["paths"]["/v1/explain"]["post"]
+    parameters = parameters_of(document, "/v1/explain", "post")
+    assert parameters["model"]["schema"]["enum"] == ["", "digits-cnn"]  # image classifiers
+    assert parameters["grid"]["schema"] == {
+        "default": 8,
+        "minimum": 2,
+        "maximum": 12,
+        "type": "integer",
+    }
+    assert parameters["size"]["schema"]["maximum"] == 300
+    assert parameters["format"]["schema"]["enum"] == ["json", "png"]
+    assert "default" not in parameters["target"]["schema"]  # absent: the top-1 class
+    answers = explain["responses"]["200"]["content"]
+    assert answers["image/png"]["schema"] == {"type": "string", "format": "binary"}
+    assert answers["application/json"]["schema"]["$ref"].endswith("/ExplainResult")
+    result = schema_of(document, "ExplainResult")
+    assert result["additionalProperties"] is False
+    assert result["properties"]["grid_size"]["maximum"] == 12
+    assert {"target", "grid", "grid_size", "fill", "input_size"} <= set(result["required"])
+
+
 def test_every_operation_documents_its_errors_and_examples() -> None:
     document = openapi.document(MODELS, Settings())
-    for path in ("/v1/classify", "/v1/sentiment", "/v1/transcribe", "/v1/caption"):
+    for path in ("/v1/classify", "/v1/explain", "/v1/sentiment", "/v1/transcribe", "/v1/caption"):
         operation = document["paths"][path]["post"]
         assert {"200", "400", "404", "408", "413", "500", "503", "504"} <= set(
             operation["responses"]

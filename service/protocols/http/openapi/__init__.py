@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 OPENAPI_VERSION = "3.1.0"
 BODIES: list[type[BaseModel]] = [
     *(wire.Error, wire.ImageUpload, wire.ImageBase64, wire.AudioUpload, wire.AudioBase64),
-    *(wire.ClassifyResult, wire.SentimentRequest, wire.SentimentResponse),
+    *(wire.ClassifyResult, wire.ExplainResult, wire.SentimentRequest, wire.SentimentResponse),
     *(wire.TranscribeResult, wire.CaptionResult, wire.ModelInfo, wire.ModelList),
     *(v2.V2Error, v2.ServerMetadata, v2.ServerLive, v2.ServerReady, v2.ModelReady),
     *(v2.ModelMetadata, v2.ModelConfig, v2.InferenceRequest, v2.InferenceResponse),

@@ -184,6 +184,13 @@ V1_TASKS: list[tuple[str, str, type[RequestModel], str, str]] = [
         "ClassifyResult",
     ),
     (
+        "explain",
+        "Explain an image classification: occlusion-sensitivity map of a class (JSON or PNG)",
+        wire.ExplainQuery,
+        "image",
+        "ExplainResult",
+    ),
+    (
         "sentiment",
         "Sentiment of one text ({text}) or of a batch ({texts})",
         wire.SentimentQuery,
@@ -267,6 +274,12 @@ def v1_paths() -> dict[str, Any]:
                 "The transcript; with stream=true, server-sent events: `segment` per stretch of "
                 "speech (a TranscribedSegment), then `transcript` (a TranscribeResult), or "
                 "`error` (an Error body)"
+            )
+        if operation_id == "explain":
+            operation["responses"]["200"]["content"]["image/png"] = {"schema": BINARY}
+            operation["responses"]["200"]["description"] = (
+                "The map (an ExplainResult); with format=png (or Accept: image/png), a heatmap "
+                "PNG over the model's input, its longer side `size` pixels"
             )
         paths[f"/v1/{operation_id}"] = {"post": operation}
     show = [*parameters(wire.ModelPath, "path"), *parameters(wire.ShowModelQuery, "query")]
