@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +100,9 @@ def progress(iterable: Any = None, **kwargs: Any) -> tqdm:
 def plot_curves(
     path: Path,
     title: str,
-    curves: dict[str, Sequence[float]],
+    curves: Mapping[str, Sequence[float]],
     xlabel: str = "epoch",
-    secondary: dict[str, Sequence[float]] | None = None,
+    secondary: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Write a training-curve PNG: losses on the left axis, metrics on the right."""
     import matplotlib

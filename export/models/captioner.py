@@ -42,11 +42,24 @@ from export.data.scenes import (
     encode_captions,
     render_scenes,
 )
-from export.data.scenes_pillow import render_pillow_scenes
-from service.processing.captioning import beam_search_decode, greedy_decode
+from export.data.scenes_pillow import PillowScenes, render_pillow_scenes
+from export.ood import (
+    OUT_OF_DOMAIN_NOTES,
+    MahalanobisDistance,
+    choose_threshold,
+    expected_calibration_error,
+    fit_gaussians,
+    flag_rates,
+    out_of_domain_images,
+)
+from service.processing.captioning import (
+    beam_search_decode,
+    greedy_decode,
+    greedy_decode_scored,
+)
 
 NAME = "captioner"
-SPEC_VERSION = "2"
+SPEC_VERSION = "3"
 
 FEATURES = 128  # D
 EMBED = 32
@@ -64,7 +77,17 @@ LEARNING_RATE = 4e-3
 AUX_WEIGHT = 0.5
 BEAM_SIZE = 3
 PIXEL_MEAN, PIXEL_STD = 127.5, 63.75  # in graph: (x - 127.5) / 63.75
-SPLITS = {"train": 1, "validation": 2, "test": 3, "second_renderer": 4}
+SPLITS = {
+    "train": 1,
+    "validation": 2,
+    "test": 3,
+    "second_renderer": 4,
+    "second_validation": 5,
+    "out_of_domain": 6,
+}
+DOMAIN_FIT_SIZE = 6_000
+DOMAIN_QUANTILE = 0.995
+OUT_OF_DOMAIN_SIZE = 300  # per source
 
 EXTRA: dict[str, Any] = {
     "bos_index": BOS_INDEX,
@@ -101,11 +124,40 @@ class Encoder(nn.Module):
         self.init_c = nn.Linear(FEATURES, LAYERS * HIDDEN)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features, h0, c0, _ = self.encode(image)
+        return features, h0, c0
+
+    def encode(
+        self, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features, h0, c0, statistics [B, 2 x 256]): the per-channel spatial mean and
+        standard deviation of every conv block's output, what the domain verdict measures."""
         x = (image.permute(0, 3, 1, 2).float() - PIXEL_MEAN) / PIXEL_STD
-        features = F.relu(self.project(self.convs(x).flatten(1)))
+        statistics: list[torch.Tensor] = []
+        for layer in self.convs:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                mean = x.mean(dim=(2, 3))
+                spread = (x * x).mean(dim=(2, 3)) - mean * mean
+                statistics += [mean, torch.sqrt(spread.clamp(min=1e-8))]
+        features = F.relu(self.project(x.flatten(1)))
         h0 = torch.tanh(self.init_h(features)).unflatten(1, (LAYERS, HIDDEN))
         c0 = self.init_c(features).unflatten(1, (LAYERS, HIDDEN))
-        return features, h0, c0
+        return features, h0, c0, torch.cat(statistics, dim=1)
+
+
+class ServedEncoder(nn.Module):
+    """The exported encoder: the training encoder's outputs plus `domain_distance`."""
+
+    def __init__(self, encoder: Encoder, domain: MahalanobisDistance) -> None:
+        super().__init__()
+        self.encoder, self.domain = encoder, domain
+
+    def forward(
+        self, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        features, h0, c0, statistics = self.encoder.encode(image)
+        return features, h0, c0, self.domain(statistics)
 
 
 class Decoder(nn.Module):
@@ -438,6 +490,78 @@ def parity_cases(
     return encoder_cases, decoder_cases
 
 
+def domain_statistics(encoder: Encoder, images: np.ndarray) -> np.ndarray:
+    """The conv statistics the domain verdict measures, [N, 512]."""
+    encoder.eval()
+    with torch.no_grad():
+        return np.concatenate(
+            [
+                encoder.encode(torch.from_numpy(images[i : i + 512]))[3].numpy()
+                for i in range(0, len(images), 512)
+            ]
+        )
+
+
+def fit_domain(
+    encoder: Encoder, seed: int, valid_set: Scenes, test_set: Scenes, second: PillowScenes
+) -> tuple[MahalanobisDistance, dict[str, Any]]:
+    """The domain verdict: a Gaussian fitted to the conv statistics of fresh training-renderer
+    scenes; the threshold a quantile of in-domain validation scenes of both renderers (own
+    seeds); measured on held-out scenes of both renderers and on out-of-domain images."""
+    fit = render_scenes(DOMAIN_FIT_SIZE, epoch_seed(seed, EPOCHS))
+    domain = MahalanobisDistance(*fit_gaussians(domain_statistics(encoder, fit.images)))
+
+    def distances(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return domain(torch.from_numpy(domain_statistics(encoder, images))).numpy()
+
+    second_valid = render_pillow_scenes(VALID_SIZE // 2, split_seed(seed, "second_validation"))
+    validation = np.concatenate([distances(valid_set.images), distances(second_valid.images)])
+    threshold = choose_threshold(validation, DOMAIN_QUANTILE)
+    own, other = distances(test_set.images), distances(second.images)
+    sources = out_of_domain_images(IMAGE_SIZE, split_seed(seed, "out_of_domain"))
+    measured = flag_rates(
+        threshold,
+        np.concatenate([own, other]),
+        {name: distances(images) for name, images in sources.items()},
+    )
+    measured["flagged_training_renderer"] = float(np.mean(own > threshold))
+    measured["flagged_second_renderer"] = float(np.mean(other > threshold))
+    print(f"  domain verdict: threshold {threshold:.3f}, {measured}", flush=True)
+    return domain, {
+        "output": "encoder.domain_distance",
+        "threshold": round(threshold, 6),
+        "method": (
+            "squared Mahalanobis distance (per dimension) of the encoder's per-channel conv "
+            "statistics (spatial mean and std of each block) to a Gaussian fitted on "
+            f"{DOMAIN_FIT_SIZE} fresh training scenes (shared covariance shrunk 5 %)"
+        ),
+        "chosen_on": (
+            f"the {DOMAIN_QUANTILE:.1%} quantile of in-domain validation scenes: "
+            f"{VALID_SIZE} of the training renderer and {VALID_SIZE // 2} of the second "
+            "renderer (own seeds); no out-of-domain input is used to choose it"
+        ),
+        "measured": measured,
+        "out_of_domain_sources": {
+            name: f"{len(images)} {OUT_OF_DOMAIN_NOTES[name]}" for name, images in sources.items()
+        },
+    }
+
+
+def calibration_error(
+    encoder: Encoder, decoder: Decoder, test_set: Scenes, second: PillowScenes
+) -> float:
+    """Expected calibration error of the answer's confidence (the greedy caption's probability,
+    exp(score)) against exact match, on held-out scenes of both renderers."""
+    enc, dec = sessions(encoder, decoder)
+    confidence, correct = [], []
+    for scenes in (test_set, second):
+        scored = greedy_decode_scored(enc, dec, scenes.images, EXTRA, VOCABULARY)
+        confidence += [float(np.exp(score)) for _, score in scored]
+        correct += [text in set(row) for (text, _), row in zip(scored, scenes.captions.tolist())]
+    return expected_calibration_error(np.array(confidence), np.array(correct))
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The training scenes of one epoch: fresh every epoch, never a held-out split's seed."""
     return int(np.random.SeedSequence([seed, SPLITS["train"], epoch]).generate_state(1)[0])
@@ -476,6 +600,13 @@ def build(ctx: BuildContext) -> Built:
         "test_loss": test_loss,
         **slot_accuracy(greedy, test_set.captions),
     }
+    domain, verdict = fit_domain(encoder, ctx.seed, valid_set, test_set, second)
+    metrics |= {
+        "in_domain_flagged": verdict["measured"]["in_domain_flagged"],
+        "second_renderer_flagged": verdict["measured"]["flagged_second_renderer"],
+        "out_of_domain_flagged": verdict["measured"]["out_of_domain_flagged"],
+        "confidence_ece": calibration_error(encoder, decoder, test_set, second),
+    }
     print(f"  held-out: {metrics}", flush=True)
 
     curve_path = plot_curves(
@@ -494,7 +625,7 @@ def build(ctx: BuildContext) -> Built:
     batch_dims: list[int | str] = ["batch", LAYERS, HIDDEN]
     graphs = {
         "encoder": GraphExport(
-            module=encoder.eval(),
+            module=ServedEncoder(encoder, domain).eval(),
             inputs=[
                 TensorDecl(
                     "image",
@@ -512,6 +643,13 @@ def build(ctx: BuildContext) -> Built:
                 ),
                 TensorDecl("h0", "FP32", batch_dims, "initial LSTM hidden state, batch-first"),
                 TensorDecl("c0", "FP32", batch_dims, "initial LSTM cell state, batch-first"),
+                TensorDecl(
+                    "domain_distance",
+                    "FP32",
+                    ["batch"],
+                    "Mahalanobis distance of the conv statistics to the training scenes "
+                    "(extra.domain.threshold: above it, not a scene of this grammar)",
+                ),
             ],
             parity_cases=encoder_cases,
         ),
@@ -583,7 +721,7 @@ def build(ctx: BuildContext) -> Built:
             "(service.processing.captioning.resize_images)",
             "normalisation": "in graph: cast to float, NHWC->NCHW, (x - 127.5) / 63.75",
         },
-        extra=dict(EXTRA),
+        extra={**EXTRA, "domain": verdict},
         heldout={
             "image": test_set.images[sample].copy(),
             "caption": test_set.captions[sample, 0].copy(),

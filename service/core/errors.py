@@ -114,6 +114,15 @@ class RequestTimeout(ServingError):
     code = "request_timeout"
 
 
+class OutOfDomain(ServingError):
+    """The input is well formed but outside what the model knows, and the client asked for such
+    inputs to be refused (reject_out_of_domain)."""
+
+    http_status = HTTPStatus.UNPROCESSABLE_ENTITY
+    grpc_status = "INVALID_ARGUMENT"
+    code = "out_of_domain"
+
+
 class InferenceFailed(ServingError):
     code = "inference_failed"
 

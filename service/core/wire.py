@@ -76,3 +76,19 @@ class TaskAnswer(ResponseModel):
 
     model: Name
     version: Name
+
+
+class Judged(BaseModel):
+    """Fields of an answer that says how sure the model is and whether the input is of a kind
+    it knows (mixed into the task answers)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+    confidence: Probability
+    """How sure the model is of this answer: calibrated where the model's spec says so (GET
+    /v1/models), else its own probability for it."""
+    in_domain: bool | Absent = absent()
+    """Only for a model with a domain verdict: false when the input is outside what the model
+    knows (its answer is then a guess); ?reject_out_of_domain=true turns that into a 422."""
+    domain_score: float | Absent = absent()
+    """Only with in_domain: the verdict's score, against the threshold GET /v1/models shows."""

@@ -4,6 +4,9 @@ A kernel is what a runner executes, whatever its placement: the local batcher ca
 worker thread, the remote runner service calls it from its batchable API. Items are already
 decoded and checked (service/processing); `bucket` says which queue an item joins so that only
 similar items share a batch (length buckets, decoding modes).
+
+Length: one module for the Kernel contract and its five implementations, one per task, each
+short; a result type (Classified, Caption, Transcript) travels with its kernel's wire format.
 """
 
 from __future__ import annotations
@@ -37,10 +40,40 @@ log = logging.getLogger("deepserve.kernels")
 ORT_INVALID_ARGUMENT = (InvalidArgument,)
 
 
+DOMAIN_OUTPUT = "domain_distance"
+"""The optional graph output a domain verdict reads (spec.extra["domain"] names its threshold)."""
+
+
 @dataclass
 class Caption:
     text: str
     score: float
+    domain_distance: float | None = None
+
+
+@dataclass
+class Classified:
+    """One image's class probabilities, and its domain distance where the graph has one."""
+
+    probabilities: np.ndarray
+    domain_distance: float | None = None
+
+
+def has_output(spec: ModelSpec, graph: str, name: str) -> bool:
+    return any(t.name == name for t in spec.graphs[graph].outputs)
+
+
+class _DomainRecorder:
+    """An encoder session that also fetches domain_distance in the same run and keeps it, for
+    decoding code that asks only for the encoder's usual outputs."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.distance: np.ndarray | None = None
+
+    def run(self, output_names: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
+        *outputs, self.distance = self.session.run([*output_names, DOMAIN_OUTPUT], feed)
+        return outputs
 
 
 class Kernel:
@@ -170,12 +203,26 @@ class Kernel:
 
 
 class ImageClassifier(Kernel):
-    """uint8 HWC images of the model's size -> probability rows."""
+    """uint8 HWC images of the model's size -> Classified (probabilities, domain distance)."""
 
-    def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Classified]:
         batch = np.stack(items)
-        (probabilities,) = self.graphs["model"].run(["probabilities"], {"image": batch})
-        return list(probabilities)
+        if not has_output(self.spec, "model", DOMAIN_OUTPUT):
+            (probabilities,) = self.graphs["model"].run(["probabilities"], {"image": batch})
+            return [Classified(row) for row in probabilities]
+        probabilities, distances = self.graphs["model"].run(
+            ["probabilities", DOMAIN_OUTPUT], {"image": batch}
+        )
+        return [Classified(p, float(d)) for p, d in zip(probabilities, distances, strict=True)]
+
+    @staticmethod
+    def to_wire(result: Any) -> Any:
+        return [np.asarray(result.probabilities).tolist(), result.domain_distance]
+
+    @staticmethod
+    def from_wire(data: Any) -> Any:
+        distance = None if data[1] is None else float(data[1])
+        return Classified(np.asarray(data[0], dtype=np.float32), distance)
 
     def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
         shape = [int(d) for d in self.spec.graphs["model"].inputs[0].shape[1:]]
@@ -237,7 +284,10 @@ class Captioner(Kernel):
     def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Caption]:
         beam = int(key)  # type: ignore[call-overload]
         images = np.stack(items)
-        encoder, decoder = self.graphs["encoder"], self.graphs["decoder"]
+        encoder: Any = self.graphs["encoder"]
+        decoder = self.graphs["decoder"]
+        recorder = _DomainRecorder(encoder) if self.judges else None
+        encoder = recorder or encoder
         vocabulary, extra = self.spec.vocabulary or [], self.spec.extra
         if beam <= 1:
             scored = captioning.greedy_decode_scored(encoder, decoder, images, extra, vocabulary)
@@ -245,7 +295,18 @@ class Captioner(Kernel):
             scored = captioning.beam_search_decode_scored(
                 encoder, decoder, images, extra, vocabulary, beam
             )
-        return [Caption(text, score) for text, score in scored]
+        distances: Sequence[Any] = [None] * len(scored)
+        if recorder is not None and recorder.distance is not None:
+            distances = list(recorder.distance)
+        return [
+            Caption(text, score, None if d is None else float(d))
+            for (text, score), d in zip(scored, distances, strict=True)
+        ]
+
+    @property
+    def judges(self) -> bool:
+        """Whether the encoder computes a domain distance."""
+        return has_output(self.spec, "encoder", DOMAIN_OUTPUT)
 
     def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
         image = np.zeros((64, 64, 3), np.uint8)
@@ -260,8 +321,9 @@ class Captioner(Kernel):
 
     def running(self) -> CaptionSteps:
         """An empty running set: items join it, advance one decoder step at a time, leave."""
+        encoder = self.graphs["encoder"]
         return CaptionSteps(
-            self.graphs["encoder"],
+            _DomainRecorder(encoder) if self.judges else encoder,
             self.graphs["decoder"],
             self.spec.extra,
             self.spec.vocabulary or [],
@@ -269,18 +331,38 @@ class Captioner(Kernel):
 
     @staticmethod
     def to_wire(result: Any) -> Any:
-        return [result.text, result.score]
+        return [result.text, result.score, result.domain_distance]
 
     @staticmethod
     def from_wire(data: Any) -> Any:
-        return Caption(str(data[0]), float(data[1]))
+        distance = data[2] if len(data) > 2 else None
+        return Caption(str(data[0]), float(data[1]), None if distance is None else float(distance))
 
 
 class CaptionSteps(caption_steps.RunningCaptions):
-    """Captioner's running set, answering Captions."""
+    """Captioner's running set, answering Captions (with each image's domain distance, kept
+    from when it joined, where the encoder computes one)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.distances: dict[int, float] = {}
+
+    def join(self, key: Hashable, ids: Sequence[int], images: Sequence[np.ndarray]) -> None:
+        super().join(key, ids, images)
+        recorded = getattr(self.encoder, "distance", None)
+        if recorded is not None and images:
+            self.distances.update(zip(ids, (float(d) for d in recorded), strict=True))
+
+    def leave(self, ids: Sequence[int]) -> None:
+        super().leave(ids)
+        for i in ids:
+            self.distances.pop(i, None)
 
     def step(self) -> list[tuple[int, Any]]:
-        return [(i, Caption(text, score)) for i, (text, score) in super().step()]
+        return [
+            (i, Caption(text, score, self.distances.pop(i, None)))
+            for i, (text, score) in super().step()
+        ]
 
 
 class GenericKernel(Kernel):

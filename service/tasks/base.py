@@ -5,17 +5,19 @@ derived from it, so a new task is one new module."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.core.errors import InvalidInput
+import numpy as np
+
+from service.core.errors import InvalidInput, OutOfDomain
 from service.core.wire import ResponseModel
 from service.runners.base import Runner
 from service.runtime.kernels import Kernel
 from service.store.importing.importer import ImportRule
 from service.store.specs import ModelSpec
-from service.tasks.tensors import Signature
+from service.tasks.tensors import InferRequest, Signature, Tensor
 
 
 @dataclass(frozen=True)
@@ -48,3 +50,94 @@ def check_range(name: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidInput(f"{name}={value} must be between {low} and {high}")
     return value
+
+
+def domain_of(spec: ModelSpec) -> dict[str, Any] | None:
+    """The model's domain verdict (spec.extra["domain"]: a score, its threshold, which side is
+    outside), or None for a model without one."""
+    domain = spec.extra.get("domain")
+    if not isinstance(domain, dict) or not isinstance(domain.get("threshold"), int | float):
+        return None
+    return domain
+
+
+def judged(
+    spec: ModelSpec,
+    confidence: float,
+    score: float | None,
+    reject: bool = False,
+    knows: str = "its training data",
+) -> dict[str, Any]:
+    """The answer's confidence and, where the model has a verdict, `in_domain` and
+    `domain_score`. With `reject`, an input judged outside the domain raises OutOfDomain (422 /
+    INVALID_ARGUMENT) saying so."""
+    answer: dict[str, Any] = {"confidence": round(min(1.0, max(0.0, float(confidence))), 6)}
+    domain = domain_of(spec)
+    if domain is None or score is None:
+        return answer
+    threshold = float(domain["threshold"])
+    below = domain.get("outside") == "below"
+    inside = bool(score >= threshold) if below else bool(score <= threshold)
+    answer |= {"in_domain": inside, "domain_score": round(float(score), 6)}
+    if reject and not inside:
+        side = "below" if below else "above"
+        raise OutOfDomain(
+            f"model {spec.name} judges this input outside what it knows ({knows}): domain "
+            f"score {score:.4g} is {side} its threshold {threshold:.4g}; without "
+            "reject_out_of_domain the answer comes with in_domain=false"
+        )
+    return answer
+
+
+REJECT_PARAMETER = "reject_out_of_domain"
+REJECT_HELP = (
+    "true: an input the model judges outside its domain is refused (422 / INVALID_ARGUMENT) "
+    "instead of answered with in_domain=false"
+)
+
+
+def verdict_tensors(spec: ModelSpec) -> list[Tensor]:
+    """The V2 outputs of a model with a domain verdict (none for a model without one)."""
+    if domain_of(spec) is None:
+        return []
+    return [
+        Tensor("confidence", "FP32", [-1], description="calibrated confidence of the answer"),
+        Tensor("in_domain", "BOOL", [-1], description="false: outside what the model knows"),
+        Tensor("domain_score", "FP32", [-1], description="the verdict's score (GET /v1/models)"),
+    ]
+
+
+def domain_outputs(
+    spec: ModelSpec,
+    confidences: Sequence[float],
+    scores: Sequence[float | None],
+    request: InferRequest,
+    knows: str = "its training data",
+) -> dict[str, np.ndarray]:
+    """The V2 verdict outputs of a batch (`verdict_tensors`); with the request parameter
+    reject_out_of_domain true, a batch with any row outside the domain is refused, naming the
+    rows."""
+    reject = request.parameters.get(REJECT_PARAMETER, False)
+    if not isinstance(reject, bool):
+        raise InvalidInput(
+            f"parameter {REJECT_PARAMETER} must be true or false (a JSON boolean), "
+            f"got {reject!r:.40}"
+        )
+    if domain_of(spec) is None:
+        return {}
+    verdicts = [judged(spec, c, s) for c, s in zip(confidences, scores, strict=True)]
+    outside = [i for i, v in enumerate(verdicts) if v.get("in_domain") is False]
+    if reject and outside:
+        rows = ", ".join(str(i) for i in outside[:20])
+        more = f" and {len(outside) - 20} more" if len(outside) > 20 else ""
+        raise OutOfDomain(
+            f"model {spec.name} judges rows {rows}{more} of this batch outside what it knows "
+            f"({knows}); without {REJECT_PARAMETER} they are answered with in_domain=false"
+        )
+    return {
+        "confidence": np.array([v["confidence"] for v in verdicts], dtype=np.float32),
+        "in_domain": np.array([v.get("in_domain", True) for v in verdicts], dtype=bool),
+        "domain_score": np.array(
+            [v.get("domain_score", np.nan) for v in verdicts], dtype=np.float32
+        ),
+    }

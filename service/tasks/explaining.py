@@ -23,7 +23,7 @@ from service.runners.base import Runner
 from service.runners.repository import ServingState
 from service.store.specs import ModelSpec
 from service.tasks.base import check_range
-from service.tasks.image_classification import DEFAULT_MODEL, NAME, image_pixels
+from service.tasks.image_classification import DEFAULT_MODEL, NAME, classes_of, image_pixels
 
 DEFAULT_GRID = 8
 DEFAULT_PNG_SIDE = 256
@@ -40,10 +40,6 @@ def input_size(spec: ModelSpec) -> tuple[int, int]:
     """(height, width) of the model's image input (NHWC)."""
     shape = spec.graphs["model"].inputs[0].shape
     return int(shape[1]), int(shape[2])
-
-
-def classes_of(spec: ModelSpec) -> int:
-    return int(spec.graphs["model"].outputs[-1].shape[-1])
 
 
 def checked_grid(spec: ModelSpec, settings: ModelSettings, grid: int) -> int:
@@ -160,4 +156,4 @@ async def submit_all(runner: Runner, rows: np.ndarray, deadline: float | None) -
         for future in pending:
             future.cancel()
         raise
-    return np.stack(answers)
+    return np.stack([answer.probabilities for answer in answers])

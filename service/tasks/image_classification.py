@@ -13,16 +13,24 @@ import numpy as np
 from pydantic import Field
 
 from service.core.model_settings import ModelSettings
-from service.core.wire import Probability, ResponseModel, TaskAnswer, filled
+from service.core.wire import Judged, Probability, ResponseModel, TaskAnswer, filled
 from service.processing.ranking import top_k
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop
 from service.runners.base import Runner
 from service.runners.repository import ServingState
-from service.runtime.kernels import ImageClassifier
+from service.runtime.kernels import Classified, ImageClassifier
 from service.store.importing.importer import ImportRule
 from service.store.importing.preparers import prepare_image
 from service.store.specs import ModelSpec
-from service.tasks.base import Task, check_range
+from service.tasks.base import (
+    REJECT_HELP,
+    REJECT_PARAMETER,
+    Task,
+    check_range,
+    domain_outputs,
+    judged,
+    verdict_tensors,
+)
 from service.tasks.tensors import InferRequest, Signature, Tensor, image_batch
 
 NAME = "image-classification"
@@ -36,8 +44,10 @@ async def classify(
     k: int | None = None,
     deadline: float | None = None,
     version: str | None = None,
+    reject_out_of_domain: bool = False,
 ) -> dict[str, Any]:
-    """Image bytes -> {"model", "version", "predictions": [{"label", "index", "score"}]}."""
+    """Image bytes -> {"model", "version", "predictions": [{"label", "index", "score"}],
+    "confidence"} and, for a model with a domain verdict, "in_domain" and "domain_score"."""
     name = model or DEFAULT_MODEL
     runner = serving.runner(name, NAME, version)
     spec, settings = runner.spec, runner.config
@@ -45,14 +55,31 @@ async def classify(
     k = check_range("top_k", 5 if k is None else k, 1, len(labels))
 
     with runner.admission.admit():  # before decoding: shedding must be cheap
-        probabilities = await serving.prepare_and_submit(
+        result: Classified = await serving.prepare_and_submit(
             runner, lambda: image_pixels(spec, settings, image), deadline
         )
+    probabilities = result.probabilities
+    best = top_k(probabilities, k)
     predictions = [
-        {"label": labels[i], "index": i, "score": round(float(probabilities[i]), 6)}
-        for i in top_k(probabilities, k)
+        {"label": labels[i], "index": i, "score": round(float(probabilities[i]), 6)} for i in best
     ]
-    return {"model": spec.name, "version": spec.version, "predictions": predictions}
+    verdict = judged(
+        spec,
+        float(probabilities[best[0]]),
+        result.domain_distance,
+        reject_out_of_domain,
+        KNOWS.get(spec.name, "the images it was trained on"),
+    )
+    return {"model": spec.name, "version": spec.version, "predictions": predictions, **verdict}
+
+
+def classes_of(spec: ModelSpec) -> int:
+    """How many classes the graph's `probabilities` output has."""
+    outputs = {t.name: t for t in spec.graphs["model"].outputs}
+    return int(outputs["probabilities"].shape[-1])
+
+
+KNOWS = {"digits-cnn": "handwritten digits, light on dark, one per image"}
 
 
 def image_pixels(spec: ModelSpec, settings: ModelSettings, image: bytes) -> np.ndarray:
@@ -74,21 +101,30 @@ def image_pixels(spec: ModelSpec, settings: ModelSettings, image: bytes) -> np.n
 def signature(runner: Runner) -> Signature:
     graph = runner.spec.graphs["model"]
     image = graph.inputs[0]
-    classes = int(graph.outputs[-1].shape[-1])
+    classes = classes_of(runner.spec)
     inner = [int(d) for d in image.shape[1:]]
 
     async def infer(serving: ServingState, runner: Runner, request: InferRequest):
         images = image_batch(request, runner, inner)
-        rows = await asyncio.gather(
+        rows: list[Classified] = await asyncio.gather(
             *(runner.submit(row, deadline=request.deadline) for row in images)
         )
-        return {"probabilities": np.stack(rows).astype(np.float32, copy=False)}
+        probabilities = np.stack([r.probabilities for r in rows]).astype(np.float32, copy=False)
+        verdicts = domain_outputs(
+            runner.spec,
+            probabilities.max(axis=1).tolist(),
+            [r.domain_distance for r in rows],
+            request,
+            KNOWS.get(runner.spec.name, "the images it was trained on"),
+        )
+        return {"probabilities": probabilities, **verdicts}
 
     return Signature(
         inputs=[Tensor("image", "UINT8", [-1, *inner], description="NHWC uint8 pixels")],
-        outputs=[Tensor("probabilities", "FP32", [-1, classes])],
+        outputs=[Tensor("probabilities", "FP32", [-1, classes]), *verdict_tensors(runner.spec)],
         infer=infer,
         labels=runner.spec.labels,
+        parameters={REJECT_PARAMETER: REJECT_HELP} if verdict_tensors(runner.spec) else {},
     )
 
 
@@ -101,7 +137,7 @@ class Prediction(ResponseModel):
     score: Probability
 
 
-class ClassifyResult(TaskAnswer):
+class ClassifyResult(TaskAnswer, Judged):
     predictions: Annotated[list[Prediction], Field(min_length=1)]
     """Best first."""
 

@@ -73,7 +73,8 @@ async def sentiment(
     deadline: float | None = None,
     version: str | None = None,
 ) -> tuple[ModelSpec, list[dict[str, Any]]]:
-    """Texts -> one {"label", "score"} per text, in order."""
+    """Texts -> one {"label", "score", "confidence"} per text, in order (the confidence is the
+    label's probability, as the score is; every task's answer names it `confidence`)."""
     name = model or DEFAULT_MODEL
     runner = serving.runner(name, NAME, version)
     spec = runner.spec
@@ -86,7 +87,11 @@ async def sentiment(
         )
     labels = spec.labels or []
     return spec, [
-        {"label": labels[int(np.argmax(row))], "score": round(float(np.max(row)), 6)}
+        {
+            "label": labels[int(np.argmax(row))],
+            "score": round(float(np.max(row)), 6),
+            "confidence": round(float(np.max(row)), 6),
+        }
         for row in rows
     ]
 
@@ -153,6 +158,8 @@ def signature(runner: Runner) -> Signature:
 class Sentiment(ResponseModel):
     label: str
     score: Probability
+    confidence: Probability
+    """The label's probability (= score): the name every task's answer gives it."""
 
 
 class SentimentResult(TaskAnswer):
@@ -160,6 +167,8 @@ class SentimentResult(TaskAnswer):
 
     label: str
     score: Probability
+    confidence: Probability
+    """The label's probability (= score): the name every task's answer gives it."""
 
 
 class SentimentBatchResult(TaskAnswer):

@@ -115,8 +115,9 @@ def test_sentiment_single_and_list_match_in_process(server, specs, session) -> N
         )
         assert result["label"] == spec.labels[int(probabilities[0].argmax())]
         assert result["score"] == pytest.approx(float(probabilities[0].max()), abs=1e-5)
+        assert result["confidence"] == result["score"]
     single = requests.post(f"{server.url}/v1/sentiment", json={"text": texts[0]}, timeout=30)
-    assert {k: single.json()[k] for k in ("label", "score")} == results[0]
+    assert {k: single.json()[k] for k in ("label", "score", "confidence")} == results[0]
 
 
 def test_transcribe_wav_matches_in_process(server, specs, session) -> None:

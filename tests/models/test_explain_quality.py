@@ -78,8 +78,10 @@ def test_digit_maps_rank_the_strokes_on_held_out_digits(specs, sessions) -> None
     no_ink = np.zeros(1, np.uint8)  # the other fill: black, the background of every digit
     results = [remeasured(spec, predict, image, 7, no_ink) for image in held["image"][:200]]
     assert np.mean([r["target"] == label for r, label in zip(results, held["label"])]) >= 0.97
-    assert np.mean([r["spread"] > 0.01 for r in results]) >= 0.95  # the maps are not flat
-    # measured (2026-12-03): 96 % single cells, 100 % quarters (mean drops 0.86 vs 0.41)
+    # The maps are not flat. The probabilities are temperature-scaled (sharper than the raw
+    # softmax), so a confident digit's map is small: spread > 0.005 for 98 % (2026-12-03).
+    assert np.mean([r["spread"] > 0.005 for r in results]) >= 0.95
+    # measured (2026-12-03, calibrated model): 96 % single cells, 100 % quarters (mean gap 0.50)
     assert np.mean([r["most"] > r["least"] for r in results]) >= 0.9
     assert np.mean([r["most_quarter"] > r["least_quarter"] for r in results]) >= 0.98
     gap = np.mean([r["most_quarter"] - r["least_quarter"] for r in results])

@@ -18,6 +18,7 @@ from service.core.model_settings import ModelSettings
 from service.core.settings import Settings
 from service.runners.local import LocalRunner
 from service.runners.repository import ServingState
+from service.runtime.kernels import Classified
 from service.store.specs import ModelSpec
 from service.tasks import explaining, registry
 from service.tasks.image_classification import ExplainResult
@@ -61,12 +62,12 @@ class QuarterKernel:
     def warmup(self) -> None:
         pass
 
-    def run(self, key: Any, items: list[np.ndarray]) -> list[np.ndarray]:
+    def run(self, key: Any, items: list[np.ndarray]) -> list[Classified]:
         inside = self.runner.admission.inside if self.runner else 0
         QuarterKernel.batches.append((len(items), inside))
         half = SIDE // 2
         bright = [float(item[:half, :half].mean()) / 255 for item in items]
-        return [np.array([1 - b, b], np.float32) for b in bright]
+        return [Classified(np.array([1 - b, b], np.float32)) for b in bright]
 
 
 @pytest.fixture

@@ -69,12 +69,10 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
             request.top_k or None,
             deadline_of(context),
             request.version or None,
+            request.reject_out_of_domain,
         )
-        return pb.ClassifyResponse(
-            model=answer["model"],
-            version=answer["version"],
-            predictions=[pb.Prediction(**p) for p in answer["predictions"]],
-        )
+        predictions = [pb.Prediction(**p) for p in answer.pop("predictions")]
+        return pb.ClassifyResponse(**answer, predictions=predictions)
 
     @rpc("grpc")
     async def Sentiment(self, request, context):
@@ -167,6 +165,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
             request.beam or None,
             deadline_of(context),
             request.version or None,
+            request.reject_out_of_domain,
         )
         return pb.CaptionResponse(**answer)
 

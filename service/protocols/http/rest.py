@@ -48,6 +48,7 @@ from service.tasks import (
     speech_recognition,
     text_classification,
 )
+from service.tasks.base import REJECT_PARAMETER
 
 log = logging.getLogger("deepserve.rest")
 
@@ -155,7 +156,10 @@ def build_app(state: StateGetter) -> Starlette:
         k = int_param(request, "top_k", 5, 1, 10_000)
         data = await read_media(request, "image", ("image/",), *media_limits(serving))
         version = request.query_params.get("version")
-        result = await image_classification.classify(serving, data, model, k, deadline, version)
+        reject = flag_param(request, REJECT_PARAMETER)
+        result = await image_classification.classify(
+            serving, data, model, k, deadline, version, reject
+        )
         return answer(wire.ClassifyResult.model_validate(result))
 
     async def explain(request: Request) -> Response:
@@ -263,7 +267,10 @@ def build_app(state: StateGetter) -> Starlette:
         beam = int_param(request, "beam", 1, 1, 10_000)
         data = await read_media(request, "image", ("image/",), *media_limits(serving))
         version = request.query_params.get("version")
-        result = await image_captioning.caption(serving, data, model, beam, deadline, version)
+        reject = flag_param(request, REJECT_PARAMETER)
+        result = await image_captioning.caption(
+            serving, data, model, beam, deadline, version, reject
+        )
         return answer(wire.CaptionResult.model_validate(result))
 
     async def list_models(request: Request) -> Response:

@@ -106,6 +106,9 @@ class ClassifyQuery(RequestModel):
     top_k: Annotated[int, Field(ge=1, le=10_000)] = 5
     """How many predictions, at most the model's label count."""
     version: str = version_param(image_classification.NAME)
+    reject_out_of_domain: bool = False
+    """true: an input the model judges outside its domain (a model with a verdict: see
+    GET /v1/models) is refused with 422 instead of answered with in_domain=false."""
 
 
 # --- explain: image -> occlusion-sensitivity map of a class ---------------------------------------
@@ -188,6 +191,9 @@ class CaptionQuery(RequestModel):
     beam: Beam = 1
     """Beam width; 1 is greedy decoding."""
     version: str = version_param(image_captioning.NAME)
+    reject_out_of_domain: bool = False
+    """true: an input the model judges outside its domain (a model with a verdict: see
+    GET /v1/models) is refused with 422 instead of answered with in_domain=false."""
 
 
 # --- models: the served models -------------------------------------------------------------------

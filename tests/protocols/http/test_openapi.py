@@ -191,7 +191,7 @@ def test_error_bodies_of_every_error_class_match_their_models() -> None:
 
 
 def test_response_models_are_closed_and_strict() -> None:
-    answer = {"model": "m", "version": "v", "label": "good", "score": 0.9}
+    answer = {"model": "m", "version": "v", "label": "good", "score": 0.9, "confidence": 0.9}
     assert (
         wire.SentimentResult.model_validate(answer).body()
         == json.dumps(answer, separators=(",", ":")).encode()
@@ -199,6 +199,18 @@ def test_response_models_are_closed_and_strict() -> None:
     for broken in ({**answer, "extra": 1}, {**answer, "score": "0.9"}, {**answer, "score": 1.5}):
         with pytest.raises(ValidationError):
             wire.SentimentResult.model_validate(broken)
+    classified = {
+        "model": "m",
+        "version": "v",
+        "predictions": [{"label": "7", "index": 7, "score": 0.99}],
+        "confidence": 0.99,
+    }
+    assert json.loads(wire.ClassifyResult.model_validate(classified).body()) == classified
+    judged = {**classified, "in_domain": False, "domain_score": 12.5}
+    assert json.loads(wire.ClassifyResult.model_validate(judged).body()) == judged
+    for broken in ({**judged, "in_domain": "no"}, {**classified, "confidence": 1.2}):
+        with pytest.raises(ValidationError):
+            wire.ClassifyResult.model_validate(broken)
     failed = {"name": "m", "ready": False, "error": "no such file"}
     assert json.loads(wire.ModelInfo.model_validate(failed).body()) == failed  # nothing added
     document = openapi.document(MODELS, Settings())

@@ -17,6 +17,7 @@ from service.core.statistics import ModelStatistics
 from service.protocols.v2 import dataplane, wire
 from service.protocols.v2.dataplane import InferRequest, RequestedOutput
 from service.runners.repository import ServingState
+from service.runtime.kernels import Classified
 from service.store.specs import ModelSpec
 from service.tasks import registry
 
@@ -69,7 +70,7 @@ class FakeRunner:
     async def submit(self, item: Any, key: Hashable = 0, deadline: float | None = None) -> Any:
         self.submitted.append(item)
         level = float(np.mean(item)) / 255
-        return np.array([level, 1 - level, 0.0], np.float32)
+        return Classified(np.array([level, 1 - level, 0.0], np.float32))
 
     def describe(self) -> dict[str, Any]:
         return {"batching": {"max_batch_size": 4, "max_latency_ms": 5.0}}

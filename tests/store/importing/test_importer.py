@@ -315,7 +315,7 @@ def test_image_classifier_is_wrapped_and_matches_numpy_preprocessing(
 
     kernel = make_kernel(spec, "cpu")
     images = np.random.default_rng(7).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
-    got = np.stack(kernel.run(0, list(images)))
+    got = np.stack([r.probabilities for r in kernel.run(0, list(images))])
     (logits,) = original(source, {"x": numpy_pixels(images, mean, std, layout == "nchw")})
     np.testing.assert_allclose(got, softmax(logits), atol=1e-4)
     assert not np.allclose(got, got[:1])  # the images are told apart
@@ -334,7 +334,7 @@ def test_grayscale_classifier_takes_one_channel_images(scratch_store, tmp_path: 
     assert spec.preprocessing["channels"] == 1 and spec.preprocessing["mean"] == [0.1307]
     assert spec.preprocessing["invert_light_background"] is False
     images = np.random.default_rng(8).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
-    got = np.stack(make_kernel(spec, "cpu").run(0, list(images)))
+    got = np.stack([r.probabilities for r in make_kernel(spec, "cpu").run(0, list(images))])
     (logits,) = original(source, {"x": numpy_pixels(images, 0.1307, 0.3081, nchw=True)})
     np.testing.assert_allclose(got, softmax(logits), atol=1e-4)
 
@@ -346,7 +346,7 @@ def test_a_graph_ending_in_softmax_gets_no_second_softmax(scratch_store, tmp_pat
     )
     assert spec.preprocessing["softmax"] is False
     images = np.random.default_rng(3).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-    got = np.stack(make_kernel(spec, "cpu").run(0, list(images)))
+    got = np.stack([r.probabilities for r in make_kernel(spec, "cpu").run(0, list(images))])
     (probabilities,) = original(source, {"x": numpy_pixels(images, 0, 1, nchw=True)})
     np.testing.assert_allclose(got, probabilities, atol=1e-5)
 

@@ -41,6 +41,7 @@ WHY = {
     409: "Not allowed in this model control mode (load/unload need model_control explicit)",
     413: "The body (or a decoded image) exceeds its limit",
     415: "A content type (or Content-Encoding) the endpoint does not accept",
+    422: "The input is outside what the model knows, and reject_out_of_domain=true was asked",
     429: "Too many refused API keys from this address (setting auth_failure_limit)",
     500: "Inference failed",
     503: "The model is not ready, or it is overloaded (then with Retry-After)",
@@ -257,13 +258,17 @@ def v1_paths() -> dict[str, Any]:
     for operation_id, summary, query, body, answer in V1_TASKS:
         # NOTE: a JSON body is parsed whatever its content type says: no 415
         media = (415,) if body != "texts" else ()
+        judged = (422,) if "reject_out_of_domain" in query.model_fields else ()
         operation: dict[str, Any] = {
             "operationId": operation_id,
             "tags": [TASK_API],
             "summary": summary,
             "parameters": [*parameters(query, "query"), *DEADLINE],
             "requestBody": bodies[body],
-            "responses": {**ok(ref(answer)), **errors("Error", *INFERENCE_ERRORS, *media)},
+            "responses": {
+                **ok(ref(answer)),
+                **errors("Error", *INFERENCE_ERRORS, *media, *judged),
+            },
         }
         if operation_id == "transcribe":
             operation["responses"]["200"]["content"]["text/event-stream"] = {
@@ -342,7 +347,7 @@ def v2_model_paths(prefix: str, suffix: str, path: type[RequestModel]) -> Schema
                     "application/octet-stream": {"schema": BINARY},
                 },
             },
-            **errors("V2Error", *INFERENCE_ERRORS, 415),
+            **errors("V2Error", *INFERENCE_ERRORS, 415, 422),
         },
     }
     return {
