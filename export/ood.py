@@ -160,6 +160,14 @@ def fit_gaussians(
     return means.astype(np.float32), np.linalg.inv(covariance).astype(np.float32)
 
 
+def channel_statistics(x: torch.Tensor) -> list[torch.Tensor]:
+    """[mean, standard deviation] of each channel of x [B, C, H, W] over its positions: what the
+    image models' domain verdicts measure after every block."""
+    mean = x.mean(dim=(2, 3))
+    spread = (x * x).mean(dim=(2, 3)) - mean * mean
+    return [mean, torch.sqrt(spread.clamp(min=1e-8))]
+
+
 class MahalanobisDistance(nn.Module):
     """features [B, D] -> the squared Mahalanobis distance to the nearest mean, per dimension
     ([B]; about 1 for typical in-domain inputs), exported inside the model's graph."""

@@ -46,6 +46,7 @@ from export.data.scenes_pillow import PillowScenes, render_pillow_scenes
 from export.ood import (
     OUT_OF_DOMAIN_NOTES,
     MahalanobisDistance,
+    channel_statistics,
     choose_threshold,
     expected_calibration_error,
     fit_gaussians,
@@ -137,9 +138,7 @@ class Encoder(nn.Module):
         for layer in self.convs:
             x = layer(x)
             if isinstance(layer, nn.ReLU):
-                mean = x.mean(dim=(2, 3))
-                spread = (x * x).mean(dim=(2, 3)) - mean * mean
-                statistics += [mean, torch.sqrt(spread.clamp(min=1e-8))]
+                statistics += channel_statistics(x)
         features = F.relu(self.project(x.flatten(1)))
         h0 = torch.tanh(self.init_h(features)).unflatten(1, (LAYERS, HIDDEN))
         c0 = self.init_c(features).unflatten(1, (LAYERS, HIDDEN))

@@ -24,6 +24,7 @@ from export.data.splits import stratified_splits
 from export.ood import (
     OUT_OF_DOMAIN_NOTES,
     MahalanobisDistance,
+    channel_statistics,
     choose_threshold,
     expected_calibration_error,
     fit_gaussians,
@@ -84,9 +85,7 @@ class DigitsCNN(nn.Module):
             for layer in stage if isinstance(stage, nn.Sequential) else [stage]:
                 x = layer(x)
                 if isinstance(layer, nn.ReLU):
-                    mean = x.mean(dim=(2, 3))
-                    spread = (x * x).mean(dim=(2, 3)) - mean * mean
-                    statistics += [mean, torch.sqrt(spread.clamp(min=1e-8))]
+                    statistics += channel_statistics(x)
         logits = self.classifier(self.dropout(x.mean(dim=(2, 3))))
         return logits, torch.cat(statistics, dim=1)
 
