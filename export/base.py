@@ -85,8 +85,11 @@ def seed_everything(seed: int) -> None:
 
 
 def set_threads() -> None:
-    """Use every core for training; deterministic CPU kernels."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    """Use every core for training (DEEPSERVE_TRAIN_THREADS: this many); deterministic CPU
+    kernels. torch's CPU kernels still round differently with another thread count or
+    processor, so builds differ a little between machines (README: "Reproducibility")."""
+    threads = int(os.environ.get("DEEPSERVE_TRAIN_THREADS") or 0) or (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 

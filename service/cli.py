@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         "next to it and validated like DEEPSERVE_MODEL_SETTINGS (which overrides them); "
         "VALUE is JSON, or a plain string",
     )
+    importing.add_argument(
+        "--domain-threshold",
+        type=float,
+        metavar="P",
+        help="classifiers and recognisers: answers whose confidence is below P say "
+        "in_domain=false (and reject_out_of_domain refuses them); default: no verdict",
+    )
     tune = actions.add_parser(
         "tune",
         help="choose batching settings for this device by measurement (held-out items)",
@@ -135,7 +142,14 @@ def cmd_import(args: argparse.Namespace) -> int:
             except ValueError:
                 settings[key.strip()] = value.strip()
         spec = registry.import_model(
-            args.path, args.name, args.task, args.labels, args.vocab, options, settings=settings
+            args.path,
+            args.name,
+            args.task,
+            args.labels,
+            args.vocab,
+            options,
+            settings=settings,
+            domain_threshold=args.domain_threshold,
         )
     except ImportRefused as error:
         print(f"refused: {error}", file=sys.stderr)

@@ -73,6 +73,8 @@ def judged(
     INVALID_ARGUMENT) saying so."""
     answer: dict[str, Any] = {"confidence": round(min(1.0, max(0.0, float(confidence))), 6)}
     domain = domain_of(spec)
+    if domain is not None and domain.get("score") == "confidence":
+        score = answer["confidence"]  # an import's --domain-threshold
     if domain is None or score is None:
         return answer
     threshold = float(domain["threshold"])

@@ -88,6 +88,7 @@ def import_model(
     preprocess: dict[str, str] | None = None,
     reserved: Collection[str] | None = None,
     settings: dict[str, Any] | None = None,
+    domain_threshold: float | None = None,
 ) -> ModelSpec:
     """`deepserve models import`: the store's importer with the task's import rule; the built-in
     models' names are reserved."""
@@ -96,7 +97,15 @@ def import_model(
         raise ImportRefused(f"unknown task {task!r}; one of {', '.join(importable())}")
     reserved = builtin_models() if reserved is None else reserved
     return store_import(
-        path, name, rule, labels_file, vocab_file, preprocess, reserved, settings=settings
+        path,
+        name,
+        rule,
+        labels_file,
+        vocab_file,
+        preprocess,
+        reserved,
+        settings=settings,
+        domain_threshold=domain_threshold,
     )
 
 

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from service.core.errors import InvalidInput
 from service.core.metrics import observe_preprocess
-from service.core.wire import Probability, ResponseModel, TaskAnswer
+from service.core.wire import Judged, Probability, TaskAnswer
 from service.processing.text import encode, tokenize
 from service.runners.base import Runner
 from service.runners.repository import ServingState
@@ -20,7 +20,14 @@ from service.runtime.kernels import TextClassifier
 from service.store.importing.contracts import prepare_text
 from service.store.importing.importer import ImportRule
 from service.store.specs import ModelSpec
-from service.tasks.base import Task
+from service.tasks.base import (
+    REJECT_HELP,
+    REJECT_PARAMETER,
+    Task,
+    domain_outputs,
+    judged,
+    verdict_tensors,
+)
 from service.tasks.tensors import InferRequest, Signature, Tensor, batch_of, check_rows
 
 NAME = "text-classification"
@@ -72,6 +79,7 @@ async def sentiment(
     single: bool = False,
     deadline: float | None = None,
     version: str | None = None,
+    reject_out_of_domain: bool = False,
 ) -> tuple[ModelSpec, list[dict[str, Any]]]:
     """Texts -> one {"label", "score", "confidence"} per text, in order (the confidence is the
     label's probability, as the score is; every task's answer names it `confidence`)."""
@@ -86,14 +94,15 @@ async def sentiment(
             *(runner.submit(ids, runner.bucket(ids), deadline) for ids in items)
         )
     labels = spec.labels or []
-    return spec, [
-        {
-            "label": labels[int(np.argmax(row))],
-            "score": round(float(np.max(row)), 6),
-            "confidence": round(float(np.max(row)), 6),
-        }
-        for row in rows
-    ]
+    answers = []
+    for row in rows:
+        score = round(float(np.max(row)), 6)
+        verdict = judged(spec, score, None, reject_out_of_domain, KNOWS)
+        answers.append({"label": labels[int(np.argmax(row))], "score": score, **verdict})
+    return spec, answers
+
+
+KNOWS = "texts like the ones it was trained on"
 
 
 def signature(runner: Runner) -> Signature:
@@ -138,7 +147,10 @@ def signature(runner: Runner) -> Signature:
         rows = await asyncio.gather(
             *(runner.submit(ids, runner.bucket(ids), request.deadline) for ids in items)
         )
-        return {"probabilities": np.stack(rows).astype(np.float32, copy=False)}
+        probabilities = np.stack(rows).astype(np.float32, copy=False)
+        confidences = probabilities.max(axis=1).tolist()
+        verdicts = domain_outputs(spec, confidences, [None] * len(rows), request, KNOWS)
+        return {"probabilities": probabilities, **verdicts}
 
     return Signature(
         inputs=[
@@ -146,29 +158,31 @@ def signature(runner: Runner) -> Signature:
             Tensor("tokens", "INT64", [-1, -1], optional=True, description="token ids, 0 = pad"),
             Tensor("lengths", "INT64", [-1], optional=True, description="valid tokens per row"),
         ],
-        outputs=[Tensor("probabilities", "FP32", [-1, len(spec.labels or [])])],
+        outputs=[
+            Tensor("probabilities", "FP32", [-1, len(spec.labels or [])]),
+            *verdict_tensors(spec),
+        ],
         infer=infer,
         labels=spec.labels,
+        parameters={REJECT_PARAMETER: REJECT_HELP} if verdict_tensors(spec) else {},
     )
 
 
 # --- the JSON answer (/v1) ---------------------------------------------------------------
 
 
-class Sentiment(ResponseModel):
+class Sentiment(Judged):
     label: str
     score: Probability
-    confidence: Probability
-    """The label's probability (= score): the name every task's answer gives it."""
+    """The label's probability (also `confidence`, the name every task's answer gives it)."""
 
 
-class SentimentResult(TaskAnswer):
+class SentimentResult(TaskAnswer, Judged):
     """The answer to one text."""
 
     label: str
     score: Probability
-    confidence: Probability
-    """The label's probability (= score): the name every task's answer gives it."""
+    """The label's probability (also `confidence`, the name every task's answer gives it)."""
 
 
 class SentimentBatchResult(TaskAnswer):

@@ -160,6 +160,7 @@ def store(tmp_path_factory) -> dict[str, object]:
         "models", "import", str(graphs["cnn"]), "--name", "my-classifier",
         "--task", "image-classification", "--labels", str(labels),
         "--preprocess", "mean=0.485,0.456,0.406", "--preprocess", "std=0.229,0.224,0.225",
+        "--domain-threshold", "0.999",  # an untrained graph is never that sure: all "outside"
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     versions = stored_versions(home, "my-generic")
@@ -304,6 +305,16 @@ def test_imported_classifier_serves_v1_classify_like_the_original_graph(served, 
     ]
     scores = [p["score"] for p in answer["predictions"]]
     np.testing.assert_allclose(scores, np.sort(probabilities)[::-1][:3], atol=1e-4)
+    # imported with --domain-threshold 0.999: a verdict on its confidence
+    assert answer["confidence"] == scores[0] == answer["domain_score"] < 0.999
+    assert answer["in_domain"] is False
+    refused = requests.post(
+        f"{served.url}/v1/classify?model=my-classifier&reject_out_of_domain=true",
+        data=png(photo),
+        headers={"Content-Type": "image/png"},
+        timeout=30,
+    )
+    assert refused.status_code == 422 and "my-classifier" in refused.json()["error"]["message"]
     # the same model over V2 with Triton's classification extension
     client = httpclient.InferenceServerClient(served.url.removeprefix("http://"))
     tensor = httpclient.InferInput("image", [1, size, size, 3], "UINT8")

@@ -82,6 +82,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
             request.model or None,
             deadline=deadline_of(context),
             version=request.version or None,
+            reject_out_of_domain=request.reject_out_of_domain,
         )
         return pb.SentimentResponse(
             model=spec.name,

@@ -192,8 +192,9 @@ def build_app(state: StateGetter) -> Starlette:
             raise InvalidInput('"texts" must be a non-empty list of strings')
         model = request.query_params.get("model")
         version = request.query_params.get("version")
+        reject = flag_param(request, REJECT_PARAMETER)
         spec, results = await text_classification.sentiment(
-            serving, texts, model, single, deadline, version
+            serving, texts, model, single, deadline, version, reject
         )
         if single:
             return answer(wire.SentimentResult(model=spec.name, version=spec.version, **results[0]))

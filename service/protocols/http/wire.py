@@ -147,6 +147,9 @@ Text = Annotated[
 class SentimentQuery(RequestModel):
     model: str = model_param(text_classification.NAME, text_classification.DEFAULT_MODEL)
     version: str = version_param(text_classification.NAME)
+    reject_out_of_domain: bool = False
+    """true: an input the model judges outside its domain (a model with a verdict: see
+    GET /v1/models) is refused with 422 instead of answered with in_domain=false."""
 
 
 class OneText(RequestModel):

@@ -180,11 +180,14 @@ def import_model(
     preprocess: dict[str, str] | None = None,
     reserved: Collection[str] = (),
     settings: Mapping[str, Any] | None = None,
+    domain_threshold: float | None = None,
 ) -> ModelSpec:
     """Validate an ONNX file, adapt it to the task's contract (`rule`) and store it as a new
-    version; `reserved` names (the built-in models) are refused."""
+    version; `reserved` names (the built-in models) are refused. With `domain_threshold`, the
+    model's answers whose confidence is below it are judged outside its domain (in_domain)."""
     task = rule.task
     check_name(name, task, reserved)
+    domain = domain_entry(task, domain_threshold)
     try:  # before anything is read or stored: a bad setting refuses the import
         own = file_entry(settings or {}, "--setting")
     except ValueError as error:
@@ -213,6 +216,8 @@ def import_model(
         prepared = rule.prepare(job)
         stored = model if prepared.graph == source else onnx.load(str(prepared.graph))
         spec = build_spec(name, job, prepared, stored, rule)
+        if domain is not None:
+            spec["extra"]["domain"] = domain
         spec["data"] = {
             "source": str(origin),
             "source_sha256": hashlib.sha256(original).hexdigest(),
@@ -231,6 +236,29 @@ def import_model(
             files[SETTINGS_FILE] = Path(tmp) / SETTINGS_FILE
             files[SETTINGS_FILE].write_text(json.dumps(own, indent=2, sort_keys=True))
         return register(spec, files, heldout={})
+
+
+JUDGED_TASKS = ("image-classification", "text-classification", "speech-recognition")
+"""Tasks whose answers carry a confidence an import's --domain-threshold can judge."""
+
+
+def domain_entry(task: str, threshold: float | None) -> dict[str, Any] | None:
+    """spec.extra["domain"] for an import's --domain-threshold (None without one)."""
+    if threshold is None:
+        return None
+    if task not in JUDGED_TASKS:
+        raise ImportRefused(
+            f"--domain-threshold needs an answer with a confidence: tasks {', '.join(JUDGED_TASKS)}"
+        )
+    if not 0.0 < threshold < 1.0:
+        raise ImportRefused(f"--domain-threshold {threshold} must be between 0 and 1 (exclusive)")
+    return {
+        "score": "confidence",
+        "outside": "below",
+        "threshold": threshold,
+        "method": "the answer's confidence, below the threshold given at import "
+        "(--domain-threshold): not measured by deepserve",
+    }
 
 
 def build_spec(

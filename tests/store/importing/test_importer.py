@@ -846,3 +846,31 @@ def test_cli_imports_prints_the_spec_and_refuses_with_exit_2(tmp_path: Path) -> 
     assert (
         fixed.returncode == 0 and "batchable: no (input x has a fixed first dim 2" in fixed.stdout
     )
+
+
+def test_a_domain_threshold_gives_an_imported_classifier_a_verdict(
+    scratch_store, tmp_path: Path
+) -> None:
+    from service.core.errors import OutOfDomain
+    from service.tasks.base import judged
+
+    source = cnn(tmp_path / "judged.onnx")
+    labels = lines(tmp_path / "l", CLASSES)
+    plain = import_model(source, "plain", "image-classification", labels_file=labels)
+    assert "domain" not in plain.extra
+    assert judged(plain, 0.3, None) == {"confidence": 0.3}  # no verdict without a threshold
+    spec = import_model(
+        source, "judged", "image-classification", labels_file=labels, domain_threshold=0.6
+    )
+    assert spec.extra["domain"]["threshold"] == 0.6
+    assert judged(spec, 0.9, None) == {"confidence": 0.9, "in_domain": True, "domain_score": 0.9}
+    assert judged(spec, 0.3, None)["in_domain"] is False
+    with pytest.raises(OutOfDomain, match="judged.*below its threshold 0.6"):
+        judged(spec, 0.3, None, reject=True)
+    for task, threshold, needle in (
+        ("generic", 0.5, "needs an answer with a confidence"),
+        ("image-classification", 1.5, "between 0 and 1"),
+        ("image-classification", 0.0, "between 0 and 1"),
+    ):
+        with pytest.raises(ImportRefused, match=needle):
+            import_model(source, "bad", task, labels_file=labels, domain_threshold=threshold)
