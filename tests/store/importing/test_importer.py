@@ -865,7 +865,7 @@ def test_a_domain_threshold_gives_an_imported_classifier_a_verdict(
     assert spec.extra["domain"]["threshold"] == 0.6
     assert judged(spec, 0.9, None) == {"confidence": 0.9, "in_domain": True, "domain_score": 0.9}
     assert judged(spec, 0.3, None)["in_domain"] is False
-    with pytest.raises(OutOfDomain, match="judged.*below its threshold 0.6"):
+    with pytest.raises(OutOfDomain, match=r"judged.*below its threshold 0\.6"):
         judged(spec, 0.3, None, reject=True)
     for task, threshold, needle in (
         ("generic", 0.5, "needs an answer with a confidence"),
