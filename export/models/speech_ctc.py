@@ -31,6 +31,7 @@ from export.base import (
 )
 from export.data import speech as data
 from export.nn import MaskedBiLSTM, length_mask
+from service.processing import speech_domain as domain
 from service.processing.speech import (
     SAMPLE_RATE,
     Transcript,
@@ -40,7 +41,7 @@ from service.processing.speech import (
 )
 
 NAME = "speech-ctc"
-SPEC_VERSION = "1"
+SPEC_VERSION = "2"
 
 N_FFT = 512
 WIN_LENGTH = 400  # 25 ms
@@ -60,8 +61,17 @@ class Config:
 
     train_size: int = 4800
     val_size: int = 200
+    """Validation utterances scored after every epoch (the first of calibration_size)."""
+    calibration_size: int = 1000
+    """Validation utterances that choose the rejection threshold and fit the calibration."""
     test_size: int = 600
-    heldout_size: int = 64
+    heldout_size: int = 160
+    ood_size: int = 100
+    """Out-of-domain utterances per source (data.OOD_SOURCES and the near-miss source)."""
+    ood_heldout: int = 20
+    """Out-of-domain utterances per source stored with the model."""
+    threshold_quantile: float = 0.995
+    """The rejection threshold: this quantile of the validation utterances' domain scores."""
     channels: int = 128
     hidden: int = 128
     layers: int = 2
@@ -304,22 +314,35 @@ def collate(
     return x, frames, targets, target_lengths
 
 
-def transcribe(model: SpeechCTC, audio: list[np.ndarray]) -> tuple[list[str], list[float]]:
-    """Greedy transcripts and confidences through the full (exported) model."""
+def posteriors(model: SpeechCTC, audio: list[np.ndarray]) -> list[np.ndarray]:
+    """Per-utterance log-probs [T_i, vocab] (valid frames only) through the full (exported)
+    model, in input order."""
     model.eval()
 
     @torch.no_grad()  # grad mode is per thread: set it in the worker
-    def run(idx: np.ndarray) -> list[Transcript]:
+    def run(idx: np.ndarray) -> list[np.ndarray]:
         log_probs, frames = model(*padded([audio[i] for i in idx]))
-        return ctc_greedy_transcripts(log_probs.numpy(), frames.numpy(), data.VOCABULARY)
+        return [log_probs[row, : int(n)].numpy().copy() for row, n in enumerate(frames)]
 
     batches = in_batches([a.size for a in audio], 32)
-    texts: list[str] = [""] * len(audio)
-    confidences: list[float] = [0.0] * len(audio)
-    for idx, decoded in zip(batches, parallel_map(run, batches), strict=True):
-        for i, result in zip(idx, decoded, strict=True):
-            texts[i], confidences[i] = result.text, result.confidence
-    return texts, confidences
+    out: list[np.ndarray] = [np.empty(0)] * len(audio)
+    for idx, rows in zip(batches, parallel_map(run, batches), strict=True):
+        for i, row in zip(idx, rows, strict=True):
+            out[i] = row
+    return out
+
+
+def greedy(log_probs: list[np.ndarray]) -> list[Transcript]:
+    return [
+        ctc_greedy_transcripts(lp[None], np.array([lp.shape[0]]), data.VOCABULARY)[0]
+        for lp in log_probs
+    ]
+
+
+def transcribe(model: SpeechCTC, audio: list[np.ndarray]) -> tuple[list[str], list[float]]:
+    """Greedy transcripts and confidences through the full (exported) model."""
+    decoded = greedy(posteriors(model, audio))
+    return [t.text for t in decoded], [t.confidence for t in decoded]
 
 
 def evaluate_features(
@@ -448,9 +471,9 @@ def train(
     return history
 
 
-def test_metrics(model: SpeechCTC, test_set: data.SpeechSet) -> dict[str, float]:
+def test_metrics(test_set: data.SpeechSet, decoded: list[Transcript]) -> dict[str, float]:
     """CER/WER on the held-out voices, overall and per kind of unseen voice."""
-    texts, confidences = transcribe(model, test_set.audio)
+    texts, confidences = [t.text for t in decoded], [t.confidence for t in decoded]
     accents = np.array([s.accent for s in test_set.specs])
     metrics: dict[str, float] = {}
     groups = {
@@ -500,12 +523,179 @@ def padding_check(model: SpeechCTC, test_set: data.SpeechSet, count: int = 8) ->
     return worst
 
 
+@dataclass
+class Scored:
+    """Utterances decoded greedily and scored against the grammar."""
+
+    texts: list[str]
+    confidences: np.ndarray
+    scores: np.ndarray
+    nearest: list[str]
+
+    @classmethod
+    def of(cls, log_probs: list[np.ndarray], grammar: domain.Grammar) -> Scored:
+        decoded = greedy(log_probs)
+        scored = [domain.domain_score(lp, grammar) for lp in log_probs]
+        return cls(
+            [t.text for t in decoded],
+            np.array([t.confidence for t in decoded]),
+            np.array([d.score for d in scored]),
+            [d.nearest for d in scored],
+        )
+
+    def correct(self, references: list[str]) -> np.ndarray:
+        return np.array([t == r for t, r in zip(self.texts, references, strict=True)])
+
+
+def grammar() -> domain.Grammar:
+    return domain.compile_grammar(data.VOCABULARY, data.PHRASES, data.DIGIT_WORDS, data.MAX_DIGITS)
+
+
+def out_of_domain_sets(config: Config, seed: int, cache_dir: Any) -> dict[str, data.SpeechSet]:
+    """Every out-of-domain source (the bar's and the near misses), in voices training never
+    used, each utterance cut to MAX_SECONDS (the longest item the service sends the model)."""
+    sets = {}
+    for source in [*data.OOD_SOURCES, data.NEAR_MISS_SOURCE]:
+        found = data.build_ood_set(source, config.ood_size, seed, cache_dir)
+        found.audio = [a[: int(MAX_SECONDS * SAMPLE_RATE)] for a in found.audio]
+        sets[source] = found
+    return sets
+
+
+def rate(flags: np.ndarray) -> float:
+    """The share of True (0 for no items: a tiny smoke-test build may have none)."""
+    return round(float(np.mean(flags)), 5) if flags.size else 0.0
+
+
+def domain_evaluation(
+    val: Scored,
+    val_set: data.SpeechSet,
+    test: Scored,
+    test_set: data.SpeechSet,
+    ood: dict[str, Scored],
+    config: Config,
+) -> tuple[dict[str, Any], domain.Calibration, dict[str, float]]:
+    """The rejection threshold and the confidence calibration, both from the validation split,
+    then measured on the test voices and the out-of-domain sources: (extra["domain"], the
+    calibration, metrics)."""
+    threshold = float(np.quantile(val.scores, config.threshold_quantile))
+    val_correct, test_correct = val.correct(val_set.transcripts), test.correct(test_set.transcripts)
+    calibration = domain.fit_platt(val.confidences, val.scores, val_correct)
+    test_flagged = test.scores > threshold
+    bar = np.concatenate([ood[s].scores > threshold for s in data.OOD_SOURCES])
+    unseen_accent = np.array([s.accent == data.TEST_ACCENT for s in test_set.specs])
+    calibrated = domain.calibrated_confidence(test.confidences, test.scores, calibration)
+    ood_confidences = np.concatenate([ood[s].confidences for s in data.OOD_SOURCES])
+    ood_scores = np.concatenate([ood[s].scores for s in data.OOD_SOURCES])
+    metrics = {
+        "in_domain_flagged": rate(test_flagged),
+        "in_domain_flagged_correct": rate(test_flagged[test_correct]),
+        "in_domain_flagged_wrong": rate(test_flagged[~test_correct]),
+        "in_domain_flagged_unseen_accent": rate(test_flagged[unseen_accent]),
+        "in_domain_flagged_unseen_variants": rate(test_flagged[~unseen_accent]),
+        "val_flagged": rate(val.scores > threshold),
+        "ood_flagged": rate(bar),
+        **{f"ood_flagged_{s}": rate(o.scores > threshold) for s, o in ood.items()},
+        "ood_utterances": float(bar.size),
+        "ece_raw": round(domain.expected_calibration_error(test.confidences, test_correct), 5),
+        "ece_calibrated": round(domain.expected_calibration_error(calibrated, test_correct), 5),
+        "ece_raw_val": round(domain.expected_calibration_error(val.confidences, val_correct), 5),
+        "mean_confidence_calibrated": round(float(calibrated.mean()), 5),
+        "ood_mean_confidence": round(float(ood_confidences.mean()), 5),
+        "ood_mean_confidence_calibrated": round(
+            float(domain.calibrated_confidence(ood_confidences, ood_scores, calibration).mean()), 5
+        ),
+        "sentence_accuracy_nearest": rate(
+            np.array([n == r for n, r in zip(test.nearest, test_set.transcripts, strict=True)])
+        ),
+    }
+    per_source: dict[str, dict[str, Any]] = {
+        "validation": {"count": len(val.scores), "flagged": metrics["val_flagged"]},
+        "test": {"count": len(test.scores), "flagged": metrics["in_domain_flagged"]},
+    }
+    for source, scored in ood.items():
+        per_source[source] = {
+            "count": len(scored.scores),
+            "flagged": metrics[f"ood_flagged_{source}"],
+            "in_bar": source in data.OOD_SOURCES,
+        }
+    extra = {
+        "method": "Viterbi over the compiled grammar (the phrases, digit strings of 1-"
+        f"{data.MAX_DIGITS} digit words, silence) finds the nearest in-grammar transcript; "
+        "score = its CTC forward negative log-likelihood per frame + "
+        f"{domain.ENTROPY_WEIGHT} x the mean posterior entropy of the frames whose best symbol "
+        "is not the blank (service/processing/speech_domain.py)",
+        "score": "nats per frame: ~0 for in-grammar speech heard clearly, larger = further from "
+        "anything the model knows; out of domain when score > threshold",
+        "entropy_weight": domain.ENTROPY_WEIGHT,
+        "threshold": round(threshold, 6),
+        "chosen_on": f"the {config.threshold_quantile:.1%} quantile of the scores of the "
+        f"validation split ({len(val.scores)} in-domain utterances; training accents with "
+        "validation variants, voices training never used); the test split and the "
+        "out-of-domain sources play no part in it",
+        "measured": {
+            "in_domain_flagged": metrics["in_domain_flagged"],
+            "out_of_domain_flagged": metrics["ood_flagged"],
+            "in_domain_count": len(test.scores),
+            "out_of_domain_count": int(bar.size),
+            "in_domain": "the test split: voices training never used (an unseen accent and "
+            "unseen variants)",
+            "out_of_domain": f"sources {data.OOD_SOURCES} in voices training never used "
+            "(export/data/speech.py); near_miss is reported apart, not in the bar",
+            "in_domain_flagged_correct": metrics["in_domain_flagged_correct"],
+            "in_domain_flagged_wrong": metrics["in_domain_flagged_wrong"],
+            "per_source": per_source,
+        },
+    }
+    return extra, calibration, metrics
+
+
+def heldout_domain_sample(
+    model: SpeechCTC,
+    heldout: dict[str, np.ndarray],
+    ood_sets: dict[str, data.SpeechSet],
+    config: Config,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """The build's domain scores of the stored in-domain sample, and `ood_heldout` utterances
+    per out-of-domain source stored as 16-bit PCM with the scores of that very audio."""
+    rng = np.random.default_rng([seed, 5])
+    rules = grammar()
+    id_audio = [row[: int(n)] for row, n in zip(heldout["waveform"], heldout["lengths"])]
+    clips, sources, texts = [], [], []
+    for source, found in ood_sets.items():
+        for i in np.sort(rng.choice(len(found.audio), size=config.ood_heldout, replace=False)):
+            clips.append(pcm16(found.audio[i]))
+            sources.append(source)
+            texts.append(found.specs[i].text)
+    ood_audio = [c.astype(np.float32) / 32768.0 for c in clips]
+    waveform = np.zeros((len(clips), max(c.size for c in clips)), dtype=np.int16)
+    for row, clip in enumerate(clips):
+        waveform[row, : clip.size] = clip
+    return {
+        "domain_score": Scored.of(posteriors(model, id_audio), rules).scores,
+        "ood_waveform": waveform,
+        "ood_lengths": np.array([c.size for c in clips], dtype=np.int64),
+        "ood_source": np.array(sources, dtype=np.str_),
+        "ood_text": np.array(texts, dtype=np.str_),
+        "ood_score": Scored.of(posteriors(model, ood_audio), rules).scores,
+    }
+
+
+def pcm16(audio: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] as 16-bit PCM (what a WAV client sends)."""
+    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+
+
 def heldout_sample(test_set: data.SpeechSet, count: int, seed: int) -> dict[str, np.ndarray]:
-    """`count` test utterances of at most 2 s (keeps the file small), both kinds of unseen voice."""
+    """`count` test utterances of at most 2 s (keeps the file small), both kinds of unseen voice;
+    float32 on 16-bit levels (as a WAV client sends them: the file compresses to half)."""
     rng = np.random.default_rng(seed)
     short = [i for i, a in enumerate(test_set.audio) if a.size <= 2 * SAMPLE_RATE]
     chosen = np.sort(rng.choice(short, size=min(count, len(short)), replace=False))
-    waveform, lengths = pad_batch([test_set.audio[i] for i in chosen])
+    waveform, lengths = pad_batch(
+        [pcm16(test_set.audio[i]).astype(np.float32) / 32768.0 for i in chosen]
+    )
     return {
         "waveform": waveform,
         "lengths": lengths,
@@ -556,18 +746,39 @@ def build_with(ctx: BuildContext, config: Config) -> Built:
         name: data.build_split(name, size, ctx.seed, ctx.cache_dir)
         for name, size in (
             ("train", config.train_size),
-            ("val", config.val_size),
+            ("val", max(config.val_size, config.calibration_size)),
             ("test", config.test_size),
         )
     }
+    val = splits["val"]
+    first = slice(0, config.val_size)  # the same utterances whatever calibration_size is
+    monitor = data.SpeechSet(val.audio[first], val.transcripts[first], val.specs[first])
     synth_seconds = time.perf_counter() - started
     model = SpeechCTC(config, len(data.VOCABULARY))
-    history = train(model, splits["train"], splits["val"], config, ctx.seed)
+    history = train(model, splits["train"], monitor, config, ctx.seed)
     train_seconds = time.perf_counter() - started - synth_seconds
-    metrics = test_metrics(model, splits["test"])
+    test_log_probs = posteriors(model, splits["test"].audio)
+    metrics = test_metrics(splits["test"], greedy(test_log_probs))
     metrics["val_cer"] = round(history["val_cer"][-1], 5)
     metrics["val_wer"] = round(history["val_wer"][-1], 5)
     padding_diff = padding_check(model, splits["test"])
+
+    domain_started = time.perf_counter()
+    ood_sets = out_of_domain_sets(config, ctx.seed, ctx.cache_dir)
+    rules = grammar()
+    scoring_started = time.perf_counter()
+    test_scored = Scored.of(test_log_probs, rules)
+    scoring_ms = 1000 * (time.perf_counter() - scoring_started) / len(test_log_probs)
+    domain_extra, calibration, domain_metrics = domain_evaluation(
+        Scored.of(posteriors(model, val.audio), rules),
+        val,
+        test_scored,
+        splits["test"],
+        {s: Scored.of(posteriors(model, found.audio), rules) for s, found in ood_sets.items()},
+        config,
+    )
+    metrics.update(domain_metrics)
+    metrics["domain_ms_per_utterance"] = round(scoring_ms, 3)
 
     curve = plot_curves(
         ctx.workdir / "training_curve.png",
@@ -576,6 +787,8 @@ def build_with(ctx: BuildContext, config: Config) -> Built:
         secondary={"val CER": history["val_cer"], "val WER": history["val_wer"]},
     )
     heldout = heldout_sample(splits["test"], config.heldout_size, ctx.seed)
+    heldout.update(heldout_domain_sample(model, heldout, ood_sets, config, ctx.seed))
+    domain_seconds = time.perf_counter() - domain_started
     vocab = len(data.VOCABULARY)
     graph = GraphExport(
         module=model.eval(),
@@ -602,6 +815,24 @@ def build_with(ctx: BuildContext, config: Config) -> Built:
             "specs (export/data/speech.py)",
             "espeak_ng_version": data._espeak_version(),
             "splits": {name: s.describe() for name, s in splits.items()},
+            "val_roles": f"the first {config.val_size} validation utterances are scored after "
+            f"every epoch; all {len(val.audio)} choose the rejection threshold and fit the "
+            "confidence calibration",
+            "out_of_domain": {
+                "sets": {source: found.describe() for source, found in ood_sets.items()},
+                "sources": "reviews: Rotten Tomatoes snippets of "
+                f"{data.REVIEW_WORDS[0]}-{data.REVIEW_WORDS[1]} words (export/data/reviews.py); "
+                f"everyday: {len(data.EVERYDAY_SENTENCES)} everyday English sentences; "
+                f"foreign: {sum(map(len, data.FOREIGN_SENTENCES.values()))} sentences in "
+                f"{len(data.FOREIGN_SENTENCES)} other languages read by their own espeak-ng "
+                f"voices; spelled: {len(data.SPELLED_WORDS)} words read letter by letter; "
+                f"near_miss (not in the bar): {len(data.NEAR_MISS_TEXTS)} commands and words "
+                "close to the grammar",
+                "voices": "English: the test voices (the unseen accent, the unseen variants); "
+                "other languages: their own voice, plain or with a test variant",
+                "augmentation": "as the test split; cut to "
+                f"{MAX_SECONDS:g} s (the longest item the service sends the model)",
+            },
             "content": f"digit strings (1-{data.MAX_DIGITS} of zero..nine) and "
             f"{len(data.PHRASES)} command phrases, half each",
             "voices": {
@@ -652,6 +883,18 @@ def build_with(ctx: BuildContext, config: Config) -> Built:
             "decoder": "ctc-greedy",
             "phrases": list(data.PHRASES),
             "digit_words": list(data.DIGIT_WORDS),
+            "max_digits": data.MAX_DIGITS,
+            "domain": domain_extra,
+            "confidence_calibration": {
+                **calibration.to_spec(),
+                "formula": "confidence = sigmoid(a * logit(greedy confidence) + b - c * "
+                "domain score); greedy confidence = exp(mean best-path log-prob)",
+                "fit_on": f"the validation split ({config.calibration_size} utterances): "
+                "whether the greedy transcript is exactly right",
+                "ece_before": metrics["ece_raw"],
+                "ece_after": metrics["ece_calibrated"],
+                "ece_on": f"the test split ({config.test_size} utterances), 10 equal bins",
+            },
             "frame_rate_hz": SAMPLE_RATE / HOP / SUBSAMPLE,
             "frame_lengths_formula": f"(lengths // {HOP}) // {SUBSAMPLE} + 1",
             "padding_frames": f"frames past frame_lengths are blank (log-prob 0, others "
@@ -665,6 +908,7 @@ def build_with(ctx: BuildContext, config: Config) -> Built:
             "final_val_loss": round(history["val_loss"][-1], 4),
             "synthesis_seconds": round(synth_seconds, 1),
             "fit_seconds": round(train_seconds, 1),
+            "domain_seconds": round(domain_seconds, 1),
             "padding_max_abs_diff": padding_diff,
             "optimizer": "AdamW + OneCycle, CTC loss (zero_infinity), grad clip 1.0",
             "parameters": int(sum(p.numel() for p in model.parameters())),

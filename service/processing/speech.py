@@ -257,10 +257,12 @@ def pad_batch(clips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Transcript:
-    """A decoded utterance: text and a confidence in [0, 1]."""
+    """A decoded utterance: text and a confidence in [0, 1] (and, for a model with a domain
+    verdict, its score: service/processing/speech_domain.py)."""
 
     text: str
     confidence: float
+    domain_score: float | None = None
 
 
 def ctc_greedy_decode(

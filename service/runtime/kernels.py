@@ -27,6 +27,7 @@ from service.core import datatypes
 from service.core.errors import InvalidInput
 from service.processing import caption_steps, captioning
 from service.processing.speech import SAMPLE_RATE, Transcript, ctc_greedy_transcripts, pad_batch
+from service.processing.speech_domain import SpeechDomain
 from service.processing.text import collate_padded
 from service.runtime.sessions import CPU, LoadedGraph, load_graph
 from service.store.specs import ModelSpec, TensorSpec
@@ -258,12 +259,29 @@ class SpeechRecognizer(Kernel):
     def bucket(cls, item: np.ndarray) -> Hashable:
         return bisect.bisect_left(cls.BUCKETS_S, len(item) / SAMPLE_RATE)
 
+    def __init__(self, spec: ModelSpec, *args: Any, **kwargs: Any) -> None:
+        super().__init__(spec, *args, **kwargs)
+        self.domain = SpeechDomain.from_spec(spec.vocabulary or [], spec.extra)
+        """The out-of-vocabulary verdict and confidence calibration; None without one."""
+
     def run(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Any]:
         waveform, lengths = pad_batch(items)
         log_probs, frame_lengths = self.graphs["model"].run(
             ["log_probs", "frame_lengths"], {"waveform": waveform, "lengths": lengths}
         )
-        return list(ctc_greedy_transcripts(log_probs, frame_lengths, self.spec.vocabulary or []))
+        greedy = ctc_greedy_transcripts(log_probs, frame_lengths, self.spec.vocabulary or [])
+        if self.domain is None:
+            return list(greedy)
+        judged = []
+        for row, frames, transcript in zip(log_probs, frame_lengths, greedy, strict=True):
+            if int(frames) < 1:  # nothing heard: nothing to judge
+                judged.append(transcript)
+                continue
+            assessment = self.domain.assess(row[: int(frames)], transcript.confidence)
+            judged.append(
+                Transcript(transcript.text, float(assessment.confidence), float(assessment.score))
+            )
+        return judged
 
     def warmup_items(self) -> list[tuple[Hashable, list[Any]]]:
         clip = np.zeros(SAMPLE_RATE, np.float32)
@@ -271,11 +289,12 @@ class SpeechRecognizer(Kernel):
 
     @staticmethod
     def to_wire(result: Any) -> Any:
-        return [result.text, result.confidence]
+        return [result.text, result.confidence, result.domain_score]
 
     @staticmethod
     def from_wire(data: Any) -> Any:
-        return Transcript(str(data[0]), float(data[1]))
+        score = data[2] if len(data) > 2 else None
+        return Transcript(str(data[0]), float(data[1]), None if score is None else float(score))
 
 
 class Captioner(Kernel):

@@ -1,4 +1,8 @@
-"""Speech recognition: a WAV clip -> its transcript (the LSTM-CTC model, imported CTC models)."""
+"""Speech recognition: a WAV clip -> its transcript (the LSTM-CTC model, imported CTC models).
+
+Length: the task's three faces (/v1 answers, V2 infer and its streamed parts, the JSON wire
+models) over one set of audio checks; the segmenting machinery itself is transcription.py.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ from pydantic import Field
 from service.core.errors import InvalidInput
 from service.core.model_settings import ModelSettings
 from service.core.streaming import StreamClock
-from service.core.wire import Probability, ResponseModel, TaskAnswer
+from service.core.wire import Absent, Probability, ResponseModel, TaskAnswer, absent
 from service.processing.speech import (
     RATE_RANGE,
     SAMPLE_RATE,
+    Transcript,
     WavStream,
     decode_wav,
     to_model_rate,
@@ -26,13 +31,20 @@ from service.runtime.kernels import SpeechRecognizer
 from service.store.importing.contracts import prepare_speech
 from service.store.importing.importer import ImportRule
 from service.store.specs import ModelSpec
-from service.tasks.base import Task
+from service.tasks.base import (
+    REJECT_HELP,
+    REJECT_PARAMETER,
+    Task,
+    domain_outputs,
+    judged,
+    verdict_tensors,
+)
 from service.tasks.tensors import InferRequest, Part, Signature, Tensor, batch_of, check_rows
 from service.tasks.transcription import (
-    SegmentResult,
     Transcription,
     check_recording,
     joined,
+    segment_of,
     utterance_seconds,
 )
 
@@ -71,10 +83,21 @@ def decode(runner: Runner, wav: bytes) -> tuple[np.ndarray, int]:
     return audio, rate
 
 
-def one_segment(transcript: Any, seconds: float) -> dict[str, Any]:
+def one_segment(spec: ModelSpec, transcript: Transcript, seconds: float) -> dict[str, Any]:
     """The answer of audio sent to the model whole (one utterance)."""
-    result = SegmentResult(0, 0.0, seconds, transcript.text, float(transcript.confidence))
+    result = segment_of(spec, 0, 0.0, seconds, transcript)
     return joined([result], seconds) | {"text": transcript.text}
+
+
+KNOWS = "digit strings and the command phrases GET /v1/models lists under understands"
+
+
+def refuse_outside(spec: ModelSpec, answer: dict[str, Any], reject: bool) -> dict[str, Any]:
+    """With reject_out_of_domain, a transcript any of whose speech is outside the model's domain
+    is refused (422 / INVALID_ARGUMENT); else the answer, as it is."""
+    if reject and answer.get("in_domain") is False:
+        judged(spec, answer["confidence"], answer["domain_score"], True, KNOWS)
+    return answer
 
 
 async def transcribe(
@@ -83,10 +106,12 @@ async def transcribe(
     model: str | None = None,
     deadline: float | None = None,
     version: str | None = None,
+    reject_out_of_domain: bool = False,
 ) -> dict[str, Any]:
     """WAV bytes (any common rate, mono or stereo) -> {"text", "confidence", "duration_s",
-    "segments"}. Audio up to the model's utterance limit is one item; longer audio is split at
-    silences (service/tasks/transcription.py)."""
+    "segments"} (and "in_domain", "domain_score" for a model with a verdict). Audio up to the
+    model's utterance limit is one item; longer audio is split at silences
+    (service/tasks/transcription.py)."""
     name = model or DEFAULT_MODEL
     runner = serving.runner(name, NAME, version)
 
@@ -102,7 +127,8 @@ async def transcribe(
         if rate is None:  # one utterance: one item, as before
             clip = audio
             transcript = await runner.submit(clip, runner.bucket(clip), deadline)
-            answer = one_segment(transcript, len(clip) / SAMPLE_RATE)
+            answer = one_segment(runner.spec, transcript, len(clip) / SAMPLE_RATE)
+            answer = refuse_outside(runner.spec, answer, reject_out_of_domain)
             return {"model": runner.spec.name, "version": runner.spec.version, **answer}
     # NOTE: outside the admission scope: each segment is admitted as a request of its own, so
     # a long recording never looks like one request stuck in the queue
@@ -113,6 +139,7 @@ async def transcribe(
         answer = await transcription.all()
     finally:
         transcription.close()
+    answer = refuse_outside(runner.spec, answer, reject_out_of_domain)
     return {"model": runner.spec.name, "version": runner.spec.version, **answer}
 
 
@@ -267,7 +294,15 @@ def signature(runner: Runner) -> Signature:
         )
         texts = np.array([t.text.encode() for t in transcripts], dtype=object)
         confidence = np.array([t.confidence for t in transcripts], dtype=np.float32)
-        return {"transcript": texts, "confidence": confidence}
+        verdicts = domain_outputs(
+            runner.spec,
+            confidence.tolist(),
+            [t.domain_score for t in transcripts],
+            request,
+            KNOWS,
+        )
+        verdicts.pop("confidence", None)  # already an output of this task
+        return {"transcript": texts, "confidence": confidence, **verdicts}
 
     async def stream(serving: ServingState, runner: Runner, request: InferRequest):
         """One recording of any length (one waveform row), answered segment by segment as
@@ -294,6 +329,7 @@ def signature(runner: Runner) -> Signature:
             yield audio.tobytes()
 
         decoder = PcmStream(SAMPLE_RATE, "f32le")
+        judging = bool(verdict_tensors(runner.spec))
         events = stream_transcription(
             serving, runner, source(), decoder, request.deadline, whole_if_short=True
         )
@@ -302,6 +338,10 @@ def signature(runner: Runner) -> Signature:
                 "transcript": np.array([answer["text"].encode()], dtype=object),
                 "confidence": np.array([answer["confidence"]], dtype=np.float32),
             }
+            if judging:  # a part without speech (or a refused segment) has nothing judged
+                outputs["in_domain"] = np.array([answer.get("in_domain", True)], dtype=bool)
+                score = answer.get("domain_score", np.nan)
+                outputs["domain_score"] = np.array([score], dtype=np.float32)
             if kind == "segment":
                 parameters: dict[str, bool | int | float | str] = {
                     "segment_index": answer["index"],
@@ -319,13 +359,18 @@ def signature(runner: Runner) -> Signature:
         parameters={
             "stream": "ModelStreamInfer only: true answers one recording (one waveform row, any "
             "length) segment by segment, then whole (parameters segment_index, "
-            "segment_start_s, segment_end_s; the last response: segments)"
+            "segment_start_s, segment_end_s; the last response: segments)",
+            **({REJECT_PARAMETER: REJECT_HELP} if verdict_tensors(runner.spec) else {}),
         },
         inputs=[
             Tensor("waveform", "FP32", [-1, -1], description=f"mono {SAMPLE_RATE} Hz, [-1, 1]"),
             Tensor("lengths", "INT64", [-1], optional=True, description="valid samples per row"),
         ],
-        outputs=[Tensor("transcript", "BYTES", [-1]), Tensor("confidence", "FP32", [-1])],
+        outputs=[
+            Tensor("transcript", "BYTES", [-1]),
+            Tensor("confidence", "FP32", [-1]),
+            *[t for t in verdict_tensors(runner.spec) if t.name != "confidence"],
+        ],
         infer=infer,
     )
 
@@ -346,13 +391,23 @@ class TranscribedSegment(ResponseModel):
     confidence: Probability
     error: str | None = None
     """Why this segment has no transcript (the others are unaffected)."""
+    in_domain: bool | Absent = absent()
+    """Only for a model with a domain verdict: false when this speech is outside what the model
+    knows (GET /v1/models: understands)."""
+    domain_score: float | Absent = absent()
 
 
 class TranscribeResult(TaskAnswer):
     text: str
     """The segments' texts in order."""
     confidence: Probability
-    """The segments' confidences, weighted by their length (0 without speech)."""
+    """The segments' confidences, weighted by their length (0 without speech); calibrated where
+    the model's spec says so."""
+    in_domain: bool | Absent = absent()
+    """Only for a model with a domain verdict: false when any segment's speech is outside what
+    the model knows; ?reject_out_of_domain=true turns that into a 422."""
+    domain_score: float | Absent = absent()
+    """The highest of the segments' domain scores."""
     duration_s: Seconds
     """The audio's length."""
     segments: list[TranscribedSegment]

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -31,9 +31,11 @@ import numpy as np
 from service.core.errors import InvalidInput, PayloadTooLarge
 from service.core.metrics import note_dropped_segments, observe_segment_result, observe_segments
 from service.core.model_settings import ModelSettings
-from service.processing.speech import SAMPLE_RATE, Resampler, to_model_rate
+from service.processing.speech import SAMPLE_RATE, Resampler, Transcript, to_model_rate
 from service.processing.vad import Segment, Segmenter
 from service.runners.base import Runner
+from service.store.specs import ModelSpec
+from service.tasks.base import judged
 
 T = TypeVar("T")
 Offload = Callable[[Callable[[], T]], Awaitable[T]]
@@ -71,6 +73,8 @@ class SegmentResult:
     confidence: float
     error: str = ""
     """Why this segment has no transcript (the others are unaffected)."""
+    verdict: dict[str, Any] = field(default_factory=dict)
+    """in_domain and domain_score, for a model with a domain verdict (tasks.base.judged)."""
 
     def answer(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,7 +86,18 @@ class SegmentResult:
         }
         if self.error:
             out["error"] = self.error
+        out.update((k, v) for k, v in self.verdict.items() if k != "confidence")
         return out
+
+
+def segment_of(
+    spec: ModelSpec, index: int, start_s: float, end_s: float, transcript: Transcript
+) -> SegmentResult:
+    """A segment's result from its transcript, with the model's verdict on it."""
+    verdict = judged(spec, float(transcript.confidence), transcript.domain_score)
+    return SegmentResult(
+        index, start_s, end_s, transcript.text, float(transcript.confidence), verdict=verdict
+    )
 
 
 def joined(segments: list[SegmentResult], duration_s: float) -> dict[str, Any]:
@@ -95,12 +110,17 @@ def joined(segments: list[SegmentResult], duration_s: float) -> dict[str, Any]:
         if spoken and sum(weights) > 0
         else 0.0
     )
-    return {
+    answer = {
         "text": " ".join(s.text for s in spoken),
         "confidence": round(confidence, 6),
         "duration_s": round(duration_s, 3),
         "segments": [s.answer() for s in segments],
     }
+    judged = [s.verdict for s in spoken if "in_domain" in s.verdict]
+    if judged:  # the whole is outside the domain when any of its speech is
+        answer["in_domain"] = all(v["in_domain"] for v in judged)
+        answer["domain_score"] = max(v["domain_score"] for v in judged)
+    return answer
 
 
 class Transcription:
@@ -223,9 +243,7 @@ class Transcription:
                 return SegmentResult(segment.index, start_s, end_s, "", 0.0, error.message)
         spec = self.runner.spec
         observe_segment_result(spec.name, spec.version, time.perf_counter() - closed_at)
-        return SegmentResult(
-            segment.index, start_s, end_s, transcript.text, float(transcript.confidence)
-        )
+        return segment_of(spec, segment.index, start_s, end_s, transcript)
 
     async def results(self) -> AsyncIterator[SegmentResult]:
         """Each segment's result in order, as soon as it and the ones before are done; ends

@@ -137,3 +137,49 @@ def test_synthesis_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     again = speech.synthesize_all(specs, tmp_path, workers=2)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("source", [*speech.OOD_SOURCES, speech.NEAR_MISS_SOURCE])
+def test_out_of_domain_specs_are_outside_the_grammar_in_unseen_voices(source: str) -> None:
+    specs = speech.make_ood_specs(source, 60, seed=0)
+    assert specs == speech.make_ood_specs(source, 60, seed=0)  # seeded
+    trained = set(speech.split_voices("train")) | set(speech.split_voices("val"))
+    digit_words = set(speech.DIGIT_WORDS)
+    for spec in specs:
+        assert (spec.accent, spec.variant) not in trained and not spec.variant_def
+        text = speech.normalize_transcript(spec.text)
+        assert text and text not in speech.PHRASES
+        assert not set(text.split()) <= digit_words
+        assert speech.SPEED_RANGE[0] <= spec.speed <= speech.SPEED_RANGE[1]
+    if source == "foreign":
+        assert {s.accent for s in specs} <= set(speech.FOREIGN_SENTENCES)
+        assert all(s.text in speech.FOREIGN_SENTENCES[s.accent] for s in specs)
+        assert len({s.accent for s in specs}) >= 5
+    elif source == "spelled":
+        assert all(set(s.text.split()) <= set("abcdefghijklmnopqrstuvwxyz") for s in specs)
+    elif source == "reviews":
+        low, high = speech.REVIEW_WORDS
+        assert all(low <= len(s.text.split()) <= high for s in specs)
+        assert len({s.text for s in specs}) == len(specs)
+
+
+def test_augmented_spec_keeps_every_split_unchanged() -> None:
+    """make_specs draws through augmented_spec; the first val utterances stay the same
+    whatever the count (the validation monitor is the first val_size of the larger set)."""
+    assert speech.make_specs("val", 1000, seed=0)[:200] == speech.make_specs("val", 200, seed=0)
+    spec = speech.make_specs("test", 1, seed=0)[0]  # as drawn before augmented_spec existed
+    assert (spec.text, spec.voice, spec.speed, spec.pitch) == (
+        "resume",
+        "en-gb-scotland+whisper",
+        193,
+        35,
+    )
+    assert (spec.peak_db, spec.snr_db, spec.seed) == (-17.809, 26.539, 254136833)
+
+
+@needs_espeak
+def test_out_of_domain_set_is_rendered_like_the_test_split(tmp_path: Path) -> None:
+    found = speech.build_ood_set("foreign", 3, seed=0, cache_dir=tmp_path)
+    assert len(found.audio) == 3 and all(a.dtype == np.float32 for a in found.audio)
+    assert all(0.3 < a.size / speech.SAMPLE_RATE < 8.0 for a in found.audio)
+    assert found.transcripts == [speech.normalize_transcript(s.text) for s in found.specs]

@@ -145,3 +145,65 @@ def test_v2_outputs_carry_the_verdict(server, transport) -> None:
 
 def _outputs(metadata: Any) -> list[Any]:
     return metadata["outputs"] if isinstance(metadata, dict) else list(metadata.outputs)
+
+
+def spoken(text: str) -> bytes:
+    """espeak-ng's default voice saying `text`, as a WAV file."""
+    import subprocess
+
+    return subprocess.run(
+        ["espeak-ng", "--stdout", text], capture_output=True, check=True, timeout=30
+    ).stdout
+
+
+def test_speech_outside_the_vocabulary_is_flagged_on_every_transport(server, stub) -> None:
+    threshold = latest_specs()["speech-ctc"].extra["domain"]["threshold"]
+
+    def transcribe(wav: bytes, **params: Any) -> requests.Response:
+        return requests.post(
+            f"{server.url}/v1/transcribe",
+            params=params,
+            data=wav,
+            headers={"content-type": "audio/wav"},
+            timeout=30,
+        )
+
+    inside, outside = spoken("four two seven"), spoken("hello, how are you today")
+    good = transcribe(inside).json()
+    assert good["text"] == "four two seven" and good["in_domain"] is True
+    assert good["segments"][0]["in_domain"] is True and good["domain_score"] <= threshold
+    bad = transcribe(outside).json()
+    assert bad["in_domain"] is False and bad["segments"][0]["in_domain"] is False
+    assert bad["confidence"] < good["confidence"]  # calibrated: the nonsense is not trusted
+    refused = transcribe(outside, reject_out_of_domain="true")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "out_of_domain"
+    both = transcribe(inside, reject_out_of_domain="true", stream="true")
+    assert both.status_code == 400 and "stream" in both.json()["error"]["message"]
+    # gRPC task message
+    answer = stub.Transcribe(pb.TranscribeRequest(audio=outside), timeout=30)
+    assert answer.HasField("in_domain") and not answer.in_domain
+    assert answer.segments[0].HasField("in_domain") and not answer.segments[0].in_domain
+    with pytest.raises(grpc.RpcError) as rpc_refused:
+        stub.Transcribe(pb.TranscribeRequest(audio=outside, reject_out_of_domain=True), timeout=30)
+    assert rpc_refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # V2: one row in, one out
+    from service.processing.speech import load_audio
+
+    rows = [load_audio(inside), load_audio(outside)]
+    width = max(len(r) for r in rows)
+    waveform = np.zeros((2, width), np.float32)
+    for i, row in enumerate(rows):
+        waveform[i, : len(row)] = row
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    try:
+        tensors = [
+            grpcclient.InferInput("waveform", list(waveform.shape), "FP32"),
+            grpcclient.InferInput("lengths", [2], "INT64"),
+        ]
+        tensors[0].set_data_from_numpy(waveform)
+        tensors[1].set_data_from_numpy(np.array([len(r) for r in rows], np.int64))
+        wanted = [grpcclient.InferRequestedOutput(n) for n in ("in_domain", "domain_score")]
+        result = client.infer("speech-ctc", tensors, outputs=wanted)
+        assert result.as_numpy("in_domain").tolist() == [True, False]
+    finally:
+        client.close()

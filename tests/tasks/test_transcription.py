@@ -51,6 +51,7 @@ class FakeSpec:
     name: str = MODEL
     version: str = VERSION
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # no domain verdict
 
 
 class FakeRunner:

@@ -98,6 +98,7 @@ class TaskServicer(deepserve_pb2_grpc.InferenceServicer):
             request.model or None,
             deadline_of(context),
             request.version or None,
+            request.reject_out_of_domain,
         )
         return transcribe_response(answer)
 

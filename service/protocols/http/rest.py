@@ -206,10 +206,18 @@ def build_app(state: StateGetter) -> Starlette:
         deadline = deadline_of(request)
         model = request.query_params.get("model")
         version = request.query_params.get("version")
+        reject = flag_param(request, REJECT_PARAMETER)
         if flag_param(request, "stream"):
+            if reject:
+                raise InvalidInput(
+                    "reject_out_of_domain refuses a whole answer; a stream answers as it goes, "
+                    "with in_domain on each segment: leave one of them out"
+                )
             return await transcribe_events(request, serving, model, version, deadline)
         data = await read_media(request, "audio", ("audio/",), *media_limits(serving))
-        result = await speech_recognition.transcribe(serving, data, model, deadline, version)
+        result = await speech_recognition.transcribe(
+            serving, data, model, deadline, version, reject
+        )
         return answer(wire.TranscribeResult.model_validate(result))
 
     async def transcribe_events(

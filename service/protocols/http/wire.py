@@ -184,6 +184,10 @@ class TranscribeQuery(RequestModel):
     """true: answer text/event-stream (server-sent events): a `segment` event per stretch of
     speech as it is transcribed, then a `transcript` event with the whole answer; an `error`
     event if it fails midway. A raw WAV body is transcribed while it uploads."""
+    reject_out_of_domain: bool = False
+    """true: an input the model judges outside its domain (a model with a verdict: see
+    GET /v1/models) is refused with 422 instead of answered with in_domain=false (not
+    with stream=true: each segment carries its in_domain)."""
 
 
 # --- caption: image -> caption -------------------------------------------------------------------
