@@ -61,6 +61,7 @@ class Admission:
         # ticket -> (admitted at, items); insertion order = age order
         self._inside: dict[int, tuple[float, int]] = {}
         self._items = 0  # the items of every request inside
+        self._multi: dict[int, int] = {}  # ticket -> items, of the requests of several items
         self._tickets = itertools.count()
         self._answered: deque[tuple[float, int]] = deque()  # (left at, items), oldest first
         self._answered_items = 0
@@ -95,10 +96,23 @@ class Admission:
         return self._items
 
     def oldest_wait(self, now: float | None = None) -> float:
-        """Seconds the oldest admitted request has been inside (0 when none)."""
-        if not self._inside:
-            return 0.0
-        return (now or self.clock()) - next(iter(self._inside.values()))[0]
+        """Seconds the oldest admitted one-item request has been inside (0 when none). A
+        request of many items is expected to take as long as they do, so it is no sign of a
+        stall; the one-item requests behind it show one if there is."""
+        for since, items in self._inside.values():  # oldest first
+            if items == 1:
+                return (now or self.clock()) - since
+        return 0.0
+
+    def _load_seen_by(self, items: int, limit: int) -> int:
+        """The items inside as a new request of `items` weighs them against the wait limit: all
+        of them for a request of many items; for a one-item request, each request of many counts
+        at most half the limit, so that explanations slow other traffic down but never shut it
+        out (it waits behind their items, as the batcher queues them)."""
+        if items > 1 or not self._multi:
+            return self._items
+        cap = max(1, limit // 2)
+        return self._items - sum(max(0, n - cap) for n in self._multi.values())
 
     @contextmanager
     def admit(self, items: int = 1) -> Iterator[None]:
@@ -120,7 +134,12 @@ class Admission:
                 f"model {self.name} has {self._items} requests in progress "
                 f"(limit {self.max_requests}{heavy}); retry later",
             )
-        if self.max_wait_s > 0 and self._inside and self._items + items > self.limit(now):
+        limit = self.limit(now)
+        if (
+            self.max_wait_s > 0
+            and self._inside
+            and self._load_seen_by(items, limit) + items > limit
+        ):
             also = "" if items == 1 else f" and this one, which counts as {items},"
             self._refuse(
                 "queue_wait",
@@ -136,11 +155,14 @@ class Admission:
         ticket = next(self._tickets)
         self._inside[ticket] = (now, items)
         self._items += items
+        if items > 1:
+            self._multi[ticket] = items
         try:
             with self.request_scope():
                 yield
         finally:
             del self._inside[ticket]
+            self._multi.pop(ticket, None)
             self._items -= items
             self._last_left = self.clock()
         # answered, not failed: the rate is capacity

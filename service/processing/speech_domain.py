@@ -463,8 +463,10 @@ class SpeechDomain:
     ) -> SpeechDomain | None:
         """None when the spec has no extra["domain"] (a model built before it, or imported)."""
         domain = extra.get("domain")
-        if not isinstance(domain, Mapping):
+        if not isinstance(domain, Mapping) or not isinstance(domain.get("threshold"), int | float):
             return None
+        if domain.get("score") == "confidence" or not extra.get("phrases"):
+            return None  # an import's --domain-threshold judges the confidence alone
         params = extra.get("confidence_calibration")
         return cls(
             grammar_from_spec(vocabulary, extra),

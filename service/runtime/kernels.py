@@ -222,6 +222,8 @@ class ImageClassifier(Kernel):
 
     @staticmethod
     def from_wire(data: Any) -> Any:
+        if not data or not isinstance(data[0], list):  # a runner of the flat format before it
+            return Classified(np.asarray(data, dtype=np.float32))
         distance = None if data[1] is None else float(data[1])
         return Classified(np.asarray(data[0], dtype=np.float32), distance)
 
@@ -277,7 +279,11 @@ class SpeechRecognizer(Kernel):
             if int(frames) < 1:  # nothing heard: nothing to judge
                 judged.append(transcript)
                 continue
-            assessment = self.domain.assess(row[: int(frames)], transcript.confidence)
+            try:
+                assessment = self.domain.assess(row[: int(frames)], transcript.confidence)
+            except ValueError:  # past the grammar check's frame limit: answered, not judged
+                judged.append(transcript)
+                continue
             judged.append(
                 Transcript(transcript.text, float(assessment.confidence), float(assessment.score))
             )

@@ -61,6 +61,16 @@ def domain_of(spec: ModelSpec) -> dict[str, Any] | None:
     return domain
 
 
+def outside_by(spec: ModelSpec, score: float) -> float:
+    """How far a domain score is past the model's threshold, on the outside's side (> 0:
+    outside); 0 for a model without a verdict."""
+    domain = domain_of(spec)
+    if domain is None:
+        return 0.0
+    threshold = float(domain["threshold"])
+    return threshold - score if domain.get("outside") == "below" else score - threshold
+
+
 def judged(
     spec: ModelSpec,
     confidence: float,
@@ -109,22 +119,30 @@ def verdict_tensors(spec: ModelSpec) -> list[Tensor]:
     ]
 
 
+def reject_parameter(request: InferRequest) -> bool:
+    """The V2 request parameter reject_out_of_domain (a JSON boolean; null or absent: false),
+    read before anything runs."""
+    value = request.parameters.get(REJECT_PARAMETER)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidInput(
+            f"parameter {REJECT_PARAMETER} must be true or false (a JSON boolean), "
+            f"got {value!r:.40}"
+        )
+    return value
+
+
 def domain_outputs(
     spec: ModelSpec,
     confidences: Sequence[float],
     scores: Sequence[float | None],
-    request: InferRequest,
+    reject: bool,
     knows: str = "its training data",
 ) -> dict[str, np.ndarray]:
-    """The V2 verdict outputs of a batch (`verdict_tensors`); with the request parameter
-    reject_out_of_domain true, a batch with any row outside the domain is refused, naming the
-    rows."""
-    reject = request.parameters.get(REJECT_PARAMETER, False)
-    if not isinstance(reject, bool):
-        raise InvalidInput(
-            f"parameter {REJECT_PARAMETER} must be true or false (a JSON boolean), "
-            f"got {reject!r:.40}"
-        )
+    """The V2 verdict outputs of a batch (`verdict_tensors`); with `reject` (the request's
+    reject_out_of_domain), a batch with any row outside the domain is refused, naming the rows.
+    A row with nothing to judge (no speech) is in the domain, domain_score 0."""
     if domain_of(spec) is None:
         return {}
     verdicts = [judged(spec, c, s) for c, s in zip(confidences, scores, strict=True)]
@@ -139,7 +157,5 @@ def domain_outputs(
     return {
         "confidence": np.array([v["confidence"] for v in verdicts], dtype=np.float32),
         "in_domain": np.array([v.get("in_domain", True) for v in verdicts], dtype=bool),
-        "domain_score": np.array(
-            [v.get("domain_score", np.nan) for v in verdicts], dtype=np.float32
-        ),
+        "domain_score": np.array([v.get("domain_score", 0.0) for v in verdicts], dtype=np.float32),
     }

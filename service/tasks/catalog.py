@@ -7,6 +7,7 @@ from typing import Any
 
 from service.runners.repository import ServingState
 from service.tasks import registry
+from service.tasks.base import domain_of
 
 
 async def list_models(serving: ServingState) -> list[dict[str, Any]]:
@@ -30,7 +31,8 @@ async def show_model(
 
 
 def described(serving: ServingState, name: str, version: str | None) -> dict[str, Any]:
-    """The runner's description plus what its task says the model understands."""
+    """The runner's description plus what its task says the model understands, and its domain
+    verdict (threshold, which side is outside, method, measured rates) where it has one."""
     found = serving.describe(name, version)
     spec = serving.runner(name, version=version).spec
     task = registry.TASKS.get(spec.task)
@@ -38,4 +40,12 @@ def described(serving: ServingState, name: str, version: str | None) -> dict[str
         understood = task.understands(spec)
         if understood is not None:
             found["understands"] = understood
+    domain = domain_of(spec)
+    if domain is not None:  # what an answer's domain_score is measured against
+        found["domain"] = {
+            key: domain[key]
+            for key in ("threshold", "outside", "method", "score", "chosen_on", "measured")
+            if key in domain
+        }
+        found["domain"].setdefault("outside", "above")
     return found

@@ -22,6 +22,7 @@ from service.tasks.base import (
     check_range,
     domain_outputs,
     judged,
+    reject_parameter,
     verdict_tensors,
 )
 from service.tasks.tensors import InferRequest, Signature, Tensor, image_batch
@@ -74,6 +75,7 @@ def signature(runner: Runner) -> Signature:
     inner = [int(d) for d in runner.spec.graphs["encoder"].inputs[0].shape[1:]]
 
     async def infer(serving: ServingState, runner: Runner, request: InferRequest):
+        reject = reject_parameter(request)  # before anything runs
         images = image_batch(request, runner, inner)
         beam = request.parameters.get("beam", 1)
         if not isinstance(beam, int) or isinstance(beam, bool):
@@ -86,7 +88,7 @@ def signature(runner: Runner) -> Signature:
             runner.spec,
             [math.exp(r.score) for r in results],
             [r.domain_distance for r in results],
-            request,
+            reject,
             KNOWS,
         )
         return {

@@ -29,6 +29,7 @@ from service.tasks.base import (
     check_range,
     domain_outputs,
     judged,
+    reject_parameter,
     verdict_tensors,
 )
 from service.tasks.tensors import InferRequest, Signature, Tensor, image_batch
@@ -105,6 +106,7 @@ def signature(runner: Runner) -> Signature:
     inner = [int(d) for d in image.shape[1:]]
 
     async def infer(serving: ServingState, runner: Runner, request: InferRequest):
+        reject = reject_parameter(request)  # before anything runs
         images = image_batch(request, runner, inner)
         rows: list[Classified] = await asyncio.gather(
             *(runner.submit(row, deadline=request.deadline) for row in images)
@@ -114,7 +116,7 @@ def signature(runner: Runner) -> Signature:
             runner.spec,
             probabilities.max(axis=1).tolist(),
             [r.domain_distance for r in rows],
-            request,
+            reject,
             KNOWS.get(runner.spec.name, "the images it was trained on"),
         )
         return {"probabilities": probabilities, **verdicts}

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Protocol
 import numpy as np
 from pydantic import Field
 
-from service.core.errors import InvalidInput
+from service.core.errors import InvalidInput, OutOfDomain
 from service.core.model_settings import ModelSettings
 from service.core.streaming import StreamClock
 from service.core.wire import Absent, Probability, ResponseModel, TaskAnswer, absent
@@ -36,7 +36,7 @@ from service.tasks.base import (
     REJECT_PARAMETER,
     Task,
     domain_outputs,
-    judged,
+    reject_parameter,
     verdict_tensors,
 )
 from service.tasks.tensors import InferRequest, Part, Signature, Tensor, batch_of, check_rows
@@ -96,7 +96,12 @@ def refuse_outside(spec: ModelSpec, answer: dict[str, Any], reject: bool) -> dic
     """With reject_out_of_domain, a transcript any of whose speech is outside the model's domain
     is refused (422 / INVALID_ARGUMENT); else the answer, as it is."""
     if reject and answer.get("in_domain") is False:
-        judged(spec, answer["confidence"], answer["domain_score"], True, KNOWS)
+        raise OutOfDomain(
+            f"model {spec.name} judges this speech outside what it knows ({KNOWS}): domain "
+            f"score {answer['domain_score']:.4g} against its threshold "
+            f"{float(spec.extra['domain']['threshold']):.4g}; without reject_out_of_domain the "
+            "answer comes with in_domain=false"
+        )
     return answer
 
 
@@ -127,9 +132,10 @@ async def transcribe(
         if rate is None:  # one utterance: one item, as before
             clip = audio
             transcript = await runner.submit(clip, runner.bucket(clip), deadline)
-            answer = one_segment(runner.spec, transcript, len(clip) / SAMPLE_RATE)
-            answer = refuse_outside(runner.spec, answer, reject_out_of_domain)
-            return {"model": runner.spec.name, "version": runner.spec.version, **answer}
+    if rate is None:  # judged after admission, which counts the answer
+        answer = one_segment(runner.spec, transcript, len(clip) / SAMPLE_RATE)
+        answer = refuse_outside(runner.spec, answer, reject_out_of_domain)
+        return {"model": runner.spec.name, "version": runner.spec.version, **answer}
     # NOTE: outside the admission scope: each segment is admitted as a request of its own, so
     # a long recording never looks like one request stuck in the queue
     transcription = Transcription(runner, serving.preprocess, deadline)
@@ -273,6 +279,7 @@ async def stream_transcription(
 
 def signature(runner: Runner) -> Signature:
     async def infer(serving: ServingState, runner: Runner, request: InferRequest):
+        reject = reject_parameter(request)  # before anything runs
         waveform = batch_of(request, "waveform", "FP32", 2)
         count = check_rows(request, runner, waveform)
         samples = waveform.shape[1]
@@ -298,7 +305,7 @@ def signature(runner: Runner) -> Signature:
             runner.spec,
             confidence.tolist(),
             [t.domain_score for t in transcripts],
-            request,
+            reject,
             KNOWS,
         )
         verdicts.pop("confidence", None)  # already an output of this task
@@ -307,6 +314,11 @@ def signature(runner: Runner) -> Signature:
     async def stream(serving: ServingState, runner: Runner, request: InferRequest):
         """One recording of any length (one waveform row), answered segment by segment as
         each is transcribed, then whole; each part's parameters say which segment it is."""
+        if reject_parameter(request):
+            raise InvalidInput(
+                f"{REJECT_PARAMETER} refuses a whole answer; a stream answers as it goes, with "
+                "in_domain in each part: leave one of them out"
+            )
         waveform = batch_of(request, "waveform", "FP32", 2)
         if waveform.shape[0] != 1:
             raise InvalidInput(
@@ -340,7 +352,7 @@ def signature(runner: Runner) -> Signature:
             }
             if judging:  # a part without speech (or a refused segment) has nothing judged
                 outputs["in_domain"] = np.array([answer.get("in_domain", True)], dtype=bool)
-                score = answer.get("domain_score", np.nan)
+                score = answer.get("domain_score", 0.0)
                 outputs["domain_score"] = np.array([score], dtype=np.float32)
             if kind == "segment":
                 parameters: dict[str, bool | int | float | str] = {

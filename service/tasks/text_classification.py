@@ -26,6 +26,7 @@ from service.tasks.base import (
     Task,
     domain_outputs,
     judged,
+    reject_parameter,
     verdict_tensors,
 )
 from service.tasks.tensors import InferRequest, Signature, Tensor, batch_of, check_rows
@@ -112,6 +113,7 @@ def signature(runner: Runner) -> Signature:
     pad = int(spec.preprocessing.get("pad_index", 0))
 
     async def infer(serving: ServingState, runner: Runner, request: InferRequest):
+        reject = reject_parameter(request)  # before anything runs
         if ("text" in request.inputs) == ("tokens" in request.inputs):
             raise InvalidInput(
                 f"model {spec.name} takes either input 'text' (BYTES [batch]) or input 'tokens' "
@@ -149,7 +151,7 @@ def signature(runner: Runner) -> Signature:
         )
         probabilities = np.stack(rows).astype(np.float32, copy=False)
         confidences = probabilities.max(axis=1).tolist()
-        verdicts = domain_outputs(spec, confidences, [None] * len(rows), request, KNOWS)
+        verdicts = domain_outputs(spec, confidences, [None] * len(rows), reject, KNOWS)
         return {"probabilities": probabilities, **verdicts}
 
     return Signature(

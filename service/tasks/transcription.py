@@ -35,7 +35,7 @@ from service.processing.speech import SAMPLE_RATE, Resampler, Transcript, to_mod
 from service.processing.vad import Segment, Segmenter
 from service.runners.base import Runner
 from service.store.specs import ModelSpec
-from service.tasks.base import judged
+from service.tasks.base import judged, outside_by
 
 T = TypeVar("T")
 Offload = Callable[[Callable[[], T]], Awaitable[T]]
@@ -86,15 +86,18 @@ class SegmentResult:
         }
         if self.error:
             out["error"] = self.error
-        out.update((k, v) for k, v in self.verdict.items() if k != "confidence")
+        out.update((k, v) for k, v in self.verdict.items() if k in ("in_domain", "domain_score"))
         return out
 
 
 def segment_of(
     spec: ModelSpec, index: int, start_s: float, end_s: float, transcript: Transcript
 ) -> SegmentResult:
-    """A segment's result from its transcript, with the model's verdict on it."""
+    """A segment's result from its transcript, with the model's verdict on it (and how far its
+    score is past the threshold, outside_by, so that joined() can name the worst segment)."""
     verdict = judged(spec, float(transcript.confidence), transcript.domain_score)
+    if "in_domain" in verdict:
+        verdict["outside_by"] = outside_by(spec, verdict["domain_score"])
     return SegmentResult(
         index, start_s, end_s, transcript.text, float(transcript.confidence), verdict=verdict
     )
@@ -116,10 +119,11 @@ def joined(segments: list[SegmentResult], duration_s: float) -> dict[str, Any]:
         "duration_s": round(duration_s, 3),
         "segments": [s.answer() for s in segments],
     }
-    judged = [s.verdict for s in spoken if "in_domain" in s.verdict]
-    if judged:  # the whole is outside the domain when any of its speech is
-        answer["in_domain"] = all(v["in_domain"] for v in judged)
-        answer["domain_score"] = max(v["domain_score"] for v in judged)
+    verdicts = [s.verdict for s in segments if "in_domain" in s.verdict]
+    if verdicts:  # the whole is outside the domain when any segment is: the worst one speaks
+        worst = min(verdicts, key=lambda v: (v["in_domain"], -v["outside_by"]))
+        answer["in_domain"] = worst["in_domain"]
+        answer["domain_score"] = worst["domain_score"]
     return answer
 
 

@@ -188,27 +188,51 @@ def test_littles_law_counts_items_inside_and_items_answered() -> None:
     with gate.admit(items=40):  # 100: at the limit, admitted
         with pytest.raises(Overloaded, match="this one, which counts as 2,"), gate.admit(items=2):
             pass
-        with pytest.raises(Overloaded, match="100 requests in progress would wait"), gate.admit():
-            pass
+        # a one-item request sees each request of many items as at most half the limit (50):
+        # 90 + 1, admitted: explanations slow other traffic down, never shut it out
+        with gate.admit():
+            assert gate.inside == 101
     with gate.admit(items=40):  # room again once those 40 left
         pass
     held.__exit__(None, None, None)
-    assert reasons == ["queue_wait", "queue_wait"]
+    assert reasons == ["queue_wait"]
 
 
-def test_a_request_heavier_than_the_wait_limit_runs_alone_but_not_beside_others() -> None:
+def test_a_request_heavier_than_the_wait_limit_runs_alone_but_never_shuts_others_out() -> None:
     reasons: list[str] = []
     clock = Clock()
     gate = Admission("m", 1000, 1.0, reasons.append, floor=16, clock=clock)
     assert gate.limit(clock()) == 16
     with gate.admit(items=65):  # nothing inside: admitted, or it could never run
         assert gate.inside == 65
+        # one-item requests see it as half the limit (8): 8 more fit, the 9th would wait
+        held = [gate.admit() for _ in range(8)]
+        for context in held:
+            context.__enter__()
+        assert gate.inside == 73
         with pytest.raises(Overloaded, match="would wait"), gate.admit():
             pass
-    clock.now += 5.0  # a new busy period: its answers tell no rate yet
-    with gate.admit(), pytest.raises(Overloaded, match="counts as 65"), gate.admit(items=65):
-        pass
+        with pytest.raises(Overloaded, match="counts as 2"), gate.admit(items=2):
+            pass  # a request of many items sees every item
+        clock.now += 3.0  # the explanation is slow: no stall while the one-item ones are young
+        assert gate.oldest_wait(clock()) == pytest.approx(3.0)
+    clock.now += 5.0
+    with pytest.raises(Overloaded, match="oldest request has waited"), gate.admit():
+        pass  # the eight one-item requests, inside for 8 s: a stall
+    for context in held:
+        context.__exit__(None, None, None)
+    assert gate.inside == 0
     over = pytest.raises(Overloaded, match="limit 1000; this request counts as 1001")
     with over, gate.admit(items=1001):  # over max_requests: never, even alone (memory)
         pass
-    assert reasons == ["queue_wait", "queue_wait", "queue_full"]
+    assert reasons == ["queue_wait", "queue_wait", "queue_wait", "queue_full"]
+
+
+def test_a_long_request_of_many_items_is_no_stall() -> None:
+    clock = Clock()
+    gate = Admission("m", 1000, 1.0, floor=16, clock=clock)
+    with gate.admit(items=65):
+        clock.now += 5.0  # far past max_wait_s, as 65 items at a slow rate take
+        assert gate.oldest_wait(clock()) == 0.0
+        with gate.admit():  # not refused as stalled
+            pass

@@ -207,3 +207,13 @@ def test_speech_outside_the_vocabulary_is_flagged_on_every_transport(server, stu
         assert result.as_numpy("in_domain").tolist() == [True, False]
     finally:
         client.close()
+
+
+def test_models_show_what_domain_score_is_measured_against(server) -> None:
+    for name in ("digits-cnn", "captioner", "speech-ctc"):
+        shown = requests.get(f"{server.url}/v1/models/{name}", timeout=10).json()
+        spec = latest_specs()[name]
+        assert shown["domain"]["threshold"] == spec.extra["domain"]["threshold"]
+        assert shown["domain"]["outside"] == "above" and shown["domain"]["method"]
+        assert shown["domain"]["measured"]["out_of_domain_flagged"] >= 0.9
+    assert "domain" not in requests.get(f"{server.url}/v1/models/imagenet-cnn", timeout=10).json()

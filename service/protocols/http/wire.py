@@ -236,6 +236,10 @@ class ModelInfo(ResponseModel):
     preprocessing: dict[str, Any] | Absent = absent()
     data: dict[str, Any] | Absent = absent()
     """What it was trained on."""
+    domain: dict[str, Any] | Absent = absent()
+    """Only for a model with a domain verdict: `threshold`, `outside` ("above": scores above the
+    threshold are outside what the model knows; "below" for a confidence threshold), `method`,
+    and the build's `measured` rates; what an answer's domain_score is measured against."""
     understands: dict[str, Any] | Absent = absent()
     """What it was trained to recognise, where its task says (speech-ctc: `phrases` and
     `digit_words`); other inputs get answers it never learnt."""
