@@ -332,11 +332,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `deepserve` command. A user's error (an unknown model or tag, a bad setting) is one
+    line on stderr and exit status 2, never a traceback; a bug still shows its traceback."""
     args = _parser().parse_args(argv)
-    Settings().apply_store()
-    if args.command == "models":
-        return cmd_models(args)
-    return cmd_serve(args)
+    try:
+        Settings().apply_store()
+        if args.command == "models":
+            return cmd_models(args)
+        return cmd_serve(args)
+    except Exception as error:  # narrowed to user errors just below
+        message = user_error(error)
+        if message is None:
+            raise
+        print(f"deepserve: {message}", file=sys.stderr)
+        return 2
+
+
+def user_error(error: Exception) -> str | None:
+    """The one-line message of an error the user caused, or None for anything else."""
+    from bentoml.exceptions import BentoMLException, NotFound
+    from pydantic import ValidationError
+
+    if isinstance(error, NotFound):
+        return f"{error}; `deepserve models list` shows what the store holds"
+    if isinstance(error, ValidationError):  # Settings from DEEPSERVE_* variables
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in error.errors()
+        )
+        return f"invalid setting ({problems})"
+    if isinstance(error, BentoMLException):  # e.g. "Invalid Tag a:b:c"
+        return f"{error} (a model is NAME or NAME:VERSION)"
+    return None
 
 
 if __name__ == "__main__":
