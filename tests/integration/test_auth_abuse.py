@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -185,3 +189,16 @@ def test_a_non_ascii_configured_key_fails_the_start(tmp_path) -> None:
     else:
         stop_server(started)
         pytest.fail("the server started with a key that can never match over HTTP")
+
+
+def test_grpc_reflection_needs_the_key_as_the_readme_says(guarded) -> None:
+    """The real grpcurl: `list` (server reflection) is refused without the key, works with it."""
+    grpcurl = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    listing = [grpcurl, "-plaintext", guarded.grpc_target, "list"]
+    refused = subprocess.run(listing, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "Unauthenticated" in refused.stderr, refused.stderr
+    keyed = [grpcurl, "-plaintext", "-H", f"authorization: Bearer {KEY}", *listing[2:]]
+    listed = subprocess.run(keyed, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "deepserve.v1.Inference" in listed.stdout.split()
