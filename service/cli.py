@@ -100,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a folder holding exactly one .onnx file (searched below it too), or the file",
     )
-    own.add_argument("--model-name", help="the name it is served under (required with DIR)")
+    own.add_argument(
+        "--model-name", metavar="NAME", help="the name it is served under (required with DIR)"
+    )
     _add_import_options(own)
     return parser
 
@@ -339,6 +341,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if (args.model_dir is None) != (args.model_name is None):
         print("deepserve serve: --model-dir and --model-name go together", file=sys.stderr)
+        return 2
+    import_options = (args.labels, args.vocab, args.preprocess, args.setting)
+    if args.model_dir is None and (
+        any(import_options) or args.task != "generic" or args.domain_threshold is not None
+    ):
+        print("deepserve serve: the import options go with --model-dir", file=sys.stderr)
         return 2
     settings = Settings()
     host = args.host or settings.host

@@ -109,3 +109,5 @@ def test_serve_model_dir_refuses_before_serving(
 def test_serve_model_dir_needs_the_model_name(serve_env, capsys) -> None:
     assert main(["serve", "--model-dir", str(serve_env)]) == 2
     assert "--model-dir and --model-name go together" in capsys.readouterr().err
+    assert main(["serve", "--task", "image-classification"]) == 2
+    assert "the import options go with --model-dir" in capsys.readouterr().err
