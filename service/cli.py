@@ -1,4 +1,9 @@
-"""The `deepserve` command line."""
+"""The `deepserve` command line.
+
+Length: the argparse tree with its help texts (the command's own documentation) and one thin
+function per command that hands off to the store, the task registry or `bentoml serve`; `models
+import` and `serve --model-dir` share their import options and the code that reads them.
+"""
 
 from __future__ import annotations
 
