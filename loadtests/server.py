@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +51,10 @@ class Server:
         return total / 2**20
 
 
-def start_server(tmp: Path, env_overrides: dict[str, str], timeout: float = 180.0) -> Server:
+def start_server(
+    tmp: Path, env_overrides: dict[str, str], timeout: float = 180.0, args: Sequence[str] = ()
+) -> Server:
+    """`deepserve serve [args]` on free loopback ports, returned once /readyz answers 200."""
     port, grpc_port = free_port(), free_port()
     env = dict(os.environ)
     env.update(
@@ -70,7 +73,7 @@ def start_server(tmp: Path, env_overrides: dict[str, str], timeout: float = 180.
     log_path = tmp / f"server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "service.cli", "serve", *args],
             cwd=ROOT,
             env=env,
             stdout=log,

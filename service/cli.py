@@ -1,4 +1,9 @@
-"""The `deepserve` command line."""
+"""The `deepserve` command line.
+
+Length: the argparse tree with its help texts (the command's own documentation) and one thin
+function per command that hands off to the store, the task registry or `bentoml serve`; `models
+import` and `serve --model-dir` share their import options and the code that reads them.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.core.settings import Settings
 from service.tasks import registry
+
+if TYPE_CHECKING:
+    from service.store.specs import ModelSpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,38 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     importing.add_argument(
         "--name", required=True, help="model name (lowercase letters, digits, . _ -)"
     )
-    importing.add_argument(
-        "--task",
-        default="generic",
-        help=f"one of {', '.join(registry.importable())} (default: generic)",
-    )
-    importing.add_argument("--labels", metavar="FILE", help="class labels, one per line")
-    importing.add_argument("--vocab", metavar="FILE", help="vocabulary, one token per line")
-    importing.add_argument(
-        "--preprocess",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="repeatable; image-classification: size, layout (nchw|nhwc), scale, mean, std "
-        "(comma lists), softmax (true|false), resize, channels (3|1), invert (true|false); "
-        "text-classification: max_tokens",
-    )
-    importing.add_argument(
-        "--setting",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="repeatable; this version's own serving settings (e.g. max_batch_size=32), stored "
-        "next to it and validated like DEEPSERVE_MODEL_SETTINGS (which overrides them); "
-        "VALUE is JSON, or a plain string",
-    )
-    importing.add_argument(
-        "--domain-threshold",
-        type=float,
-        metavar="P",
-        help="classifiers and recognisers: answers whose confidence is below P say "
-        "in_domain=false (and reject_out_of_domain refuses them); default: no verdict",
-    )
+    _add_import_options(importing)
     tune = actions.add_parser(
         "tune",
         help="choose batching settings for this device by measurement (held-out items)",
@@ -114,43 +92,103 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 3000)")
+    own = serve.add_argument_group(
+        "one model from a folder (a KServe custom runtime: --model-dir /mnt/models "
+        "--model-name {{.Name}})",
+        "Import the ONNX file in DIR at start, with the options of `models import`, into this "
+        "server's own home (DEEPSERVE_RUNTIME_DIR, emptied at each start) and serve it alone; "
+        "the store is not used.",
+    )
+    own.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="DIR",
+        help="a folder holding exactly one .onnx file (searched below it too), or the file",
+    )
+    own.add_argument(
+        "--model-name", metavar="NAME", help="the name it is served under (required with DIR)"
+    )
+    _add_import_options(own)
     return parser
+
+
+def _add_import_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How a file is imported: `models import` and `serve --model-dir` take the same options."""
+    parser.add_argument(
+        "--task",
+        default="generic",
+        help=f"one of {', '.join(registry.importable())} (default: generic)",
+    )
+    parser.add_argument("--labels", metavar="FILE", help="class labels, one per line")
+    parser.add_argument("--vocab", metavar="FILE", help="vocabulary, one token per line")
+    parser.add_argument(
+        "--preprocess",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="repeatable; image-classification: size, layout (nchw|nhwc), scale, mean, std "
+        "(comma lists), softmax (true|false), resize, channels (3|1), invert (true|false); "
+        "text-classification: max_tokens",
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="repeatable; this version's own serving settings (e.g. max_batch_size=32), stored "
+        "next to it and validated like DEEPSERVE_MODEL_SETTINGS (which overrides them); "
+        "VALUE is JSON, or a plain string",
+    )
+    parser.add_argument(
+        "--domain-threshold",
+        type=float,
+        metavar="P",
+        help="classifiers and recognisers: answers whose confidence is below P say "
+        "in_domain=false (and reject_out_of_domain refuses them); default: no verdict",
+    )
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in metrics.items() if not k.endswith("_size"))
 
 
+def _import(args: argparse.Namespace, path: str | Path, name: str) -> ModelSpec:
+    """Import `path` as `name` with the import options in `args` (ImportRefused when refused)."""
+    from service.store.importing.importer import ImportRefused
+
+    options = {}
+    for item in args.preprocess:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ImportRefused(f"--preprocess {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    settings = {}
+    for item in args.setting:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ImportRefused(f"--setting {item!r}: expected KEY=VALUE")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except ValueError:
+            settings[key.strip()] = value.strip()
+    return registry.import_model(
+        path,
+        name,
+        args.task,
+        args.labels,
+        args.vocab,
+        options,
+        settings=settings,
+        domain_threshold=args.domain_threshold,
+    )
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     """`deepserve models import`: exit 2 with the reason when the file is refused."""
     from service.store.importing.importer import ImportRefused
 
-    options = {}
     try:
-        for item in args.preprocess:
-            key, equals, value = item.partition("=")
-            if not equals or not key.strip():
-                raise ImportRefused(f"--preprocess {item!r}: expected KEY=VALUE")
-            options[key.strip()] = value.strip()
-        settings = {}
-        for item in args.setting:
-            key, equals, value = item.partition("=")
-            if not equals or not key.strip():
-                raise ImportRefused(f"--setting {item!r}: expected KEY=VALUE")
-            try:
-                settings[key.strip()] = json.loads(value)
-            except ValueError:
-                settings[key.strip()] = value.strip()
-        spec = registry.import_model(
-            args.path,
-            args.name,
-            args.task,
-            args.labels,
-            args.vocab,
-            options,
-            settings=settings,
-            domain_threshold=args.domain_threshold,
-        )
+        spec = _import(args, args.path, args.name)
     except ImportRefused as error:
         print(f"refused: {error}", file=sys.stderr)
         return 2
@@ -301,21 +339,38 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Replace this process with `bentoml serve` so signals reach the server directly."""
     import os
-    from pathlib import Path
 
     from service.core.settings import PROJECT_ROOT
     from service.runners.service import REMOTE_MODELS_ENV, remote_models
     from service.store import runtime_home
 
+    if (args.model_dir is None) != (args.model_name is None):
+        print("deepserve serve: --model-dir and --model-name go together", file=sys.stderr)
+        return 2
+    import_options = (args.labels, args.vocab, args.preprocess, args.setting)
+    if args.model_dir is None and (
+        any(import_options) or args.task != "generic" or args.domain_threshold is not None
+    ):
+        print("deepserve serve: the import options go with --model-dir", file=sys.stderr)
+        return 2
     settings = Settings()
     host = args.host or settings.host
     port = args.port or settings.port
     os.environ["DEEPSERVE_HOST"], os.environ["DEEPSERVE_PORT"] = host, str(port)
-    # the store is only read: BentoML's runtime state goes to this server's own home
-    store = Path(os.environ.get("BENTOML_HOME") or settings.store)
-    home = runtime_home.prepare(store, settings.runtime_dir or runtime_home.default_home(port))
-    os.environ["BENTOML_HOME"], os.environ["DEEPSERVE_STORE"] = str(home), str(store.resolve())
-    os.environ["DEEPSERVE_RUNTIME_DIR"] = str(home)
+    folder = settings.runtime_dir or runtime_home.default_home(port)
+    if args.model_dir is None:
+        # the store is only read: BentoML's runtime state goes to this server's own home
+        store = Path(os.environ.get("BENTOML_HOME") or settings.store)
+        home = runtime_home.prepare(store, folder)
+        os.environ["DEEPSERVE_STORE"] = str(store.resolve())
+    else:
+        home = runtime_home.prepare(None, folder)
+        os.environ["DEEPSERVE_STORE"] = str(home)
+    os.environ["BENTOML_HOME"], os.environ["DEEPSERVE_RUNTIME_DIR"] = str(home), str(home)
+    if args.model_dir is not None:
+        status = serve_model_dir(args, home)
+        if status:
+            return status
     # NOTE: which models get a runner service is fixed here, once, for every process the server
     # starts (a runner respawned later must find its own service even if the store changed)
     os.environ.pop(REMOTE_MODELS_ENV, None)
@@ -329,6 +384,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sys.executable,
         [*command, "--host", host, "--port", str(port), "--timeout-graceful-shutdown", grace],
     )
+
+
+def serve_model_dir(args: argparse.Namespace, home: Path) -> int:
+    """`serve --model-dir`: import the folder's ONNX file into `home`'s own models/ (BENTOML_HOME
+    points there already, before anything in this process has opened a store)."""
+    from service.store.importing.importer import ImportRefused, find_model_file
+
+    try:
+        source = find_model_file(args.model_dir)
+        spec = _import(args, source, args.model_name)
+    except ImportRefused as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return 2
+    if not (home / "models" / spec.name).is_dir():  # a store opened earlier would take it
+        raise RuntimeError(f"{spec.tag} was not stored in {home / 'models'}")
+    print(f"imported {spec.tag} ({spec.task}) from {source}; serving it alone", flush=True)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

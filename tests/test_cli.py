@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
 from service.cli import main
+from tests.conftest import tiny_classifier
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -68,3 +70,44 @@ def test_a_bug_still_shows_its_traceback(monkeypatch) -> None:
     monkeypatch.setattr(cli, "cmd_models", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["models", "list"])
+
+
+@pytest.fixture
+def serve_env(tmp_path, monkeypatch):
+    """`serve` writes these variables before it execs the server: restored after the test."""
+    for name in ("BENTOML_HOME", "DEEPSERVE_STORE", "DEEPSERVE_HOST", "DEEPSERVE_PORT"):
+        value = os.environ.get(name)
+        monkeypatch.setenv(name, value or "unset")  # recorded: undone after the test
+        if value is None:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DEEPSERVE_RUNTIME_DIR", str(tmp_path / "home"))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("onnx_files", "name", "needle"),
+    [
+        ([], "mine", "holds 0 .onnx files; expected exactly one"),
+        (["a.onnx", "b/c.onnx"], "mine", "holds 2 .onnx files (a.onnx, b/c.onnx)"),
+        (["model.onnx"], "digits-cnn", "belongs to a built-in model"),
+        (["model.onnx"], "Not A Name", "is not allowed"),
+    ],
+)
+def test_serve_model_dir_refuses_before_serving(
+    scratch_store, serve_env, capsys, onnx_files, name, needle
+) -> None:
+    folder = serve_env / "mnt"
+    folder.mkdir()
+    for file in onnx_files:
+        (folder / file).parent.mkdir(exist_ok=True)
+        tiny_classifier(folder / file)
+    assert main(["serve", "--model-dir", str(folder), "--model-name", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refused: ") and needle in err and err.count("\n") == 1
+
+
+def test_serve_model_dir_needs_the_model_name(serve_env, capsys) -> None:
+    assert main(["serve", "--model-dir", str(serve_env)]) == 2
+    assert "--model-dir and --model-name go together" in capsys.readouterr().err
+    assert main(["serve", "--task", "image-classification"]) == 2
+    assert "the import options go with --model-dir" in capsys.readouterr().err

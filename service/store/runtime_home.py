@@ -6,6 +6,8 @@ files (`prometheus_multiproc_dir/`, wiped when a server starts, so two servers s
 wipe each other's /metrics), `tmp/`, and it expects `bentos/` and `envs/`. `deepserve serve` gives
 each server a home of its own with the store's `models/` linked in, so the store is only read
 (mountable read-only) and servers started from one checkout keep their own metrics.
+`deepserve serve --model-dir` gives its home a models/ of its own instead: a store holding only
+the model imported at that start (KServe's /mnt/models), gone with the home at the next start.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ def default_home(port: int) -> Path:
     return Path(tempfile.gettempdir()) / f"deepserve-{port}"
 
 
-def prepare(store: Path, home: Path) -> Path:
-    """Make `home` a fresh BentoML home whose models/ is `store`'s (linked, only read)."""
-    store, home = store.resolve(), home.absolute()
-    if home.resolve() == store:
+def prepare(store: Path | None, home: Path) -> Path:
+    """Make `home` a fresh BentoML home whose models/ is `store`'s (linked, only read), or with
+    no store an empty models/ of its own (the home is then the store too)."""
+    home = home.absolute()
+    if store is not None and home.resolve() == store.resolve():
         raise ValueError(f"the runtime home {home} is the store itself; choose another folder")
     if home.exists() and any(home.iterdir()):
         if not (home / MARKER).is_file():
@@ -40,5 +43,8 @@ def prepare(store: Path, home: Path) -> Path:
     (home / MARKER).write_text("scratch state of one deepserve server; emptied at its start\n")
     for folder in SCRATCH:
         (home / folder).mkdir()
-    (home / "models").symlink_to(store / "models", target_is_directory=True)
+    if store is None:
+        (home / "models").mkdir()
+    else:
+        (home / "models").symlink_to(store.resolve() / "models", target_is_directory=True)
     return home

@@ -56,7 +56,9 @@ class Prometheus:
             self.process.wait(5)
 
 
-def start_prometheus(tmp: Path, target: str) -> Prometheus:
+def start_prometheus(tmp: Path, target: str, labels: dict[str, str] | None = None) -> Prometheus:
+    """Prometheus scraping `target` every second as job "deepserve"; `labels` are attached to
+    every series scraped (as Kubernetes service discovery attaches namespace and pod)."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise RuntimeError("prometheus not found: apt-get install prometheus (make setup does it)")
@@ -65,7 +67,7 @@ def start_prometheus(tmp: Path, target: str) -> Prometheus:
         "rule_files": [str(ALERTS)],
         "scrape_configs": [
             {"job_name": "deepserve", "metrics_path": "/metrics", "static_configs": [
-                {"targets": [target]}
+                {"targets": [target], **({"labels": labels} if labels else {})}
             ]}
         ],
     }  # fmt: skip

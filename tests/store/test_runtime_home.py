@@ -44,3 +44,11 @@ def test_prepare_refuses_a_folder_it_did_not_make(tmp_path: Path):
 def test_default_home_is_one_folder_per_port():
     assert runtime_home.default_home(3000) != runtime_home.default_home(3001)
     assert runtime_home.default_home(3000) == runtime_home.default_home(3000)
+
+
+def test_prepare_without_a_store_gives_the_home_an_empty_models_folder_of_its_own(tmp_path):
+    home = runtime_home.prepare(None, tmp_path / "home")
+    assert (home / "models").is_dir() and not (home / "models").is_symlink()
+    (home / "models" / "imported").mkdir()
+    runtime_home.prepare(None, home)  # the next start: imported again, nothing left over
+    assert list((home / "models").iterdir()) == []

@@ -115,6 +115,25 @@ def read_lines(path: str | os.PathLike[str], what: str, strip: bool) -> list[str
     return lines
 
 
+def find_model_file(place: str | os.PathLike[str]) -> Path:
+    """The one ONNX file at `place`: the file itself, or the only *.onnx in that folder or below
+    it (KServe's storage initializer puts a storageUri naming a file at /mnt/models/FILE, and a
+    folder's files as they were)."""
+    place = Path(place)
+    if place.is_file():
+        return place
+    if not place.is_dir():
+        raise ImportRefused(f"{place}: no such file or folder")
+    found = sorted(path for path in place.rglob("*.onnx") if path.is_file())
+    if len(found) != 1:
+        listed = ", ".join(str(path.relative_to(place)) for path in found[:5])
+        raise ImportRefused(
+            f"{place} holds {len(found)} .onnx files{f' ({listed})' if found else ''}; "
+            "expected exactly one"
+        )
+    return found[0]
+
+
 def read_model(source: Path) -> tuple[bytes, onnx.ModelProto]:
     """Read and parse the file, refusing what is missing, unreadable, not ONNX or not
     self-contained."""

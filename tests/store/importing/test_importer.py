@@ -874,3 +874,16 @@ def test_a_domain_threshold_gives_an_imported_classifier_a_verdict(
     ):
         with pytest.raises(ImportRefused, match=needle):
             import_model(source, "bad", task, labels_file=labels, domain_threshold=threshold)
+
+
+def test_find_model_file_takes_the_file_or_the_one_onnx_file_below_a_folder(tmp_path) -> None:
+    from service.store.importing.importer import find_model_file
+
+    nested = tmp_path / "mnt" / "ranker" / "1"
+    nested.mkdir(parents=True)
+    (nested / "model.onnx").write_bytes(b"")
+    (tmp_path / "mnt" / "labels.txt").write_text("a\n")
+    assert find_model_file(tmp_path / "mnt") == nested / "model.onnx"
+    assert find_model_file(nested / "model.onnx") == nested / "model.onnx"
+    with pytest.raises(ImportRefused, match="no such file or folder"):
+        find_model_file(tmp_path / "nowhere")
