@@ -6,8 +6,9 @@ admission counting each one as grid² + 1 items.
 Starts a real server (local placement, one gateway worker) and runs, one after another: explain
 clients alone (digits-cnn at grids 8 and 16, imagenet-cnn at grid 8 with 2 and 4 clients), then
 4 clients classifying digits while 1 client explains (digits-cnn, then imagenet-cnn, grid 8).
-Each client sends its next request as soon as the last is answered, 0.1 s after a 503. Reported
-per run: answers and refusals (503) per kind, and the explanations' median latency.
+Each client (the Python client, service/client/, without retries) sends its next request as soon
+as the last is answered, 0.1 s after a 503. Reported per run: answers and refusals (503) per
+kind, and the explanations' median latency.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ import threading
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtests.payloads import png  # noqa: E402
 from loadtests.server import start_server, stop_server  # noqa: E402
+from service.client import Client, DeepserveError, Retry, Unavailable  # noqa: E402
 from service.store.specs import latest_specs  # noqa: E402
 
 RUNS = [  # (explained model, grid, explain clients, classify clients)
@@ -46,29 +46,30 @@ def load(url: str, bodies: list[bytes], run: tuple[str, int, int, int], seconds:
     latencies: list[float] = []
     stop = time.monotonic() + seconds
 
-    def client(path: str, kind: str) -> None:
-        session, sent = requests.Session(), 0
-        while time.monotonic() < stop:
-            began = time.monotonic()
-            response = session.post(
-                f"{url}{path}",
-                data=bodies[sent % len(bodies)],
-                headers={"content-type": "image/png"},
-                timeout=60,
-            )
-            sent += 1
-            counts[kind, response.status_code] += 1
-            if response.status_code == 503:
-                time.sleep(0.1)
-            elif kind == "explain":
-                latencies.append(time.monotonic() - began)
+    def client(kind: str) -> None:
+        with Client(url, retry=Retry(attempts=1), timeout=60) as deepserve:
+            sent = 0
+            while time.monotonic() < stop:
+                began, body = time.monotonic(), bodies[sent % len(bodies)]
+                sent += 1
+                try:
+                    if kind == "explain":
+                        deepserve.explain(body, model, grid=grid)
+                    else:
+                        deepserve.classify(body, "digits-cnn")
+                except Unavailable:  # overloaded (or not ready): 503
+                    counts[kind, 503] += 1
+                    time.sleep(0.1)
+                    continue
+                except DeepserveError as error:
+                    counts[kind, error.status or 0] += 1
+                    continue
+                counts[kind, 200] += 1
+                if kind == "explain":
+                    latencies.append(time.monotonic() - began)
 
-    threads = [
-        threading.Thread(target=client, args=(f"/v1/explain?model={model}&grid={grid}", "explain"))
-        for _ in range(explainers)
-    ] + [
-        threading.Thread(target=client, args=("/v1/classify?model=digits-cnn", "classify"))
-        for _ in range(classifiers)
+    threads = [threading.Thread(target=client, args=("explain",)) for _ in range(explainers)] + [
+        threading.Thread(target=client, args=("classify",)) for _ in range(classifiers)
     ]
     for thread in threads:
         thread.start()

@@ -1,8 +1,10 @@
 """`make loadtest`: a headless, time-bounded locust run with an SLO gate.
 
-Starts the service on loopback (or targets --host / --grpc), runs loadtests/locustfile.py, writes
-locust's CSV and HTML report, then checks the SLO: exits 1 when any request type's p99 latency
-or the overall failure ratio exceeds its threshold. Examples:
+Starts the service on loopback (or targets --host / --grpc), checks with the Python client that
+it is ready and serves the models the run sends (else exits 2 at once: such a run would only
+fail), runs loadtests/locustfile.py, writes locust's CSV and HTML report, then checks the SLO:
+exits 1 when any request type's p99 latency or the overall failure ratio exceeds its threshold.
+Examples:
 
     python -m loadtests.loadtest                              # all user classes, 16 users, 30 s
     python -m loadtests.loadtest --users RestUser --clients 32 --time 60
@@ -76,6 +78,28 @@ def slo_gate(rows: list[Row], max_p99_ms: float, max_failure_ratio: float) -> li
     return problems
 
 
+def preflight(host: str, models: list[str] | None) -> str | None:
+    """Why a run against `host` could only fail (not reachable, not ready, a model of the run
+    not served), or None. `models`: the run's (None: the built-in models, as the locustfile)."""
+    from service.client import Client, DeepserveError, Retry
+
+    if models is None:
+        from service.tasks.registry import builtin_models
+
+        models = builtin_models()
+    try:
+        with Client(host, timeout=10, retry=Retry(attempts=2)) as client:
+            if not client.ready():
+                return f"{host} is not ready (/readyz)"
+            served = {model.name for model in client.models() if model.ready}
+    except DeepserveError as error:
+        return f"{host}: {error}"
+    missing = sorted(set(models) - served)
+    if missing:
+        return f"{host} does not serve {missing} (it serves {sorted(served)}; see --models)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", help="service URL (default: start one on loopback)")
@@ -112,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         host, target = server.url, server.grpc_target
     else:
         host, target = args.host, args.grpc or ""
+    problem = preflight(host, args.models.split(",") if args.models else None)
+    if problem is not None:
+        if server is not None:
+            stop_server(server)
+        print(f"not run: {problem}", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     if target:
         env["DEEPSERVE_GRPC_TARGET"] = target

@@ -24,3 +24,14 @@ def test_slo_gate_names_each_violation() -> None:
 
 def test_slo_gate_fails_an_empty_run() -> None:
     assert slo_gate([row("Aggregated", 0, 0, 0)], 500, 0.01) == ["no requests were made"]
+
+
+def test_a_host_that_cannot_be_reached_is_not_load_tested(tmp_path, capsys) -> None:
+    from loadtests.loadtest import main
+    from loadtests.server import free_port
+
+    host = f"http://127.0.0.1:{free_port()}"
+    assert main(["--host", host, "--time", "1", "--out", str(tmp_path)]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith(f"not run: {host}: connection_failed") and "locust" not in said
+    assert not (tmp_path / "locust_stats.csv").exists()
