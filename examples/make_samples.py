@@ -2,10 +2,10 @@
 
     BENTOML_HOME=$PWD/model_store .venv/bin/python examples/make_samples.py [--check]
 
-Photos come from scikit-image, the digit from digits-cnn's held-out test digits in the store, the
-scene from the captioner's second renderer at a seed no build uses; the two ONNX models are built
-here from ONNX operators (no torch). With --check nothing is written: it says whether the ONNX
-files and labels.txt in examples/ are what this script makes (the others depend on the store).
+Photos come from scikit-image, the digit and the utterance from the held-out test splits in the
+store, the scene from the captioner's second renderer at a seed no build uses; the two ONNX models
+are built here from ONNX operators (no torch). With --check nothing is written: it says whether the
+ONNX files and labels.txt in examples/ are what this script makes (the others depend on the store).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ sys.path.insert(0, str(HERE.parent))
 # a digit of the held-out test split, and a scene of the second renderer at an unused seed
 DIGIT_INDEX = 700  # a 7
 SCENE_SEED, SCENE_INDEX = 20261203, 0
+SPEECH_INDEX = (
+    19  # speech-ctc's held-out test split: "turn on the lights", a voice never trained on
+)
 LABELS = ["mostly red", "mostly green", "mostly blue"]
 IR_VERSION = 10  # the pinned onnx writes IR 14; the pinned onnxruntime reads <= 13
 
@@ -102,12 +106,22 @@ def store_files() -> dict[str, bytes]:
     scenes = render_pillow_scenes(SCENE_INDEX + 1, SCENE_SEED)
     print(f"digit.png: a {int(digits['label'][DIGIT_INDEX])}")
     print(f"scene.png: {' / '.join(scenes.captions[SCENE_INDEX])}")
+    speech = np.load(specs["speech-ctc"].path / "heldout.npz", allow_pickle=False)
+    samples = speech["waveform"][SPEECH_INDEX, : int(speech["lengths"][SPEECH_INDEX])]
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    print(f"speech.wav: {speech['transcript'][SPEECH_INDEX]} ({speech['voice'][SPEECH_INDEX]})")
     half = skimage.data.coffee()[::2, ::2]
     return {
         "coffee.jpg": encoded(half, "JPEG", quality=85),
         "cat.jpg": encoded(skimage.data.chelsea(), "JPEG", quality=85),
         "digit.png": encoded(np.asarray(paper), "PNG"),
         "scene.png": encoded(scenes.images[SCENE_INDEX], "PNG"),
+        "speech.wav": wav.getvalue(),
     }
 
 

@@ -217,5 +217,8 @@ def test_the_sample_inputs_answer_as_examples_readme_says(doc_server) -> None:
     assert post("/v1/classify?model=digits-cnn", "coffee.jpg")["in_domain"] is False
     assert post("/v1/caption", "coffee.jpg")["in_domain"] is False
     assert "cat" in post("/v1/classify", "cat.jpg")["predictions"][0]["label"]
+    with (examples / "speech.wav").open("rb") as sample:
+        heard = requests.post(f"{server.url}/v1/transcribe", files={"audio": sample}, timeout=60)
+    assert (heard.json()["text"], heard.json()["in_domain"]) == ("turn on the lights", True)
     check = [sys.executable, str(examples / "make_samples.py"), "--check"]
     assert subprocess.run(check, capture_output=True, timeout=120).returncode == 0
