@@ -156,6 +156,28 @@ def test_bento_container_settings_are_the_runtime_images(built: Built) -> None:
     assert "ENV DEEPSERVE_HOST=$DEEPSERVE_HOST" in dockerfile
 
 
+def test_containerize_hands_docker_the_bento_with_its_models(built: Built) -> None:
+    """What `bentoml containerize` builds from (Docker itself does not run here): the Bento's
+    folder with its models copied in from the store, and the Dockerfile that installs it."""
+    from bentoml._internal.bento.bento import Bento
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.container import construct_containerfile
+    from bentoml._internal.models.model import ModelStore
+
+    store = ModelStore(str(built.user_home / "bentoml" / "models"))
+    bento = Bento.from_path(str(built.path))
+    with (
+        BentoMLContainer.model_store.patch(store),
+        construct_containerfile(bento) as (context, dockerfile),
+    ):
+        for name, version in bento_models(built).items():
+            folder = Path(context) / "models" / name / version
+            assert (folder / "spec.json").is_file() and list(folder.glob("*.onnx")), folder
+        assert (Path(context) / "src" / "service" / "gateway.py").is_file()
+        text = Path(dockerfile).read_text()
+        assert "requirements.txt" in text and "ENV DEEPSERVE_HOST=$DEEPSERVE_HOST" in text
+
+
 @pytest.fixture(scope="module")
 def served(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`bentoml serve <tag>` as a user runs it: BENTOML_HOME unset (BentoML's default home,
