@@ -30,6 +30,9 @@ from service.core.model_settings import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+IN_BENTO = (PROJECT_ROOT.parent / "bento.yaml").is_file()
+"""This code runs from a built Bento (`bentoml serve <bento>`, its container): BentoML copies
+the project into the Bento's src/, beside bento.yaml, and its models come with the Bento."""
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -437,8 +440,12 @@ class Settings(BaseSettings, PerModelFields):
         return self.placement == "remote" or any(self.placement_of(m) == "remote" for m in named)
 
     def apply_store(self) -> None:
-        """Point BentoML at our store. Call before bentoml is first used in this process."""
-        os.environ.setdefault("BENTOML_HOME", str(self.store))
+        """Point BentoML at our store. Call before bentoml is first used in this process.
+
+        Not in a Bento: there BentoML's own home holds the Bento, the worker processes it starts
+        look the Bento up in it (they inherit this environment), and the models are the Bento's."""
+        if not IN_BENTO:
+            os.environ.setdefault("BENTOML_HOME", str(self.store))
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 
