@@ -136,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         host, target = server.url, server.grpc_target
     else:
         host, target = args.host, args.grpc or ""
-    problem = preflight(host, args.models.split(",") if args.models else None)
+    try:
+        problem = preflight(host, args.models.split(",") if args.models else None)
+    except BaseException:  # a bug or Ctrl-C: the server started here goes too
+        if server is not None:
+            stop_server(server)
+        raise
     if problem is not None:
         if server is not None:
             stop_server(server)

@@ -73,14 +73,19 @@ class AsyncClient(ClientBase):
         while True:
             headers, limit = attempts.next()
             try:
-                response = await self.http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    content=call.content,
-                    headers={**call.headers, **headers},
-                    timeout=limit,
-                )
+                # httpx's timeout bounds each network operation; this bounds the whole attempt
+                # (a peer that trickles its answer byte by byte cannot stretch it)
+                async with asyncio.timeout(limit):
+                    response = await self.http.request(
+                        call.method,
+                        call.path,
+                        params=call.params,
+                        content=call.content,
+                        headers={**call.headers, **headers},
+                        timeout=limit,
+                    )
+            except TimeoutError:
+                wait = attempts.after_failure(httpx.ReadTimeout(f"no answer within {limit} s"))
             except httpx.TransportError as failure:
                 wait = attempts.after_failure(failure)
             else:

@@ -122,6 +122,19 @@ def upload(
     )
 
 
+def checked_key(api_key: str) -> str:
+    """The key as sent: surrounding whitespace (a key file's newline) dropped; a key that is
+    not printable ASCII without spaces (what the server accepts) is refused without echoing it,
+    so it never ends up in an error message or a log."""
+    key = api_key.strip()
+    if not key or not all("!" <= ch <= "~" for ch in key):
+        raise ValueError(
+            "api_key must be printable ASCII without spaces or line breaks "
+            f"({len(api_key)} characters given, not shown)"
+        )
+    return key
+
+
 class ClientBase:
     """The settings every call starts from, and the calls."""
 
@@ -147,7 +160,7 @@ class ClientBase:
         they judge outside what they know; per call: reject_out_of_domain=."""
         self.headers = {"User-Agent": "deepserve-client"}
         if api_key is not None:
-            self.headers["Authorization"] = f"Bearer {api_key}"
+            self.headers["Authorization"] = f"Bearer {checked_key(api_key)}"
 
     clock = staticmethod(time.monotonic)
 

@@ -13,7 +13,7 @@ from typing import Any
 class DeepserveError(Exception):
     """Base class. `status` is None when no answer came (connection, timeout)."""
 
-    default_code = ""
+    default_code = "client_error"
 
     def __init__(
         self,

@@ -103,16 +103,18 @@ class Attempts:
     def after_failure(self, failure: httpx.TransportError) -> float:
         """The seconds to wait before trying again after no answer came, or raises."""
         error: DeepserveError
-        if isinstance(failure, RETRIED_TRANSPORT_ERRORS):
+        left = self.remaining()
+        if left is not None and left <= 0:
+            error = DeadlineExceeded("no answer within the deadline", attempts=self.sent)
+        elif isinstance(failure, RETRIED_TRANSPORT_ERRORS):
             error = ConnectionFailed(f"{type(failure).__name__}: {failure}", attempts=self.sent)
         elif isinstance(failure, httpx.TimeoutException):
-            left = self.remaining()
-            if left is not None and left <= 0:
-                error = DeadlineExceeded("no answer within the deadline", attempts=self.sent)
-            else:
-                error = Timeout(f"no answer within {self.timeout} s", attempts=self.sent)
-        else:  # not the connection's fault (an invalid URL, a local protocol error)
-            error = DeepserveError(f"{type(failure).__name__}: {failure}", attempts=self.sent)
+            error = Timeout(f"no answer within {self.timeout} s", attempts=self.sent)
+        else:  # not the connection's fault (an invalid URL, a local protocol error): its text
+            # may quote what was sent (headers included), so only its kind is said
+            raise DeepserveError(
+                f"the request could not be sent ({type(failure).__name__})", attempts=self.sent
+            ) from None
         error.__cause__ = failure
         if not isinstance(error, ConnectionFailed):
             raise error
@@ -122,7 +124,8 @@ class Attempts:
         if self.sent >= self.retry.attempts:
             raise error
         if asked is None:  # full jitter: clients shed together do not come back together
-            ceiling = min(self.retry.max_wait_s, self.retry.backoff_s * 2 ** (self.sent - 1))
+            doubled = self.retry.backoff_s * 2.0 ** min(self.sent - 1, 60)
+            ceiling = min(self.retry.max_wait_s, doubled)
             wait = random.uniform(0, ceiling)
         elif asked > self.retry.max_wait_s:
             raise error

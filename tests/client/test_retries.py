@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 from service.client import (
+    AsyncClient,
+    Client,
     ConnectionFailed,
     DeadlineExceeded,
     DeepserveError,
@@ -18,7 +20,7 @@ from service.client import (
     Unavailable,
 )
 from service.client.retries import DEADLINE_GRACE_S, MAX_TIMEOUT_MS
-from tests.client.conftest import Server, error, reply
+from tests.client.conftest import URL, Server, error, reply
 
 OK = {"models": []}
 
@@ -175,3 +177,53 @@ def test_the_async_client_retries_and_carries_the_deadline_alike(async_client, f
         pytest.approx(left_at_third * 1000, abs=1),
         500,
     ]
+
+
+def test_a_key_file_newline_is_dropped_and_a_bad_key_never_echoed() -> None:
+    server = Server(reply(200, OK))
+    transport = httpx.MockTransport(server)
+    with Client(URL, api_key="s3cret-key\n", transport=transport) as deepserve:
+        deepserve.models()
+    assert server.requests[0].headers["authorization"] == "Bearer s3cret-key"
+    for bad in ("two words", "clé-secrète", "a\nb"):
+        with pytest.raises(ValueError) as raised:
+            Client(URL, api_key=bad)
+        assert bad not in str(raised.value)
+    with pytest.raises(ValueError):
+        Client(URL, api_key="  ")
+
+
+def test_a_local_protocol_error_does_not_quote_what_was_sent(client) -> None:
+    server = Server(httpx.LocalProtocolError("Illegal header value b'Bearer s3cret'"))
+    with client(server) as deepserve, pytest.raises(DeepserveError) as raised:
+        deepserve.models()
+    assert "s3cret" not in str(raised.value) and raised.value.__cause__ is None
+    assert raised.value.code == "client_error"
+
+
+def test_a_huge_attempt_count_backs_off_without_overflow(fake_time) -> None:
+    from service.client.retries import Attempts
+
+    attempts = Attempts(Retry(attempts=5000, backoff_s=0.1, max_wait_s=2), None, None)
+    attempts.sent = 2000
+    assert 0 <= attempts.after_failure(httpx.ConnectError("refused")) <= 2
+
+
+def test_the_async_client_bounds_a_whole_attempt() -> None:
+    """A peer that trickles its answer cannot stretch an async attempt past its timeout."""
+
+    async def trickle(request: httpx.Request) -> httpx.Response:
+        async def body():
+            for _ in range(50):
+                await asyncio.sleep(0.05)
+                yield b" "
+
+        return httpx.Response(200, content=body())
+
+    async def run() -> None:
+        transport = httpx.MockTransport(trickle)
+        async with AsyncClient(URL, timeout=0.3, transport=transport) as deepserve:
+            with pytest.raises(Timeout):
+                await deepserve.models()
+
+    asyncio.run(run())

@@ -53,6 +53,10 @@ class CustomResource:
 
 def load(crd_file: Path, version: str | None = None) -> CustomResource:
     """The CRD in `crd_file` (its storage version unless `version` names another)."""
+    assert crd_file.is_file(), (
+        f"{crd_file} not found: the CRDs are read from ../shared/reference/ next to the "
+        "checkout (KServe's and KEDA's own, not copied into the project)"
+    )
     crd = yaml.load(crd_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     spec = crd["spec"]
     served = [v for v in spec["versions"] if v.get("served")]

@@ -184,9 +184,11 @@ def test_errors_carry_the_servers_status_and_code(server: Server, inputs) -> Non
 
 def test_the_deadline_reaches_the_server(server: Server, inputs) -> None:
     with Client(server.url) as client:
-        # 65 imagenet-cnn inferences cannot start within 1 ms: the server drops them, 504
+        # 257 imagenet-cnn inferences (several ms each) cannot finish within 50 ms: the server
+        # drops what is left, 504 (50 ms, not 1 ms: a busy machine may pause the client itself
+        # for a millisecond before it sends, and then the client, not the server, says so)
         with pytest.raises(DeadlineExceeded) as raised:
-            client.explain(inputs["photo"], grid=8, deadline=0.001)
+            client.explain(inputs["photo"], grid=16, deadline=0.05)
         ample = client.classify(inputs["digit"], "digits-cnn", deadline=30)
     assert (raised.value.status, raised.value.code) == (504, "deadline_exceeded")
     assert "deadline passed" in raised.value.message
@@ -291,7 +293,7 @@ def test_an_overload_is_retried_after_retry_after_then_raised(crowded: Server, i
 
 def test_an_overload_that_ends_is_retried_into_an_answer(crowded: Server, inputs) -> None:
     seen, answer = crowded_classify(
-        crowded, inputs["photo"], attempts=5, leaves_after=1.5, deadline=30
+        crowded, inputs["photo"], attempts=15, leaves_after=1.5, deadline=30
     )
     assert isinstance(answer, Classification) and answer.label == "espresso"
     assert seen[0] == 503 and seen[-1] == 200 and set(seen) == {200, 503}, seen

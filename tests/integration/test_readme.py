@@ -5,8 +5,9 @@ Shell blocks run in bash (`set -eo pipefail`) from a scratch folder that holds t
 examples/, deploy/ and loadtests/, with the venv's tools first on PATH, as after
 `source .venv/bin/activate`; Python blocks run in the venv's Python. Blocks run in README order
 (later ones use what earlier ones wrote, e.g. /tmp/long.wav). A `curl` on PATH records each HTTP
-status: every answer must be 2xx unless the block shows that status (`# -> 422 ...`); a call
-with -f/--fail answers through its exit code. A block that builds, serves, load-tests or needs
+status: every answer must be 2xx unless the block shows that status right after the command
+(`# -> 422 ...`); a call with -f/--fail answers through its exit code. /tmp/ in a block is a
+folder of the run's own. A block that builds, serves, load-tests or needs
 Docker or Kubernetes says so on its first line (`# not run by the doc test: <reason>`).
 """
 
@@ -29,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 MARKER = "# not run by the doc test: "
 RUNNABLE = {"bash": "bash", "sh": "bash", "python": "python"}
-SHOWN_STATUS = re.compile(r"^#\s*->\s*([1-5]\d\d)\b", re.MULTILINE)
+SHOWN_STATUS = re.compile(r"^#\s*->\s*([1-5]\d\d)\b")
+URL = re.compile(r"https?://[^\s'\"]+")
 BLOCK_TIMEOUT_S = 180
 
 
@@ -112,8 +114,16 @@ def doc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
         "DEEPSERVE_POLL_INTERVAL_S": "1",
     }
     server = start_server(tmp, env)
+    try:
+        yield server, *_workspace(tmp, env)
+    finally:
+        stop_server(server)
+
+
+def _workspace(tmp: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """A scratch folder that holds what the blocks read, and the environment they run in."""
     work = tmp / "work"
-    work.mkdir()
+    (work / "tmp").mkdir(parents=True)
     for shared in ("examples", "deploy", "loadtests", "service"):
         (work / shared).symlink_to(ROOT / shared, target_is_directory=True)
     bin_dir = tmp / "bin"
@@ -133,7 +143,8 @@ def doc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
         'for a in "$@"; do\n'
         '  case "$a" in --fail|--fail-with-body) fail=yes ;; --*) ;; -*f*) fail=yes ;; esac\n'
         "done\n"
-        f'echo "${{status:-none}} $fail" >> "{statuses}"\n'
+        'url=none; for a in "$@"; do case "$a" in http://*|https://*) url="$a" ;; esac; done\n'
+        f'echo "${{status:-none}} $fail $url" >> "{statuses}"\n'
         "exit $rc\n"
     )
     shim.chmod(0o755)
@@ -147,17 +158,19 @@ def doc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
             "DOC_STATUSES": str(statuses),
         }
     )
-    try:
-        yield server, work, run_env
-    finally:
-        stop_server(server)
+    return work, run_env
 
 
-def pointed_at(text: str, server: Server) -> str:
+def pointed_at(text: str, server: Server, scratch: Path) -> str:
+    """The block with its ports the test server's and its /tmp/ files in a folder of this run's
+    (a shared /tmp may hold another user's files of the same names, or a stale one that would
+    hide a block's dependence on an earlier one)."""
     http_port = server.url.rsplit(":", 1)[1]
     grpc_port = server.grpc_target.rsplit(":", 1)[1]
-    return text.replace("127.0.0.1:3000", f"127.0.0.1:{http_port}").replace(
-        "127.0.0.1:50051", f"127.0.0.1:{grpc_port}"
+    return (
+        text.replace("127.0.0.1:3000", f"127.0.0.1:{http_port}")
+        .replace("127.0.0.1:50051", f"127.0.0.1:{grpc_port}")
+        .replace("/tmp/", f"{scratch}/")
     )
 
 
@@ -169,7 +182,7 @@ def test_readme_block_runs_as_written(block: Block, doc_server) -> None:
     server, work, env = doc_server
     statuses = Path(env["DOC_STATUSES"])
     statuses.write_text("")
-    code = pointed_at(block.text, server)
+    code = pointed_at(block.text, server, work / "tmp")
     if RUNNABLE[block.lang] == "bash":
         command = ["bash", "-c", "set -eo pipefail\n" + code]
     else:
@@ -180,18 +193,47 @@ def test_readme_block_runs_as_written(block: Block, doc_server) -> None:
     where = f"README.md:{block.line} ({block.section})"
     output = f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
     assert result.returncode == 0, f"{where} exited {result.returncode}\n{output}"
-    shown = {int(s) for s in SHOWN_STATUS.findall(block.text)}
-    calls = [line.split() for line in statuses.read_text().splitlines() if line.strip()]
-    for status, fail in calls:
+    shown = shown_statuses(code)
+    calls = [line.split(" ", 2) for line in statuses.read_text().splitlines() if line.strip()]
+    for status, fail, url in calls:
         if fail == "yes":
             continue
-        assert status.isdigit(), f"{where}: a curl call got no HTTP answer\n{output}"
-        assert int(status) < 400 or int(status) in shown, (
-            f"{where}: a call answered {status}, which the block does not show\n{output}"
-        )
-    answered = {int(status) for status, _ in calls if status.isdigit()}
-    missing = {s for s in shown if s >= 400} - answered
-    assert not missing, f"{where}: the block shows {sorted(missing)} but no call answered it"
+        assert status.isdigit(), f"{where}: a curl call got no HTTP answer ({url})\n{output}"
+        expected = shown.get(url)
+        if expected is None:
+            assert int(status) < 400, f"{where}: {url} answered {status}, not shown\n{output}"
+        else:
+            assert int(status) == expected, f"{where}: {url} answered {status}, shown {expected}"
+    answered = {url for _, _, url in calls}
+    missing = set(shown) - answered
+    assert not missing, f"{where}: the block shows answers of {sorted(missing)}, never called"
+
+
+def shown_statuses(code: str) -> dict[str, int]:
+    """URL -> the status a block shows for it: a `# -> NNN ...` comment right after a command
+    is that command's answer."""
+    shown: dict[str, int] = {}
+    url = None
+    command = ""
+    for line in code.splitlines():
+        stripped = line.strip()
+        match = SHOWN_STATUS.match(stripped)
+        if match and url is not None:
+            shown[url] = int(match.group(1))
+        if stripped.startswith("#"):
+            continue
+        command = command + " " + line if command.endswith("\\") else line
+        urls = URL.findall(command)
+        url = urls[-1] if urls else None
+    return shown
+
+
+def test_a_shown_status_belongs_to_the_command_before_it() -> None:
+    code = (
+        "curl -s http://h:1/a\n# -> {...}\ncurl -s -X POST \\\n  'http://h:1/b?x=1&y=2'\n"
+        "# -> 422 {...}\n#    more\ncurl -s http://h:1/c  # note\n"
+    )
+    assert shown_statuses(code) == {"http://h:1/b?x=1&y=2": 422}
 
 
 @pytest.mark.models
@@ -210,8 +252,8 @@ def test_the_sample_inputs_answer_as_examples_readme_says(doc_server) -> None:
     digit = post("/v1/classify?model=digits-cnn", "digit.png")
     assert (digit["predictions"][0]["label"], digit["in_domain"]) == ("7", True)
     assert post("/v1/caption", "scene.png")["caption"] in (
-        "a red triangle left of a white circle",
-        "a white circle right of a red triangle",
+        "a yellow triangle left of a green square",
+        "a green square right of a yellow triangle",
     )
     assert post("/v1/classify", "coffee.jpg")["predictions"][0]["label"] == "espresso"
     assert post("/v1/classify?model=digits-cnn", "coffee.jpg")["in_domain"] is False
