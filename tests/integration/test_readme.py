@@ -2,12 +2,13 @@
 own ports; the blocks' 127.0.0.1:3000 and :50051 are pointed at it).
 
 Shell blocks run in bash (`set -eo pipefail`) from a scratch folder that holds the repository's
-examples/, deploy/ and loadtests/, with the venv's tools first on PATH, as after
-`source .venv/bin/activate`; Python blocks run in the venv's Python. Blocks run in README order
-(later ones use what earlier ones wrote, e.g. /tmp/long.wav). A `curl` on PATH records each HTTP
-status: every answer must be 2xx unless the block shows that status (`# -> 422 ...`); a call
-with -f/--fail answers through its exit code. A block that builds, serves, load-tests or needs
-Docker or Kubernetes says so on its first line (`# not run by the doc test: <reason>`).
+examples/, deploy/, loadtests/ and build/ (perf_analyzer, `make perf-analyzer`), with the
+venv's tools first on PATH, as after `source .venv/bin/activate`; Python blocks run in the
+venv's Python. Blocks run in README order (later ones use what earlier ones wrote, e.g.
+/tmp/long.wav). A `curl` on PATH records each HTTP status: every answer must be 2xx unless the
+block shows that status (`# -> 422 ...`); a call with -f/--fail answers through its exit code.
+A block that builds, serves, load-tests or needs Docker or Kubernetes says so on its first line
+(`# not run by the doc test: <reason>`).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def doc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
     server = start_server(tmp, env)
     work = tmp / "work"
     work.mkdir()
-    for shared in ("examples", "deploy", "loadtests", "service"):
+    for shared in ("examples", "deploy", "loadtests", "service", "build"):
         (work / shared).symlink_to(ROOT / shared, target_is_directory=True)
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
