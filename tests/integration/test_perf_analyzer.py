@@ -120,8 +120,10 @@ def test_perf_analyzer_measures_deepserve(perf_analyzer, served, tmp_path, proto
         assert figures["server"], f"no server-side section at concurrency {concurrency}:\n{output}"
         assert "Avg request latency" in figures["server"] and "compute infer" in figures["server"]
         # the same window seen from both sides: the requests the client saw answered are the
-        # ones the server counted, but for those that straddle the window's edges
-        slack = concurrency + 2
+        # ones the server counted, but for those at the window's edges (the ones in flight, and
+        # those answered while perf_analyzer fetched the statistics: a remote model's fetch
+        # asks its runner service first)
+        slack = concurrency + 2 + 0.02 * figures["requests"]
         assert abs(figures["succeeded"] - figures["requests"]) <= slack, (figures, output)
         # one row per request: as many rows computed, in batches of at least one row
         assert abs(figures["inferences"] - figures["succeeded"]) <= slack, (figures, output)
