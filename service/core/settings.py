@@ -165,9 +165,9 @@ class Settings(BaseSettings, PerModelFields):
     memory grows with workers); one with DEEPSERVE_DEVICE=gpu (one process feeds the GPU big
     batches and holds its memory). One, and more refused, in explicit model control (the
     repository API reaches one worker only) and when any model may be remote (a runner service
-    follows the versions one gateway process wants). Per worker: admission, batching,
-    statistics (V2 stats answer one worker's), the failed-auth table and the gRPC call quotas
-    (so those limits are N times looser); /metrics adds up every worker."""
+    follows the versions one gateway process wants). Per worker: admission, batching, the
+    failed-auth table and the gRPC call quotas (so those limits are N times looser); /metrics
+    and the V2 statistics add up every worker."""
 
     preprocess_threads: int = Field(default=2, ge=1)
     """Threads that decode and preprocess requests (images, audio) off the event loop, shared by

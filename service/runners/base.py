@@ -64,3 +64,12 @@ def admission_for(spec: ModelSpec, settings: Settings, statistics: ModelStatisti
     return Admission(
         spec.name, config.max_queue, wait, shed, floor=floor, request_scope=statistics.request
     )
+
+
+def statistics_for(spec: ModelSpec, settings: Settings) -> ModelStatistics:
+    """The statistics of one served version; with several gateway workers, kept in a folder of
+    the server's runtime home that they share, so that any worker answers for them all."""
+    shared = None
+    if settings.runtime_dir is not None and settings.gateway_workers_in_force() > 1:
+        shared = settings.runtime_dir / "statistics" / f"{spec.name}@{spec.version}"
+    return ModelStatistics(shared)

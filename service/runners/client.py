@@ -28,8 +28,8 @@ from service.core.errors import (
 )
 from service.core.metrics import ModelMetrics, batch_totals, note_inferred, record_model
 from service.core.settings import Settings
-from service.core.statistics import ModelStatistics, RequestScope, ns
-from service.runners.base import admission_for
+from service.core.statistics import RequestScope, ns
+from service.runners.base import admission_for, statistics_for
 from service.runners.service import EXPIRED, FAILED, desire, held, remote_models
 from service.runtime.kernels import Kernel
 from service.store.specs import ModelSpec
@@ -100,7 +100,7 @@ class RemoteRunner:
         """Calls not made because their deadline had passed (checked before the hop only)."""
         self.kernel_class = kernel_class
         self.metrics = ModelMetrics(spec.name, spec.version)
-        self.statistics = ModelStatistics()
+        self.statistics = statistics_for(spec, settings)
         """Gateway-side: a call to the runner service (its queue and batch included) counts as
         compute_infer, decoding its answer as compute_output; execution and inference counts
         come from the runner service's batch counters (`refresh`)."""

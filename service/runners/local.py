@@ -15,8 +15,7 @@ from service.batching.iteration import StepBatcher, StepModel
 from service.core.errors import NotReady
 from service.core.metrics import ModelMetrics, note_inferred, record_model
 from service.core.settings import Settings
-from service.core.statistics import ModelStatistics
-from service.runners.base import admission_for
+from service.runners.base import admission_for, statistics_for
 from service.runtime.kernels import Kernel
 from service.store.specs import ModelSpec
 
@@ -39,7 +38,7 @@ class LocalRunner:
         self.batcher: AdaptiveBatcher | StepBatcher | None = None
         self.load_seconds = 0.0
         self.error: str | None = None
-        self.statistics = ModelStatistics()
+        self.statistics = statistics_for(spec, settings)
         self.admission = admission_for(spec, settings, self.statistics)
 
     @property

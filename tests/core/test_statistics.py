@@ -4,6 +4,8 @@ executed batch, thread-safe totals and Triton's JSON shape."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 
@@ -146,3 +148,63 @@ def test_totals_counted_elsewhere_replace_the_gateways_own() -> None:
     snapshot = stats.snapshot("m", "1")
     assert (snapshot["execution_count"], snapshot["inference_count"]) == (2, 5)
     assert snapshot["batch_stats"] == []
+
+
+WORKER = """
+import sys
+from pathlib import Path
+from service.core.statistics import ModelStatistics
+
+stats = ModelStatistics(Path(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    with stats.request():
+        stats.reached().item_done(1, 2, 3, 4)
+    stats.batch_done(100, 1, 1, 1)  # past the first slots: the file grows
+print("done", flush=True)
+sys.stdin.read()  # stay alive until told: a reader sees a live worker's file
+"""
+
+
+ROUNDS = 50_000
+"""The other worker's requests: long enough (about a second) to be read while it runs."""
+
+
+def test_workers_sharing_a_folder_answer_for_every_worker(tmp_path) -> None:
+    """Gateway workers are processes: each keeps its counts in its own file of the shared
+    folder, and any of them adds up all (here: this process and another, changing them while
+    they are read)."""
+    here = ModelStatistics(tmp_path)
+    other = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(tmp_path), str(ROUNDS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        seen = [0]
+        while seen[-1] < ROUNDS:  # read while the other process writes
+            assert other.poll() is None and time.monotonic() < deadline, seen[-5:]
+            stats = here.snapshot("m", "1")["inference_stats"]
+            counts = {stats[d]["count"] for d in ("success", "queue", "compute_infer")}
+            assert len(counts) == 1, stats  # never half a change (perf_analyzer checks)
+            seen.append(counts.pop())
+        assert len(set(seen)) > 2  # it was read mid-run, not only before and after
+        assert other.stdout is not None and other.stdout.readline() == "done\n"
+        with here.request():
+            here.reached()
+        here.batch_done(2, 1, 1, 1)
+        snapshot = here.snapshot("m", "1")
+    finally:
+        other.communicate("", timeout=30)
+    assert snapshot["inference_stats"]["success"]["count"] == ROUNDS + 1
+    assert snapshot["inference_stats"]["queue"] == {"count": ROUNDS + 1, "ns": ROUNDS}
+    assert (snapshot["execution_count"], snapshot["inference_count"]) == (
+        ROUNDS + 1,
+        100 * ROUNDS + 2,
+    )
+    sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in snapshot["batch_stats"]}
+    assert sizes == {2: 1, 100: ROUNDS}
+    # the other worker has exited: what it counted stays (it happened)
+    assert here.snapshot("m", "1") == snapshot
+    assert ModelStatistics().snapshot("m", "1")["inference_count"] == 0  # not shared: its own

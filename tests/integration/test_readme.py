@@ -2,13 +2,14 @@
 own ports; the blocks' 127.0.0.1:3000 and :50051 are pointed at it).
 
 Shell blocks run in bash (`set -eo pipefail`) from a scratch folder that holds the repository's
-examples/, deploy/ and loadtests/, with the venv's tools first on PATH, as after
-`source .venv/bin/activate`; Python blocks run in the venv's Python. Blocks run in README order
-(later ones use what earlier ones wrote, e.g. /tmp/long.wav). A `curl` on PATH records each HTTP
-status: every answer must be 2xx unless the block shows that status right after the command
-(`# -> 422 ...`); a call with -f/--fail answers through its exit code. /tmp/ in a block is a
-folder of the run's own. A block that builds, serves, load-tests or needs
-Docker or Kubernetes says so on its first line (`# not run by the doc test: <reason>`).
+examples/, deploy/, loadtests/ and build/ (perf_analyzer, `make perf-analyzer`), with the
+venv's tools first on PATH, as after `source .venv/bin/activate`; Python blocks run in the
+venv's Python. Blocks run in README order (later ones use what earlier ones wrote, e.g.
+/tmp/long.wav). A `curl` on PATH records each HTTP status: every answer must be 2xx unless the
+block shows that status right after the command (`# -> 422 ...`); a call with -f/--fail answers
+through its exit code. /tmp/ in a block is a folder of the run's own. A block that builds,
+serves, load-tests or needs Docker or Kubernetes says so on its first line
+(`# not run by the doc test: <reason>`).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _workspace(tmp: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     """A scratch folder that holds what the blocks read, and the environment they run in."""
     work = tmp / "work"
     (work / "tmp").mkdir(parents=True)
-    for shared in ("examples", "deploy", "loadtests", "service"):
+    for shared in ("examples", "deploy", "loadtests", "service", "build"):
         (work / shared).symlink_to(ROOT / shared, target_is_directory=True)
     bin_dir = tmp / "bin"
     bin_dir.mkdir()

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from loadtests.server import Server, start_server, stop_server
+from service.protocols.v2.versions import number
 from tests.integration.test_own_model import deepserve, generic_graph, stored_versions
 
 pytestmark = pytest.mark.models
@@ -141,11 +142,11 @@ def test_poll_mode_serves_an_imported_version_and_refuses_load_calls(tmp_path, g
     home = fresh_store(tmp_path, graphs, ["gen-a"])
     server = serve(tmp_path, home, DEEPSERVE_MODEL_CONTROL="poll", DEEPSERVE_POLL_INTERVAL_S="0.5")
     try:
-        (old,) = stored_versions(home, "gen-a")
+        (old,) = map(number, stored_versions(home, "gen-a"))  # V2 names versions by number
         assert scale_of(server, "gen-a") == (old, 2.0)
         done = deepserve(home, "models", "import", str(graphs["v2"]), "--name", "gen-a")
         assert done.returncode == 0, done.stdout + done.stderr
-        new = next(v for v in stored_versions(home, "gen-a") if v != old)
+        new = next(number(v) for v in stored_versions(home, "gen-a") if number(v) != old)
         eventually(lambda: scale_of(server, "gen-a") == (new, 3.0))
         client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
         eventually(lambda: index_of(client)[f"gen-a:{old}"]["state"] == "UNAVAILABLE")
@@ -185,11 +186,11 @@ def test_poll_mode_refuses_a_damaged_version_and_keeps_the_old_one(tmp_path, gra
         shutil.copytree(folder, home / "models" / "gen-a" / ".incoming")
         (home / "models" / "gen-a" / ".incoming").rename(home / "models" / "gen-a" / new)
         client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
-        row = lambda: index_of(client)[f"gen-a:{new}"]  # noqa: E731
+        row = lambda: index_of(client)[f"gen-a:{number(new)}"]  # noqa: E731
         eventually(lambda: "refused" in row()["reason"])
         assert row()["state"] == "UNAVAILABLE"
         assert "refused" in row()["reason"], row()
-        assert scale_of(server, "gen-a") == (old, 2.0)
+        assert scale_of(server, "gen-a") == (number(old), 2.0)
         assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
     finally:
         stop_server(server)

@@ -19,6 +19,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from loadtests.server import Server, stop_server
+from service.protocols.v2.versions import number
 from tests.integration.test_faults import runner_processes
 from tests.integration.test_own_model import deepserve, generic_graph, stored_versions
 from tests.integration.test_repository import BODY, serve
@@ -119,11 +120,12 @@ def graphs(tmp_path_factory) -> dict[str, Path]:
 
 
 def import_version(home: Path, graph: Path, name: str) -> str:
+    """Import `graph` as a new version of `name`; its V2 version number (what answers carry)."""
     before = set(stored_versions(home, name)) if (home / "models" / name).exists() else set()
     done = deepserve(home, "models", "import", str(graph), "--name", name)
     assert done.returncode == 0, done.stdout + done.stderr
     (new,) = set(stored_versions(home, name)) - before
-    return new
+    return number(new)
 
 
 def switched(load: Load, new: str, since: float) -> bool:

@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.processing.speech import load_audio
 from service.processing.vision import decode_image, digit_pixels, resize_center_crop
+from service.protocols.v2 import versions
 from service.store.specs import ModelSpec, latest_specs
 from tests.integration.media import png, wav
 
@@ -103,7 +104,10 @@ def test_health_and_metadata(transport, http_client, grpc_client, specs) -> None
         assert client.is_model_ready(model)
         assert client.is_model_ready(model, specs[model].version)
         metadata = client.get_model_metadata(model, **as_json)
-        assert metadata["versions"] == [specs[model].version]
+        # Triton's version numbers (perf_analyzer parses them); the store tag beside each
+        number = versions.number(specs[model].version)
+        assert metadata["versions"] == [number]
+        assert client.is_model_ready(model, number)
         assert metadata["platform"] == "onnxruntime_onnx"
         assert metadata["inputs"] and metadata["outputs"]
         config = client.get_model_config(model, **as_json)

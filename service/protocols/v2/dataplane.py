@@ -17,6 +17,7 @@ import numpy as np
 
 from service.core.errors import InvalidInput
 from service.processing.ranking import top_k
+from service.protocols.v2 import versions
 from service.runners.base import Runner
 from service.runners.repository import ServingState
 from service.tasks import registry
@@ -81,8 +82,8 @@ def server_metadata() -> dict[str, Any]:
 
 
 def resolve(serving: ServingState, name: str, model_version: str | None = None) -> Runner:
-    """The runner of `name` at `model_version` (none: the newest served version)."""
-    return serving.runner(name, version=model_version or None)
+    """The runner of `name` at `model_version`, a number or a tag (none: the newest served)."""
+    return serving.runner(name, version=versions.tag(serving, name, model_version))
 
 
 def model_ready(serving: ServingState, name: str, model_version: str | None = None) -> bool:
@@ -100,6 +101,13 @@ def queue_delay_ms(runner: Runner) -> float:
     return config.remote_max_latency_ms if runner.placement == "remote" else config.max_latency_ms
 
 
+def declared_shape(tensor: Tensor, sig: Signature) -> list[int]:
+    """An input's shape as V2 declares it: a batching model's one value per row as [-1, 1],
+    Triton's form (a Triton config needs a dim besides the batch dim, and perf_analyzer sends
+    what the metadata says); requests may send it as [rows] or [rows, 1] (see `checked`)."""
+    return [-1, 1] if sig.batchable and tensor.shape == [-1] else tensor.shape
+
+
 def model_metadata(
     serving: ServingState, name: str, model_version: str | None = None
 ) -> dict[str, Any]:
@@ -113,11 +121,12 @@ def model_metadata(
         f"(model config dynamic_batching.preferred_batch_size), requests of up to "
         f"{config.max_batch_items} rows (model config max_batch_size)"
     )
+    tags = list(serving.versions.get(name, {runner.spec.version: runner}))
     return {
         "name": name,
-        "versions": list(serving.versions.get(name, {runner.spec.version: runner})),
+        "versions": [versions.number(tag) for tag in tags],
         "platform": PLATFORM,
-        "inputs": [t.metadata() for t in sig.inputs],
+        "inputs": [t.metadata() | {"shape": declared_shape(t, sig)} for t in sig.inputs],
         "outputs": [t.metadata() for t in sig.outputs],
         "parameters": {
             "task": runner.spec.task,
@@ -127,6 +136,7 @@ def model_metadata(
             "optional_inputs": [t.name for t in sig.inputs if t.optional],
             "request_parameters": sig.parameters,
             "batching": batching,
+            "version_tags": {versions.number(tag): tag for tag in tags},
         },
     }
 
@@ -148,7 +158,7 @@ def model_config(
             {
                 "name": t.name,
                 "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}",
-                "dims": t.shape[skip:],
+                "dims": declared_shape(t, sig)[skip:],
                 "optional": t.optional,
             }
             for t in sig.inputs
@@ -188,7 +198,8 @@ async def statistics(
     await asyncio.gather(*(r.refresh() for r in runners if r.placement == "remote"))
     return {
         "model_stats": [
-            runner.statistics.snapshot(runner.spec.name, runner.spec.version) for runner in runners
+            runner.statistics.snapshot(runner.spec.name, versions.number(runner.spec.version))
+            for runner in runners
         ]
     }
 
@@ -209,6 +220,11 @@ def checked(serving: ServingState, request: InferRequest) -> tuple[Runner, Signa
     runner = resolve(serving, request.model, request.version)
     sig = signature(runner)
     check_unknown_inputs(request, sig)
+    for tensor in sig.inputs:  # one value per row sent as [rows, 1] (declared_shape)
+        array = request.inputs.get(tensor.name)
+        column = array is not None and array.ndim == 2 and array.shape[1] == 1
+        if column and declared_shape(tensor, sig) != tensor.shape:
+            request.inputs[tensor.name] = request.inputs[tensor.name].reshape(-1)
     known = {t.name for t in sig.outputs}
     for wanted in request.outputs:
         if wanted.name not in known:
@@ -276,4 +292,5 @@ def answer(
         if wanted.classification:
             array = classification(array, wanted.classification, sig.labels)
         outputs.append((wanted, array))
-    return InferResponse(request.model, runner.spec.version, request.id, outputs, parameters or {})
+    number = versions.number(runner.spec.version)
+    return InferResponse(request.model, number, request.id, outputs, parameters or {})

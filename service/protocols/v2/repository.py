@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from service.core.errors import Forbidden, InvalidInput, PayloadTooLarge
+from service.protocols.v2 import versions
 from service.runners.repository import ServingState
 from service.store.importing.importer import NAME_PATTERN, ImportRefused
 from service.tasks import registry
@@ -32,7 +33,9 @@ SIDE_FILES = {"labels.txt": "labels_file", "vocab.txt": "vocab_file"}
 
 
 async def index(serving: ServingState, ready_only: bool = False) -> list[dict[str, str]]:
-    return await serving.index(ready_only)
+    """Every stored (and served) version, named by its number (service/protocols/v2/versions.py)."""
+    rows = await serving.index(ready_only)
+    return [row | {"version": versions.number(row["version"])} for row in rows]
 
 
 def check_name(name: str) -> None:

@@ -73,12 +73,14 @@ class MetadataParameters(ResponseModel):
     """Request parameters the model understands, with what they do."""
     batching: str
     """How its requests are batched, or why they are not."""
+    version_tags: dict[str, str]
+    """The store tag of each version number in `versions`."""
 
 
 class ModelMetadata(ResponseModel):
     name: str
     versions: list[Name]
-    """Every served version, newest first."""
+    """Every served version, newest first, by its number (the tag: parameters.version_tags)."""
     platform: Name
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]

@@ -15,10 +15,12 @@ def test_statistics_routes_answer_tritons_shape_and_v2_errors() -> None:
     every = client.get("/v2/models/stats")  # not the metadata of a model named "stats"
     assert every.status_code == 200
     (stats,) = every.json()["model_stats"]
-    assert (stats["name"], stats["version"], stats["inference_count"]) == ("tiny", "v1", 3)
+    # the version by its number (tag "v1": 1), as Triton's tools parse it
+    assert (stats["name"], stats["version"], stats["inference_count"]) == ("tiny", "1", 3)
     assert set(stats["inference_stats"]) >= {"success", "fail", "queue", "compute_infer"}
     assert client.get("/v2/models/tiny/stats").json() == every.json()
     assert client.get("/v2/models/tiny/versions/v1/stats").json() == every.json()
+    assert client.get("/v2/models/tiny/versions/1/stats").json() == every.json()
     unknown = client.get("/v2/models/nope/stats")
     assert unknown.status_code == 404 and "unknown model 'nope'" in unknown.json()["error"]
     assert client.get("/v2/models/tiny/versions/v9/stats").status_code == 404

@@ -112,7 +112,7 @@ def test_every_row_is_its_own_item_and_rows_stay_in_order():
     response = run(dataplane.infer(serving(runner), request))
     assert len(runner.submitted) == 3 and runner.admitted == 1
     ((wanted, scores),) = response.outputs
-    assert wanted.name == "probabilities" and response.version == "v1"
+    assert wanted.name == "probabilities" and response.version == "1"  # tag v1: number 1
     np.testing.assert_allclose(scores[:, 0], [0.0, 1.0, 0.2], atol=1e-6)
 
 
@@ -175,11 +175,12 @@ def test_statistics_of_every_model_of_one_model_and_of_one_version():
     everything = run(dataplane.statistics(state))
     wire.ModelStatisticsResponse.model_validate(everything)  # the REST body's model
     assert [(s["name"], s["version"]) for s in everything["model_stats"]] == [
-        ("tiny", "v1"),
-        ("tiny", "v2"),
+        ("tiny", "1"),
+        ("tiny", "2"),
     ]
     assert run(dataplane.statistics(state, "tiny")) == everything  # every served version
     (one,) = run(dataplane.statistics(state, "tiny", "v1"))["model_stats"]
+    assert run(dataplane.statistics(state, "tiny", "1"))["model_stats"] == [one]  # its number
     assert one["execution_count"] == 1 and one["batch_stats"][0]["batch_size"] == 2
     with pytest.raises(ModelNotFound, match="unknown model 'nope'"):
         run(dataplane.statistics(state, "nope"))
