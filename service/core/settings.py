@@ -30,7 +30,7 @@ from service.core.model_settings import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-IN_BENTO = (PROJECT_ROOT.parent / "bento.yaml").is_file()
+IN_BENTO = PROJECT_ROOT.name == "src" and (PROJECT_ROOT.parent / "bento.yaml").is_file()
 """This code runs from a built Bento (`bentoml serve <bento>`, its container): BentoML copies
 the project into the Bento's src/, beside bento.yaml, and its models come with the Bento."""
 
