@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +90,7 @@ def store_files() -> dict[str, bytes]:
     import skimage.data
 
     from export.data.scenes_pillow import render_pillow_scenes
+    from loadtests.payloads import wav
     from service.store.specs import latest_specs
 
     def encoded(pixels: np.ndarray, fmt: str, **options: int) -> bytes:
@@ -108,12 +108,6 @@ def store_files() -> dict[str, bytes]:
     print(f"scene.png: {' / '.join(scenes.captions[SCENE_INDEX])}")
     speech = np.load(specs["speech-ctc"].path / "heldout.npz", allow_pickle=False)
     samples = speech["waveform"][SPEECH_INDEX, : int(speech["lengths"][SPEECH_INDEX])]
-    wav = io.BytesIO()
-    with wave.open(wav, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
     print(f"speech.wav: {speech['transcript'][SPEECH_INDEX]} ({speech['voice'][SPEECH_INDEX]})")
     half = skimage.data.coffee()[::2, ::2]
     return {
@@ -121,7 +115,7 @@ def store_files() -> dict[str, bytes]:
         "cat.jpg": encoded(skimage.data.chelsea(), "JPEG", quality=85),
         "digit.png": encoded(np.asarray(paper), "PNG"),
         "scene.png": encoded(scenes.images[SCENE_INDEX], "PNG"),
-        "speech.wav": wav.getvalue(),
+        "speech.wav": wav(samples),
     }
 
 

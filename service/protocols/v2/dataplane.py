@@ -222,9 +222,10 @@ def checked(serving: ServingState, request: InferRequest) -> tuple[Runner, Signa
     check_unknown_inputs(request, sig)
     for tensor in sig.inputs:  # one value per row sent as [rows, 1] (declared_shape)
         array = request.inputs.get(tensor.name)
-        column = array is not None and array.ndim == 2 and array.shape[1] == 1
-        if column and declared_shape(tensor, sig) != tensor.shape:
-            request.inputs[tensor.name] = request.inputs[tensor.name].reshape(-1)
+        if array is None or array.ndim != 2 or array.shape[1] != 1:
+            continue
+        if declared_shape(tensor, sig) != tensor.shape:
+            request.inputs[tensor.name] = array.reshape(-1)
     known = {t.name for t in sig.outputs}
     for wanted in request.outputs:
         if wanted.name not in known:

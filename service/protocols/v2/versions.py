@@ -9,6 +9,7 @@ the repository index) give the number. /v1 and the task gRPC service keep the ta
 
 from __future__ import annotations
 
+import functools
 import re
 
 from service.runners.repository import ServingState
@@ -17,6 +18,7 @@ STORE_TAG = re.compile(r"v[^-]+-(\d{14})-(\d{3})")
 """A version tag as service/store/register.py writes it: v<spec version>-<UTC time>-<ms>."""
 
 
+@functools.cache  # every V2 answer names its version; a server holds a few tags
 def number(tag: str) -> str:
     """The version number of a store tag (its digits for a tag of another shape, e.g. "v1")."""
     match = STORE_TAG.fullmatch(tag)
